@@ -1,0 +1,1 @@
+"""The landmark engine: plain Python + torch/timm/faiss/numpy. Never imports Django."""

@@ -1,0 +1,104 @@
+"""Reading image files safely: size limits, decompression bombs, truncated or fake files."""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+
+from PIL import Image, ImageOps, UnidentifiedImageError
+
+IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif", ".tif", ".tiff"}
+
+
+class BadImage(ValueError):
+    """The file is not an image we accept; the message says why."""
+
+
+@dataclass(frozen=True)
+class ImageLimits:
+    max_bytes: int = 50 * 1024 * 1024
+    max_pixels: int = 64_000_000
+    min_side: int = 16
+
+
+@dataclass(frozen=True)
+class ImageInfo:
+    width: int
+    height: int
+    format: str
+    checksum: str  # SHA-256 of the bytes
+    file_size: int
+
+
+def inspect_image_bytes(data: bytes, limits: ImageLimits = ImageLimits()) -> ImageInfo:
+    """Check that ``data`` is a whole, decodable image within ``limits``; raise BadImage if not.
+
+    The pixel limit is checked from the header before any decoding, so a small file that claims
+    20000x20000 pixels is refused without allocating them.
+    """
+    if len(data) == 0:
+        raise BadImage("empty file")
+    if len(data) > limits.max_bytes:
+        raise BadImage(f"file too large: {len(data):,} bytes (limit {limits.max_bytes:,})")
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            img = Image.open(io.BytesIO(data))
+    except Image.DecompressionBombError as exc:
+        raise BadImage(f"too many pixels (decompression bomb?): {exc}") from exc
+    except UnidentifiedImageError as exc:
+        raise BadImage("not an image (unrecognised content)") from exc
+    except Exception as exc:  # PIL raises many kinds on malformed headers
+        raise BadImage(f"unreadable image header: {exc}") from exc
+    with img:
+        width, height = img.size
+        if width * height > limits.max_pixels:
+            raise BadImage(f"too many pixels: {width}x{height} (limit {limits.max_pixels / 1e6:.0f} MP)")
+        if min(width, height) < limits.min_side:
+            raise BadImage(f"too small: {width}x{height} (each side at least {limits.min_side} px)")
+        fmt = img.format or "unknown"
+        _decode_fully(img)
+        # EXIF rotation swaps width and height for portrait photos taken sideways.
+        orientation = img.getexif().get(0x0112, 1)
+        if orientation in (5, 6, 7, 8):
+            width, height = height, width
+    return ImageInfo(width, height, fmt, hashlib.sha256(data).hexdigest(), len(data))
+
+
+def inspect_image_file(path: Path, limits: ImageLimits = ImageLimits()) -> ImageInfo:
+    try:
+        size = path.stat().st_size
+    except OSError as exc:
+        raise BadImage(f"cannot read file: {exc.strerror or exc}") from exc
+    if size > limits.max_bytes:
+        raise BadImage(f"file too large: {size:,} bytes (limit {limits.max_bytes:,})")
+    try:
+        data = path.read_bytes()
+    except OSError as exc:
+        raise BadImage(f"cannot read file: {exc.strerror or exc}") from exc
+    return inspect_image_bytes(data, limits)
+
+
+def _decode_fully(img: Image.Image) -> None:
+    """Decode every byte so truncation shows; JPEGs decode at 1/8 scale, which still reads them whole."""
+    if img.format == "JPEG":
+        img.draft("RGB", (max(1, img.width // 8), max(1, img.height // 8)))
+    try:
+        img.load()
+    except Exception as exc:
+        raise BadImage(f"corrupt or truncated image data: {exc}") from exc
+
+
+def load_rgb(path_or_file, max_side: int | None = None) -> Image.Image:
+    """Open an image as RGB with its EXIF rotation applied, optionally shrunk to ``max_side``."""
+    img = Image.open(path_or_file)
+    if max_side and img.format == "JPEG":
+        img.draft("RGB", (max_side, max_side))
+    img = ImageOps.exif_transpose(img)
+    img = img.convert("RGB")
+    if max_side and max(img.size) > max_side:
+        img.thumbnail((max_side, max_side), Image.Resampling.LANCZOS)
+    return img

@@ -1,0 +1,114 @@
+"""Shared fixtures: real data from ../shared/data, data set layouts built from it, users, and a real
+Celery worker process on whichever broker and database the suite runs against."""
+
+from __future__ import annotations
+
+import csv
+import os
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+SHARED_DATA = Path(os.environ.get("LANDMARKS_SHARED_DATA", ROOT.parent / "shared" / "data"))
+MINI = SHARED_DATA / "landmarks-mini"
+
+
+def mini_rows() -> list[dict]:
+    with (MINI / "images.csv").open(newline="") as f:
+        return list(csv.DictReader(f))
+
+
+def mini_landmarks() -> dict[str, str]:
+    with (MINI / "landmarks.csv").open(newline="") as f:
+        return {r["landmark_id"]: r["name"] for r in csv.DictReader(f)}
+
+
+@pytest.fixture(scope="session")
+def mini_dir() -> Path:
+    if not MINI.is_dir():
+        pytest.fail(f"the test data is missing: {MINI} (clone with ../shared beside the project)")
+    return MINI
+
+
+@pytest.fixture(autouse=True)
+def _media_in_tmp(settings, tmp_path):
+    """Each test writes media (copies, thumbnails) into its own folder."""
+    settings.MEDIA_ROOT = tmp_path / "media"
+
+
+@pytest.fixture
+def staff_user(django_user_model):
+    return django_user_model.objects.create_user("curator", password="pw-curator-123", is_staff=True)
+
+
+@pytest.fixture
+def viewer_user(django_user_model):
+    return django_user_model.objects.create_user("viewer", password="pw-viewer-123")
+
+
+@pytest.fixture
+def imported_mini(db, mini_dir):
+    """landmarks-mini imported (files referenced in place), as a user would after `make run DATA=...`."""
+    from worker.importing import import_dataset
+
+    return import_dataset(mini_dir)
+
+
+# --- real worker ----------------------------------------------------------------------------------
+
+def _worker_env(settings) -> dict[str, str]:
+    """The worker process talks to the *test* database and the suite's broker."""
+    from django.db import connection
+
+    env = dict(os.environ)
+    db = connection.settings_dict
+    if db["ENGINE"].endswith("sqlite3"):
+        env["DATABASE_URL"] = f"sqlite:///{db['NAME']}"
+    else:
+        env["DATABASE_URL"] = (f"postgres://{db['USER']}:{db['PASSWORD']}@{db['HOST'] or '127.0.0.1'}:"
+                               f"{db['PORT'] or 5432}/{db['NAME']}")
+    env["MEDIA_ROOT"] = str(settings.MEDIA_ROOT)
+    return env
+
+
+@pytest.fixture
+def celery_worker_process(transactional_db, settings, tmp_path):
+    """A real `celery worker` process (solo pool) for one test; stopped and reaped afterwards."""
+    from webapp.celery_app import app
+
+    if settings.CELERY_BROKER_URL.startswith("filesystem://"):
+        shutil.rmtree(settings.CELERY_BROKER_FOLDER, ignore_errors=True)
+        settings.CELERY_BROKER_FOLDER.mkdir(parents=True)
+    else:
+        app.control.purge()
+    log_path = tmp_path / "worker.log"
+    cmd = [sys.executable, "-m", "celery", "-A", "worker.celery", "worker", "-Q", "cpu,gpu,interactive",
+           "--pool", "solo", "--loglevel", "INFO", "--hostname", f"test-{os.getpid()}@%h"]
+    with log_path.open("w") as log:
+        proc = subprocess.Popen(cmd, cwd=ROOT, env=_worker_env(settings), stdout=log, stderr=subprocess.STDOUT)
+    try:
+        started = wait_for(lambda: "ready." in log_path.read_text() or proc.poll() is not None, 60)
+        assert started and proc.poll() is None, f"worker did not start:\n{log_path.read_text()}"
+        yield proc
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
+
+def wait_for(condition, timeout: float, interval: float = 0.1) -> bool:
+    """Poll ``condition`` until it holds (True) or ``timeout`` seconds pass (False)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if condition():
+            return True
+        time.sleep(interval)
+    return bool(condition())

@@ -1,0 +1,6 @@
+from django.apps import AppConfig
+
+
+class CatalogConfig(AppConfig):
+    name = "webapp.catalog"
+    verbose_name = "Catalog"

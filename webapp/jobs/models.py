@@ -1,0 +1,78 @@
+"""A Job row for every piece of background work: what it is, who started it, how far it got."""
+
+from django.conf import settings
+from django.db import models
+from django.urls import reverse
+from django.utils import timezone
+
+
+class Job(models.Model):
+    class Kind(models.TextChoices):
+        IMPORT = "import_dataset", "Import data set"
+        THUMBNAILS = "thumbnails", "Generate thumbnails"
+        TRAIN = "train", "Train model"
+        EMBED = "embed", "Embed images"
+        BUILD_INDEX = "build_index", "Build index"
+        CLEAN = "clean", "Clean labels"
+        EVALUATE = "evaluate", "Evaluate"
+
+    class State(models.TextChoices):
+        QUEUED = "queued"
+        RUNNING = "running"
+        SUCCEEDED = "succeeded"
+        FAILED = "failed"
+        CANCELLED = "cancelled"
+
+    FINISHED_STATES = (State.SUCCEEDED, State.FAILED, State.CANCELLED)
+
+    kind = models.CharField(max_length=30, choices=Kind.choices, db_index=True)
+    state = models.CharField(max_length=12, choices=State.choices, default=State.QUEUED, db_index=True)
+    params = models.JSONField(default=dict, blank=True)
+    result = models.JSONField(default=dict, blank=True)
+    progress_done = models.BigIntegerField(default=0)
+    progress_total = models.BigIntegerField(null=True, blank=True)
+    message = models.CharField(max_length=500, blank=True, help_text="What the job is doing now.")
+    log = models.TextField(blank=True, help_text="Warnings and notes, one per line (bad files and such).")
+    error = models.TextField(blank=True)
+    created_by = models.ForeignKey(
+        settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL, related_name="jobs"
+    )
+    queued = models.BooleanField(default=False, help_text="Run by a worker rather than in the foreground.")
+    worker = models.CharField(max_length=200, blank=True, help_text="Host and process that ran it.")
+    created_at = models.DateTimeField(auto_now_add=True, db_index=True)
+    started_at = models.DateTimeField(null=True, blank=True)
+    finished_at = models.DateTimeField(null=True, blank=True)
+    heartbeat_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        ordering = ["-created_at", "-id"]
+
+    def __str__(self) -> str:
+        return f"#{self.pk} {self.get_kind_display()} ({self.state})"
+
+    def get_absolute_url(self) -> str:
+        return reverse("job-detail", args=[self.pk])
+
+    @property
+    def is_finished(self) -> bool:
+        return self.state in self.FINISHED_STATES
+
+    @property
+    def percent(self) -> float | None:
+        if not self.progress_total:
+            return 100.0 if self.state == self.State.SUCCEEDED else None
+        return min(100.0, 100.0 * self.progress_done / self.progress_total)
+
+    @property
+    def duration(self):
+        if not self.started_at:
+            return None
+        return (self.finished_at or timezone.now()) - self.started_at
+
+    @property
+    def eta_seconds(self) -> float | None:
+        """Remaining time, extrapolated from the rate so far."""
+        if self.is_finished or not self.started_at or not self.progress_total or not self.progress_done:
+            return None
+        elapsed = (timezone.now() - self.started_at).total_seconds()
+        return elapsed * (self.progress_total - self.progress_done) / self.progress_done

@@ -1,0 +1,44 @@
+"""Creating and enqueueing jobs. The web process sends tasks by name only: it never imports worker/."""
+
+from __future__ import annotations
+
+from django.db import transaction
+from django.utils import timezone
+
+from webapp.celery_app import app as celery_app
+from webapp.jobs.models import Job
+
+RUN_JOB_TASK = "worker.run_job"
+# Which Celery queue each kind of job goes to: model work on the GPU queue, the rest on CPU workers.
+QUEUES = {Job.Kind.TRAIN: "gpu", Job.Kind.EMBED: "gpu"}
+
+
+def create_job(kind: str, params: dict | None = None, user=None, queued: bool = False) -> Job:
+    return Job.objects.create(kind=kind, params=params or {}, created_by=user if user and user.pk else None,
+                              queued=queued)
+
+
+def enqueue(job: Job) -> None:
+    """Hand ``job`` to the workers once the surrounding transaction has committed (never before: a
+    worker could otherwise look for a row that does not exist yet)."""
+    queue = QUEUES.get(job.kind, "cpu")
+    transaction.on_commit(lambda: celery_app.send_task(RUN_JOB_TASK, args=[job.pk], queue=queue))
+
+
+def start_job(kind: str, params: dict | None = None, user=None) -> Job:
+    with transaction.atomic():
+        job = create_job(kind, params, user, queued=True)
+        enqueue(job)
+    return job
+
+
+def cancel_job(job: Job) -> bool:
+    """Ask a job to stop: a queued job is cancelled at once, a running one at its next progress report."""
+    updated = Job.objects.filter(pk=job.pk, state__in=[Job.State.QUEUED, Job.State.RUNNING]).update(
+        state=Job.State.CANCELLED, finished_at=timezone.now())
+    return bool(updated)
+
+
+def retry_job(job: Job, user=None) -> Job:
+    """Start a new job with the same kind and parameters as a finished one."""
+    return start_job(job.kind, job.params, user or job.created_by)

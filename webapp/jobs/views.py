@@ -1,0 +1,37 @@
+"""The jobs pages: a list with live progress (htmx polling while anything runs), and one job's details."""
+
+from django.contrib.admin.views.decorators import staff_member_required
+from django.core.paginator import Paginator
+from django.shortcuts import get_object_or_404, redirect, render
+from django.views.decorators.http import require_POST
+
+from webapp.jobs.models import Job
+from webapp.jobs.services import cancel_job, retry_job
+
+
+def job_list(request):
+    jobs = Job.objects.select_related("created_by").defer("log", "error")
+    page = Paginator(jobs, 25).get_page(request.GET.get("page"))
+    active = any(not j.is_finished for j in page)
+    template = "jobs/_job_table.html" if request.htmx else "jobs/job_list.html"
+    return render(request, template, {"page": page, "active": active})
+
+
+def job_detail(request, pk: int):
+    job = get_object_or_404(Job.objects.select_related("created_by"), pk=pk)
+    template = "jobs/_job_status.html" if request.htmx else "jobs/job_detail.html"
+    return render(request, template, {"job": job})
+
+
+@staff_member_required
+@require_POST
+def job_cancel(request, pk: int):
+    cancel_job(get_object_or_404(Job, pk=pk))
+    return redirect("job-detail", pk=pk)
+
+
+@staff_member_required
+@require_POST
+def job_retry(request, pk: int):
+    job = retry_job(get_object_or_404(Job, pk=pk), request.user)
+    return redirect("job-detail", pk=job.pk)

@@ -1,0 +1,6 @@
+from django.apps import AppConfig
+
+
+class SearchConfig(AppConfig):
+    name = "webapp.search"
+    verbose_name = "Models, embeddings and indexes"

@@ -1,0 +1,68 @@
+"""Derived artefacts: trained models, embedding sets and search indexes. Vectors live in files under
+ARTIFACTS_ROOT, never in rows; each row records what it was derived from, so staleness can be seen."""
+
+from django.db import models
+
+
+class ModelVersion(models.Model):
+    name = models.CharField(max_length=200, unique=True)
+    backbone = models.CharField(max_length=100, default="tf_efficientnet_lite0")
+    head = models.CharField(max_length=30, blank=True, help_text="Training head (arcface, cosface, ...).")
+    embedding_dim = models.PositiveIntegerField(default=512)
+    checkpoint = models.CharField(max_length=1000, blank=True, help_text="Checkpoint path; empty = packaged weights.")
+    parent = models.ForeignKey("self", null=True, blank=True, on_delete=models.SET_NULL)
+    params = models.JSONField(default=dict, blank=True)
+    metrics = models.JSONField(default=dict, blank=True, help_text="Per-step curves: loss, accuracy, lr.")
+    job = models.ForeignKey("jobs.Job", null=True, blank=True, on_delete=models.SET_NULL)
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        ordering = ["-created_at", "-id"]
+
+    def __str__(self) -> str:
+        return self.name
+
+
+class EmbeddingSet(models.Model):
+    model_version = models.ForeignKey(ModelVersion, on_delete=models.PROTECT, related_name="embedding_sets")
+    path = models.CharField(max_length=1000, help_text="Folder of fp16 .npy shards with their Image ids.")
+    dim = models.PositiveIntegerField()
+    image_count = models.PositiveIntegerField(default=0)
+    scales = models.JSONField(default=list)
+    image_filter = models.JSONField(default=dict, blank=True, help_text="Which images (e.g. split).")
+    params = models.JSONField(default=dict, blank=True)
+    job = models.ForeignKey("jobs.Job", null=True, blank=True, on_delete=models.SET_NULL)
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        ordering = ["-created_at", "-id"]
+
+    def __str__(self) -> str:
+        return f"Embeddings #{self.pk} ({self.model_version}, {self.image_count} images)"
+
+
+class IndexVersion(models.Model):
+    class Kind(models.TextChoices):
+        FLAT = "flat", "Exact (flat inner product)"
+        IVFPQ = "ivfpq", "Approximate (IVF-PQ)"
+        HNSW = "hnsw", "Approximate (HNSW)"
+
+    embedding_set = models.ForeignKey(EmbeddingSet, on_delete=models.PROTECT, related_name="indexes")
+    kind = models.CharField(max_length=10, choices=Kind.choices, default=Kind.FLAT)
+    path = models.CharField(max_length=1000, help_text="Published folder of the index files.")
+    size = models.PositiveIntegerField(default=0)
+    params = models.JSONField(default=dict, blank=True)
+    is_active = models.BooleanField(default=False, help_text="The version the app and workers search.")
+    job = models.ForeignKey("jobs.Job", null=True, blank=True, on_delete=models.SET_NULL)
+    created_at = models.DateTimeField(auto_now_add=True)
+    published_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        ordering = ["-created_at", "-id"]
+        constraints = [
+            models.UniqueConstraint(fields=["is_active"], condition=models.Q(is_active=True),
+                                    name="one_active_index"),
+        ]
+
+    def __str__(self) -> str:
+        return f"Index #{self.pk} ({self.kind}, {self.size} vectors)"

@@ -1,0 +1,20 @@
+from django.contrib import admin
+from django.urls import include, path
+
+from webapp.catalog import views as catalog
+from webapp.jobs import views as jobs
+
+urlpatterns = [
+    path("", catalog.home, name="home"),
+    path("landmarks/", catalog.landmark_list, name="landmark-list"),
+    path("landmarks/<str:landmark_id>/", catalog.landmark_detail, name="landmark-detail"),
+    path("images/<str:image_id>/", catalog.image_detail, name="image-detail"),
+    path("images/<str:image_id>/thumb.jpg", catalog.image_thumbnail, name="image-thumbnail"),
+    path("images/<str:image_id>/preview.jpg", catalog.image_thumbnail, {"alias": "preview"}, name="image-preview"),
+    path("jobs/", jobs.job_list, name="job-list"),
+    path("jobs/<int:pk>/", jobs.job_detail, name="job-detail"),
+    path("jobs/<int:pk>/cancel/", jobs.job_cancel, name="job-cancel"),
+    path("jobs/<int:pk>/retry/", jobs.job_retry, name="job-retry"),
+    path("accounts/", include("django.contrib.auth.urls")),
+    path("admin/", admin.site.urls),
+]

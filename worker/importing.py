@@ -1,0 +1,152 @@
+"""Import a data set from disk into Landmark and Image rows.
+
+Validates every image (it must open and decode within the size limits), reports bad files by name and
+goes on, skips what is already imported (so a second run adds nothing), and commits one transaction per
+batch so an interruption loses at most the batch in flight.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from django.core.files import File
+from django.core.files.storage import default_storage
+from django.db import transaction
+
+from ml.datasets import ImageRecord, read_dataset
+from ml.images import BadImage, ImageInfo, inspect_image_file
+from webapp.catalog.limits import image_limits
+from webapp.catalog.models import Image, Landmark
+
+log = logging.getLogger(__name__)
+Progress = Callable[[int, int], None]
+
+
+@dataclass
+class ImportResult:
+    layout: str
+    landmarks_added: int = 0
+    images_added: int = 0
+    images_skipped: int = 0  # already imported
+    bad_files: list[str] = field(default_factory=list)
+    problems: list[str] = field(default_factory=list)
+    added_ids: list[int] = field(default_factory=list)
+
+    def summary(self) -> dict:
+        return {"layout": self.layout, "landmarks_added": self.landmarks_added,
+                "images_added": self.images_added, "images_skipped": self.images_skipped,
+                "bad_files": len(self.bad_files), "problems": len(self.problems)}
+
+
+def import_dataset(root: Path, *, copy: bool = False, split: str | None = None, batch_size: int = 1000,
+                   progress: Progress | None = None, note: Callable[[str], None] | None = None) -> ImportResult:
+    """Import the data set at ``root``; ``note`` receives one line per bad file or skipped row."""
+    listing = read_dataset(Path(root))
+    result = ImportResult(listing.layout, problems=list(listing.problems))
+    note = note or log.warning
+    for line in listing.problems:
+        note(line)
+    landmark_pks = _ensure_landmarks(listing.landmarks, result)
+    dataset = Path(listing.root).name
+    total = len(listing.images)
+    for start in range(0, total, batch_size):
+        batch = listing.images[start:start + batch_size]
+        _import_batch(batch, landmark_pks, dataset, copy, split, result, note)
+        if progress:
+            progress(min(start + batch_size, total), total)
+    if progress and total == 0:
+        progress(0, 0)
+    return result
+
+
+def _ensure_landmarks(records, result: ImportResult) -> dict[str, int]:
+    """Create the landmarks that are not there yet; return external id -> pk for all of them."""
+    ids = [r.landmark_id for r in records]
+    existing = _pks(Landmark, ids)
+    new = [Landmark(external_id=r.landmark_id, name=r.name, source=r.source)
+           for r in records if r.landmark_id not in existing]
+    with transaction.atomic():
+        Landmark.objects.bulk_create(new, batch_size=1000, ignore_conflicts=True)
+    result.landmarks_added = len(new)
+    return _pks(Landmark, ids)
+
+
+def _pks(model, external_ids: list[str]) -> dict[str, int]:
+    found: dict[str, int] = {}
+    for i in range(0, len(external_ids), 900):  # stay under SQLite's bound-parameter limit
+        chunk = external_ids[i:i + 900]
+        found.update(model.objects.filter(external_id__in=chunk).values_list("external_id", "pk"))
+    return found
+
+
+def _import_batch(batch: list[ImageRecord], landmark_pks: dict[str, int], dataset: str, copy: bool,
+                  split: str | None, result: ImportResult, note) -> None:
+    existing = _pks(Image, [r.image_id for r in batch])
+    todo = [r for r in batch if r.image_id not in existing]
+    result.images_skipped += len(batch) - len(todo)
+    checked = _inspect_all(todo)
+    rows, copied = [], []
+    for rec, info in zip(todo, checked, strict=True):
+        if (split or rec.split) and (split or rec.split) not in Image.Split.values:
+            line = f"image {rec.image_id}: unknown split {split or rec.split!r} (expected {', '.join(Image.Split.values)})"
+            result.problems.append(line)
+            note(line)
+            continue
+        if isinstance(info, BadImage):
+            line = f"bad image {rec.path} (id {rec.image_id}): {info}"
+            result.bad_files.append(line)
+            note(line)
+            continue
+        row = _image_row(rec, info, landmark_pks, dataset, split)
+        if copy:
+            row.file.name = _copy_into_storage(rec)
+            copied.append(row.file.name)
+        rows.append(row)
+    try:
+        with transaction.atomic():
+            created = Image.objects.bulk_create(rows, batch_size=500)
+    except Exception:
+        for name in copied:  # nothing half-written: drop the copies of a batch that did not commit
+            default_storage.delete(name)
+        raise
+    result.images_added += len(created)
+    result.added_ids.extend(im.pk for im in created if im.pk is not None)
+
+
+def _inspect_all(records: list[ImageRecord]) -> list[ImageInfo | BadImage]:
+    limits = image_limits()
+
+    def inspect(rec: ImageRecord) -> ImageInfo | BadImage:
+        try:
+            return inspect_image_file(rec.path, limits)
+        except BadImage as exc:
+            return exc
+
+    # Decoding releases the GIL, so threads overlap file reads and JPEG decoding.
+    with ThreadPoolExecutor(max_workers=4) as pool:
+        return list(pool.map(inspect, records))
+
+
+def _image_row(rec: ImageRecord, info: ImageInfo, landmark_pks, dataset: str, split: str | None) -> Image:
+    return Image(
+        external_id=rec.image_id,
+        landmark_id=landmark_pks.get(rec.landmark_id) if rec.landmark_id else None,
+        split=split or rec.split or Image.Split.TRAIN,
+        path=str(rec.path),
+        checksum=info.checksum,
+        file_size=info.file_size,
+        width=info.width,
+        height=info.height,
+        source=rec.source,
+        dataset=dataset,
+    )
+
+
+def _copy_into_storage(rec: ImageRecord) -> str:
+    suffix = rec.path.suffix.lower() or ".jpg"
+    with rec.path.open("rb") as f:
+        return default_storage.save(f"images/{rec.image_id}{suffix}", File(f))

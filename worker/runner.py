@@ -1,0 +1,132 @@
+"""Running a Job: the same function in the foreground (a manage.py command) and on a Celery worker.
+
+The runner claims the row, calls the job's function with a context that reports progress into the row
+(throttled, so a fast loop does not hammer the database) and records the result or the error.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import socket
+import time
+import traceback
+from collections.abc import Callable
+
+from django.utils import timezone
+from tqdm import tqdm
+
+from webapp.jobs.models import Job
+
+log = logging.getLogger(__name__)
+JobFunction = Callable[[Job, "JobContext"], dict]
+JOB_FUNCTIONS: dict[str, JobFunction] = {}
+MAX_LOG_CHARS = 200_000
+
+
+class JobCancelled(Exception):
+    """Raised inside a job when someone cancelled it."""
+
+
+def job_function(kind: str):
+    """Register the function that does the work of jobs of ``kind``."""
+    def register(fn: JobFunction) -> JobFunction:
+        JOB_FUNCTIONS[kind] = fn
+        return fn
+    return register
+
+
+class JobContext:
+    """Progress, notes and cancellation for a running job."""
+
+    def __init__(self, job: Job, show_bar: bool, min_interval: float = 0.5):
+        self.job = job
+        self.min_interval = min_interval
+        self._last_write = 0.0
+        self._pending_log: list[str] = []
+        self._bar = tqdm(desc=job.get_kind_display(), unit="item") if show_bar else None
+
+    def progress(self, done: int, total: int | None = None, message: str | None = None) -> None:
+        if self._bar is not None:
+            if total is not None and self._bar.total != total:
+                self._bar.total = total
+            self._bar.n = done
+            self._bar.refresh()
+        now = time.monotonic()
+        finished = total is not None and done >= total
+        if now - self._last_write < self.min_interval and not finished:
+            return
+        self._last_write = now
+        fields = {"progress_done": done, "heartbeat_at": timezone.now()}
+        if total is not None:
+            fields["progress_total"] = total
+        if message is not None:
+            fields["message"] = message[:500]
+        self._write(fields)
+
+    def note(self, line: str) -> None:
+        """A line for the job's log (a bad file, a skipped row); also shown under the progress bar."""
+        self._pending_log.append(line)
+        if self._bar is not None:
+            self._bar.write(line)
+        else:
+            log.warning("job %s: %s", self.job.pk, line)
+
+    def flush(self) -> None:
+        self._write({})
+
+    def close(self) -> None:
+        if self._bar is not None:
+            self._bar.close()
+
+    def take_log(self) -> str | None:
+        """The job's whole log with the pending lines added, or None if nothing is pending."""
+        if not self._pending_log:
+            return None
+        self.job.log = (self.job.log + "\n".join(self._pending_log) + "\n")[-MAX_LOG_CHARS:]
+        self._pending_log.clear()
+        return self.job.log
+
+    def _write(self, fields: dict) -> None:
+        new_log = self.take_log()
+        if new_log is not None:
+            fields["log"] = new_log
+        # Only a running job is updated: a cancel in between wins, and the job stops here.
+        if fields and not Job.objects.filter(pk=self.job.pk, state=Job.State.RUNNING).update(**fields):
+            raise JobCancelled()
+        for name, value in fields.items():
+            setattr(self.job, name, value)
+
+
+def execute_job(job_id: int, foreground: bool = False) -> Job:
+    """Run job ``job_id`` to its end and return the row as it finished."""
+    worker = f"{socket.gethostname()}:{os.getpid()}"
+    claimed = Job.objects.filter(pk=job_id, state__in=[Job.State.QUEUED, Job.State.RUNNING]).update(
+        state=Job.State.RUNNING, started_at=timezone.now(), heartbeat_at=timezone.now(), worker=worker, error="")
+    job = Job.objects.get(pk=job_id)
+    if not claimed:
+        log.info("job %s is %s; nothing to run", job_id, job.state)
+        return job
+    fn = JOB_FUNCTIONS.get(job.kind)
+    ctx = JobContext(job, show_bar=foreground)
+    final: dict = {"finished_at": timezone.now()}
+    try:
+        if fn is None:
+            raise ValueError(f"no function runs jobs of kind {job.kind!r}")
+        result = fn(job, ctx) or {}
+        ctx.flush()
+        final.update(state=Job.State.SUCCEEDED, result=result, message="done")
+    except JobCancelled:
+        log.info("job %s was cancelled", job_id)
+    except Exception as exc:
+        log.exception("job %s failed", job_id)
+        final.update(state=Job.State.FAILED, error=f"{type(exc).__name__}: {exc}\n\n{traceback.format_exc()}"[-20_000:],
+                     message=str(exc)[:500])
+    finally:
+        ctx.close()
+    final["finished_at"] = timezone.now()
+    new_log = ctx.take_log()
+    if new_log is not None:
+        final["log"] = new_log
+    Job.objects.filter(pk=job_id, state=Job.State.RUNNING).update(**final)
+    return Job.objects.get(pk=job_id)
