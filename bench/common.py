@@ -1,0 +1,43 @@
+"""Helpers shared by the benchmarks: machine description and appending results to docs/benchmarks.md."""
+
+from __future__ import annotations
+
+import datetime as dt
+import os
+import platform
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+RESULTS = ROOT / "docs" / "benchmarks.md"
+SHARED_DATA = Path(os.environ.get("LANDMARKS_SHARED_DATA", ROOT.parent / "shared" / "data"))
+
+
+def machine() -> str:
+    cpu = "unknown CPU"
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    mem_gb = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30
+    return f"{cpu}, {os.cpu_count()} cores, {mem_gb:.0f} GiB, Python {platform.python_version()}"
+
+
+def table(headers: list[str], rows: list[list]) -> str:
+    lines = ["| " + " | ".join(headers) + " |", "|" + "---|" * len(headers)]
+    lines += ["| " + " | ".join(str(c) for c in row) + " |" for row in rows]
+    return "\n".join(lines)
+
+
+def record(title: str, body: str, command: str) -> None:
+    """Print ``body`` and append it to docs/benchmarks.md under ``title`` with the machine and command."""
+    stamp = dt.datetime.now(dt.UTC).strftime("%Y-%m-%d %H:%M UTC")
+    text = f"\n## {title}\n\n{stamp} · {machine()} · `{command}`\n\n{body}\n"
+    print(text)
+    RESULTS.parent.mkdir(exist_ok=True)
+    if not RESULTS.exists():
+        RESULTS.write_text("# Benchmarks\n\nEach section is appended by a script in `bench/`; newest last.\n")
+    with RESULTS.open("a") as f:
+        f.write(text)
