@@ -36,9 +36,11 @@ def mini_dir() -> Path:
 
 
 @pytest.fixture(autouse=True)
-def _media_in_tmp(settings, tmp_path):
-    """Each test writes media (copies, thumbnails) into its own folder."""
-    settings.MEDIA_ROOT = tmp_path / "media"
+def _media_in_tmp(request, tmp_path):
+    """Each test writes media (copies, thumbnails) into its own folder (when Django is loaded at all:
+    the ml/ tests also run with ``-p no:django``)."""
+    if request.config.pluginmanager.hasplugin("django"):
+        request.getfixturevalue("settings").MEDIA_ROOT = tmp_path / "media"
 
 
 @pytest.fixture
