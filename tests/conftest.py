@@ -43,14 +43,29 @@ def _media_in_tmp(request, tmp_path):
         request.getfixturevalue("settings").MEDIA_ROOT = tmp_path / "media"
 
 
+def _user_with_role(django_user_model, name: str, role: str | None):
+    from django.contrib.auth.models import Group
+
+    user = django_user_model.objects.create_user(name, password=f"pw-{name}-123")
+    if role:
+        user.groups.add(Group.objects.get_or_create(name=role)[0])
+    return user
+
+
 @pytest.fixture
-def staff_user(django_user_model):
-    return django_user_model.objects.create_user("curator", password="pw-curator-123", is_staff=True)
+def curator_user(django_user_model):
+    return _user_with_role(django_user_model, "curator", "curators")
+
+
+@pytest.fixture
+def admin_user_role(django_user_model):
+    """An account in the admins group (jobs, settings), not a superuser."""
+    return _user_with_role(django_user_model, "operator", "admins")
 
 
 @pytest.fixture
 def viewer_user(django_user_model):
-    return django_user_model.objects.create_user("viewer", password="pw-viewer-123")
+    return _user_with_role(django_user_model, "viewer", "viewers")
 
 
 @pytest.fixture

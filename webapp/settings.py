@@ -49,6 +49,7 @@ INSTALLED_APPS = [
     "webapp.catalog",
     "webapp.jobs",
     "webapp.search",
+    "webapp.curation",
     "worker",
 ]
 
@@ -79,6 +80,7 @@ TEMPLATES = [
                 "django.template.context_processors.request",
                 "django.contrib.auth.context_processors.auth",
                 "django.contrib.messages.context_processors.messages",
+                "webapp.curation.context_processors.roles",
             ],
         },
     },

@@ -2,6 +2,7 @@ from django.contrib import admin
 from django.urls import include, path
 
 from webapp.catalog import views as catalog
+from webapp.curation import views as curation
 from webapp.jobs import views as jobs
 
 urlpatterns = [
@@ -15,6 +16,12 @@ urlpatterns = [
     path("jobs/<int:pk>/", jobs.job_detail, name="job-detail"),
     path("jobs/<int:pk>/cancel/", jobs.job_cancel, name="job-cancel"),
     path("jobs/<int:pk>/retry/", jobs.job_retry, name="job-retry"),
+    path("curation/", curation.queue, name="curation-queue"),
+    path("curation/clusters/<int:pk>/", curation.cluster_detail, name="cluster-detail"),
+    path("curation/clusters/<int:pk>/apply/", curation.cluster_apply, name="cluster-apply"),
+    path("curation/changes/<int:pk>/undo/", curation.undo_change, name="change-undo"),
+    path("curation/undo/", curation.undo_batch, name="batch-undo"),
+    path("curation/landmarks/", curation.landmark_autocomplete, name="landmark-autocomplete"),
     path("accounts/", include("django.contrib.auth.urls")),
     path("admin/", admin.site.urls),
 ]

@@ -16,11 +16,15 @@ WIDTHS = {"desktop": 1280, "phone": 390}
 LAYOUT_CHECK = """() => {
   const problems = [];
   const vw = document.documentElement.clientWidth;
-  if (document.documentElement.scrollWidth > vw + 1) problems.push(`page scrolls sideways: ${document.documentElement.scrollWidth} > ${vw}`);
   const visible = el => { const r = el.getBoundingClientRect(); const s = getComputedStyle(el);
     return r.width > 0 && r.height > 0 && s.visibility !== 'hidden' && s.display !== 'none'; };
   const inScroller = el => { for (let p = el.parentElement; p; p = p.parentElement) {
     const o = getComputedStyle(p).overflowX; if (o === 'auto' || o === 'scroll') return true; } return false; };
+  if (document.documentElement.scrollWidth > vw + 1) {
+    const wide = [...document.body.querySelectorAll('*')].filter(el => el.getBoundingClientRect().right > vw + 1 && !inScroller(el))
+      .map(el => `${el.tagName}.${el.className}`).slice(0, 5);
+    problems.push(`page scrolls sideways: ${document.documentElement.scrollWidth} > ${vw}: ${wide.join(', ')}`);
+  }
   const boxes = [...document.querySelectorAll('main a, main button, main input, main img, main th, main td, main h1, main dt, main dd, header a, header button')].filter(visible);
   for (const el of boxes) {
     const r = el.getBoundingClientRect();

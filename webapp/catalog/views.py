@@ -9,6 +9,7 @@ from django.views.decorators.http import require_GET
 
 from webapp.catalog.models import Image, Landmark
 from webapp.catalog.thumbnails import thumbnail_name
+from webapp.curation.models import LabelChange
 from webapp.jobs.models import Job
 
 
@@ -37,12 +38,16 @@ def landmark_detail(request, landmark_id: str):
     landmark = get_object_or_404(Landmark, external_id=landmark_id)
     images = landmark.images.order_by("split", "external_id")
     page = Paginator(images, 48).get_page(request.GET.get("page"))
-    return render(request, "catalog/landmark_detail.html", {"landmark": landmark, "page": page})
+    history = (LabelChange.objects.filter(Q(old_landmark=landmark) | Q(new_landmark=landmark))
+               .select_related("image", "old_landmark", "new_landmark", "decided_by", "undone_by")[:50])
+    return render(request, "catalog/landmark_detail.html", {"landmark": landmark, "page": page, "changes": history})
 
 
 def image_detail(request, image_id: str):
     image = get_object_or_404(Image.objects.select_related("landmark"), external_id=image_id)
-    return render(request, "catalog/image_detail.html", {"image": image})
+    history = image.label_changes.select_related("image", "old_landmark", "new_landmark", "decided_by", "undone_by")
+    verdict = image.verdicts.select_related("run", "suggested_landmark").order_by("-run__created_at").first()
+    return render(request, "catalog/image_detail.html", {"image": image, "changes": history[:50], "verdict": verdict})
 
 
 @require_GET

@@ -1,10 +1,10 @@
 """The jobs pages: a list with live progress (htmx polling while anything runs), and one job's details."""
 
-from django.contrib.admin.views.decorators import staff_member_required
 from django.core.paginator import Paginator
 from django.shortcuts import get_object_or_404, redirect, render
 from django.views.decorators.http import require_POST
 
+from webapp.curation.roles import ADMIN, role_required
 from webapp.jobs.models import Job
 from webapp.jobs.services import cancel_job, retry_job
 
@@ -23,14 +23,14 @@ def job_detail(request, pk: int):
     return render(request, template, {"job": job})
 
 
-@staff_member_required
+@role_required(ADMIN)
 @require_POST
 def job_cancel(request, pk: int):
     cancel_job(get_object_or_404(Job, pk=pk))
     return redirect("job-detail", pk=pk)
 
 
-@staff_member_required
+@role_required(ADMIN)
 @require_POST
 def job_retry(request, pk: int):
     job = retry_job(get_object_or_404(Job, pk=pk), request.user)
