@@ -8,6 +8,7 @@ import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif", ".tif", ".tiff"}
@@ -102,3 +103,32 @@ def load_rgb(path_or_file, max_side: int | None = None) -> Image.Image:
     if max_side and max(img.size) > max_side:
         img.thumbnail((max_side, max_side), Image.Resampling.LANCZOS)
     return img
+
+
+def decode_upload(data: bytes, limits: ImageLimits = ImageLimits()) -> Image.Image:
+    """An uploaded file as an RGB image ready to embed, or BadImage saying why not.
+
+    The content decides, never the file name: SVG, HTML or text posing as a JPEG is refused because
+    Pillow does not recognise it. Accepted oddities are normalised: EXIF rotation applied, CMYK and 16-bit
+    converted, transparency composited onto white, animations reduced to their first frame.
+    """
+    inspect_image_bytes(data, limits)  # limits, bombs, truncation: refused before any full decode
+    img = Image.open(io.BytesIO(data))
+    if getattr(img, "is_animated", False):
+        img.seek(0)
+    img = ImageOps.exif_transpose(img)
+    return to_rgb(img)
+
+
+def to_rgb(img: Image.Image) -> Image.Image:
+    """RGB with transparency on white; 16-bit and CMYK handled (Pillow's plain convert gets them wrong)."""
+    if img.mode in ("I;16", "I;16B", "I;16L", "I"):
+        # 16/32-bit greyscale: scale to 8 bits instead of clipping everything above 255 to white.
+        arr = np.asarray(img, dtype=np.float64)
+        peak = arr.max() or 1.0
+        img = Image.fromarray((arr * (255.0 / max(peak, 255.0))).astype(np.uint8), mode="L")
+    if img.mode in ("RGBA", "LA", "PA") or (img.mode == "P" and "transparency" in img.info):
+        rgba = img.convert("RGBA")
+        background = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
+        return Image.alpha_composite(background, rgba).convert("RGB")
+    return img.convert("RGB")
