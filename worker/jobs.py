@@ -24,6 +24,9 @@ def run_import(job: Job, ctx: JobContext) -> dict:
     if result.images_added and params.get("thumbnails", True):
         # Follow-up work goes to the workers; it is enqueued when this job's transaction commits.
         summary["thumbnail_job"] = start_job(Job.Kind.THUMBNAILS, {"missing": True}, job.created_by).pk
+    if result.images_added and params.get("index", True):
+        # New images become searchable without a further step: the index is rebuilt over them.
+        summary["index_job"] = start_job(Job.Kind.BUILD_INDEX, {}, job.created_by).pk
     return summary
 
 
@@ -48,3 +51,4 @@ def run_thumbnails(job: Job, ctx: JobContext) -> dict:
             ctx.note(f"thumbnail of {image.external_id} ({image.location}) failed: {exc}")
         ctx.progress(i, len(pks))
     return {"thumbnails": made, "failed": failed}
+

@@ -3,7 +3,7 @@
 from celery import shared_task
 from django.db import close_old_connections
 
-import worker.jobs  # noqa: F401 - registers the job functions
+import worker.registry  # noqa: F401 - registers the job functions
 from worker.runner import execute_job
 
 

@@ -7,7 +7,7 @@ import json
 
 from django.core.management.base import BaseCommand, CommandError
 
-import worker.jobs  # noqa: F401 - registers the job functions
+import worker.registry  # noqa: F401 - registers the job functions
 from webapp.jobs.models import Job
 from webapp.jobs.services import create_job, start_job
 from worker.runner import execute_job

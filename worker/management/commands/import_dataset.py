@@ -21,6 +21,7 @@ class Command(JobCommand):
         parser.add_argument("--copy", action="store_true", help="Copy the files into media storage.")
         parser.add_argument("--split", choices=Image.Split.values, help="Put every image in this split.")
         parser.add_argument("--no-thumbnails", action="store_true", help="Do not queue thumbnail generation.")
+        parser.add_argument("--no-index", action="store_true", help="Do not queue the index rebuild.")
 
     def handle(self, *args, **options):
         path = options["path"].resolve()
@@ -30,5 +31,5 @@ class Command(JobCommand):
             raise CommandError(str(exc)) from exc
         self.stdout.write(f"importing {path} ({layout} layout)")
         params = {"path": str(path), "copy": options["copy"], "split": options["split"],
-                  "thumbnails": not options["no_thumbnails"]}
+                  "thumbnails": not options["no_thumbnails"], "index": not options["no_index"]}
         self.run_job(params, options)

@@ -1,0 +1,427 @@
+"""Global descriptors for images: extraction (multi-scale, flip TTA), PCA whitening, ensembles, shard files.
+
+How one image becomes a vector (``embed_images`` / ``embed_image``):
+
+1. load as RGB with its EXIF rotation applied (``ml.images.load_rgb``), resize keeping the aspect so the
+   long side is ``image_size``, each side rounded to a multiple of 32 (the backbone's stride);
+2. normalise with the weights' ``IMAGE_MEAN``/``IMAGE_STD`` (``ml.weights``);
+3. for each view (every scale in ``scales``, each also horizontally flipped when ``flip``): the backbone
+   feature map, GeM-pooled to g_v (B, C) *before* the Linear+BN neck;
+4. views are averaged the cirtorch way (reference C.4) in GeM-power space, v = (mean_v g_v^p)^(1/p), with p
+   the model's own GeM p. Because each g_v is itself a p-power mean over positions, v is the GeM over
+   all views' positions with every view weighted equally. (cirtorch averages its final descriptors this
+   way; ours continue through a neck, and averaging before it keeps the neck's input in the range it was
+   trained on. lyakaap's A.5 averages the FC+BN outputs instead: the neck is affine at eval, so that is
+   the same as averaging pooled vectors with p = 1.)
+5. descriptor = BN(FC(v)), L2-normalised.
+
+Decoding and resizing run in DataLoader worker processes, overlapping the forward passes.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import multiprocessing
+import os
+import shutil
+import uuid
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from PIL import Image, ImageOps
+from torch.utils.data import DataLoader, Dataset
+
+from ml.images import load_rgb
+from ml.models import LandmarkNet, fuse_conv_bn
+from ml.weights import IMAGE_MEAN, IMAGE_STD
+
+log = logging.getLogger(__name__)
+
+Progress = Callable[[int, int], None]
+SIZE_MULTIPLE = 32  # EfficientNet's total stride: sides that divide evenly keep every feature cell whole
+
+
+@dataclass
+class EmbedConfig:
+    """How to extract descriptors; defaults are tuned for CPU throughput (see docs/benchmarks.md)."""
+
+    image_size: int = 512  # long side, pixels
+    scales: tuple[float, ...] = (1.0,)
+    flip: bool = False  # also embed the mirrored image and average
+    batch_size: int = 1
+    num_workers: int = 1  # decode/resize processes; 0 = in the calling process
+    channels_last: bool = True
+    fuse_bn: bool = True  # fold BatchNorm into convolutions for batch extraction (same outputs, faster)
+    device: str = "auto"  # "auto" = cuda when available, else cpu
+    amp: bool = True  # float16 autocast, on cuda only
+    # Torch intra-op threads while extracting; None = one per core not used by a decode worker. On a
+    # busy 2-core machine 2 OpenMP threads ran ~10x slower than 1 (docs/benchmarks.md).
+    torch_threads: int | None = None
+
+    def resolved_threads(self) -> int:
+        if self.torch_threads:
+            return self.torch_threads
+        cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+        return max(1, cores - max(0, self.num_workers))
+
+    def resolved_device(self) -> torch.device:
+        if self.device == "auto":
+            return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        return torch.device(self.device)
+
+
+# ---------------------------------------------------------------------------------------- image input
+
+
+def target_size(width: int, height: int, image_size: int, multiple: int = SIZE_MULTIPLE) -> tuple[int, int]:
+    """(w, h) with the long side scaled to ``image_size``, the aspect kept, each side a multiple of 32."""
+    scale = image_size / max(width, height)
+    return (
+        max(multiple, round(width * scale / multiple) * multiple),
+        max(multiple, round(height * scale / multiple) * multiple),
+    )
+
+
+def prepare_image(img: Image.Image, image_size: int) -> torch.Tensor:
+    """An RGB PIL image resized for the network, as a uint8 tensor (3, H, W); normalised later, on device.
+
+    Shrinking goes through ``thumbnail`` exactly as ``load_rgb(max_side=...)`` does, so an uploaded photo
+    passed as a PIL image gets the same pixels as the same file embedded from disk.
+    """
+    if max(img.size) > image_size:
+        img = img.copy()
+        img.thumbnail((image_size, image_size), Image.Resampling.LANCZOS)
+    size = target_size(img.width, img.height, image_size)
+    if img.size != size:
+        img = img.resize(size, Image.Resampling.BILINEAR)
+    return torch.from_numpy(np.asarray(img, dtype=np.uint8).copy()).permute(2, 0, 1)
+
+
+class ImageItems(Dataset):
+    """Paths or file-like objects -> (position, uint8 tensor); EXIF rotation applied while loading."""
+
+    def __init__(self, items: Sequence[Any], image_size: int) -> None:
+        self.items = items
+        self.image_size = image_size
+
+    def __len__(self) -> int:
+        return len(self.items)
+
+    def __getitem__(self, i: int) -> tuple[int, torch.Tensor]:
+        item = self.items[i]
+        try:
+            img = load_rgb(item, max_side=self.image_size)
+        except Exception as exc:
+            raise ValueError(f"cannot load image {item!r}: {exc}") from exc
+        return i, prepare_image(img, self.image_size)
+
+
+def _collate(batch: list[tuple[int, torch.Tensor]]) -> list[tuple[int, torch.Tensor]]:
+    return batch  # images differ in shape; grouped by shape in the main process
+
+
+def _worker_init(_worker_id: int) -> None:
+    torch.set_num_threads(1)  # workers only decode and resize; leave the cores to the forward pass
+
+
+# ------------------------------------------------------------------------------------------ extraction
+
+
+def normalise(batch: torch.Tensor) -> torch.Tensor:
+    """uint8 (B, 3, H, W) -> float, scaled by the pretrained weights' mean/std."""
+    mean = torch.tensor(IMAGE_MEAN, device=batch.device).view(1, 3, 1, 1) * 255.0
+    std = torch.tensor(IMAGE_STD, device=batch.device).view(1, 3, 1, 1) * 255.0
+    return (batch.float() - mean) / std
+
+
+def _views(x: torch.Tensor, scales: Sequence[float], flip: bool):
+    """Every (scale, flip) variant of a normalised batch."""
+    height, width = x.shape[-2:]
+    for s in scales:
+        if s == 1.0:
+            xs = x
+        else:
+            size = (
+                max(SIZE_MULTIPLE, round(height * s / SIZE_MULTIPLE) * SIZE_MULTIPLE),
+                max(SIZE_MULTIPLE, round(width * s / SIZE_MULTIPLE) * SIZE_MULTIPLE),
+            )
+            xs = F.interpolate(x, size=size, mode="bilinear", align_corners=False)
+        yield xs
+        if flip:
+            yield xs.flip(-1)
+
+
+def power_mean(pooled: Sequence[torch.Tensor], p: float) -> torch.Tensor:
+    """(mean_v g_v^p)^(1/p) of positive pooled vectors: cirtorch's multi-scale average (C.4)."""
+    if len(pooled) == 1:
+        return pooled[0]
+    return torch.stack(pooled).pow(p).mean(dim=0).pow(1.0 / p)
+
+
+@torch.inference_mode()
+def embed_batch(model: LandmarkNet, images: torch.Tensor, cfg: EmbedConfig) -> torch.Tensor:
+    """L2-normalised descriptors (B, D) for a uint8 batch of same-sized images already on the device."""
+    device = images.device
+    x = normalise(images)
+    if cfg.channels_last:
+        x = x.contiguous(memory_format=torch.channels_last)
+    use_amp = cfg.amp and device.type == "cuda"
+    p = float(model.pool.p.detach().float().mean())
+    with torch.autocast(device.type, dtype=torch.float16, enabled=use_amp):
+        pooled = [model.forward_pooled(v).float() for v in _views(x, cfg.scales, cfg.flip)]
+        emb = model.forward_neck(power_mean(pooled, p))
+    return F.normalize(emb.float(), dim=1)
+
+
+class _ModelPrepared:
+    """The network to extract with: on the device, eval mode, optionally BN-fused and channels-last.
+
+    The caller's model is moved to the device and put in eval mode (its train mode is restored on exit);
+    with ``fuse`` a fused copy runs and is the only one made channels-last, otherwise the model itself
+    is. Torch's thread count is restored on exit too.
+    """
+
+    def __init__(self, model: LandmarkNet, cfg: EmbedConfig, fuse: bool) -> None:
+        self.model, self.cfg, self.fuse = model, cfg, fuse
+        self.device = cfg.resolved_device()
+
+    def __enter__(self) -> tuple[LandmarkNet, torch.device]:
+        self.was_training = self.model.training
+        self.threads = torch.get_num_threads()
+        torch.set_num_threads(self.cfg.resolved_threads())
+        net = self.model.to(self.device).eval()
+        if self.fuse:
+            net = fuse_conv_bn(net)
+        if self.cfg.channels_last:
+            net.to(memory_format=torch.channels_last)
+        return net, self.device
+
+    def __exit__(self, *exc: object) -> None:
+        self.model.train(self.was_training)
+        torch.set_num_threads(self.threads)
+
+
+def _num_workers(items: Sequence[Any], cfg: EmbedConfig) -> int:
+    if cfg.num_workers <= 0:
+        return 0
+    if multiprocessing.current_process().daemon:
+        # A Celery prefork child is daemonic and may not start processes: decode in-process.
+        log.info("daemonic process: decoding images without DataLoader workers")
+        return 0
+    if not all(isinstance(item, str | os.PathLike) for item in items):
+        return 0  # file-like objects (uploads) may not survive pickling into a worker
+    return min(cfg.num_workers, max(1, len(items)))
+
+
+def embed_images(
+    model: LandmarkNet, items: Sequence[Any], cfg: EmbedConfig | None = None, progress: Progress | None = None
+) -> np.ndarray:
+    """Descriptors (N, D) float32, L2-normalised, in the order of ``items`` (paths or file-like objects)."""
+    cfg = cfg or EmbedConfig()
+    out = np.zeros((len(items), model.embedding_dim), dtype=np.float32)
+    if len(items) == 0:
+        return out
+    workers = _num_workers(items, cfg)
+    loader = DataLoader(
+        ImageItems(items, cfg.image_size),
+        batch_size=cfg.batch_size,
+        num_workers=workers,
+        collate_fn=_collate,
+        worker_init_fn=_worker_init if workers else None,
+        prefetch_factor=4 if workers else None,
+    )
+    done = 0
+    with _ModelPrepared(model, cfg, fuse=cfg.fuse_bn) as (net, device):
+        for batch in loader:
+            for positions, images in _group_by_shape(batch):
+                out[positions] = embed_batch(net, images.to(device, non_blocking=True), cfg).cpu().numpy()
+            done += len(batch)
+            if progress is not None:
+                progress(done, len(items))
+    return out
+
+
+def _group_by_shape(batch: list[tuple[int, torch.Tensor]]):
+    groups: dict[tuple[int, ...], list[tuple[int, torch.Tensor]]] = {}
+    for i, tensor in batch:
+        groups.setdefault(tuple(tensor.shape), []).append((i, tensor))
+    for members in groups.values():
+        yield [i for i, _ in members], torch.stack([t for _, t in members])
+
+
+def embed_image(model: LandmarkNet, image: Image.Image, cfg: EmbedConfig | None = None) -> np.ndarray:
+    """Descriptor (D,) of one PIL image (an uploaded query photo); EXIF rotation applied if still pending.
+
+    A JPEG not yet loaded is decoded at reduced size like ``load_rgb`` does (``draft`` changes ``image``).
+    """
+    cfg = cfg or EmbedConfig()
+    if image.format == "JPEG":
+        # As load_rgb does for files (a no-op once loaded), so an upload gets the pixels its file would.
+        image.draft("RGB", (cfg.image_size, cfg.image_size))
+    img = ImageOps.exif_transpose(image).convert("RGB")
+    # No BN fusion for a single image: folding costs about as much as it saves on one forward.
+    with _ModelPrepared(model, cfg, fuse=False) as (net, device):
+        vec = embed_batch(net, prepare_image(img, cfg.image_size).unsqueeze(0).to(device), cfg)
+    return vec[0].cpu().numpy()
+
+
+# ------------------------------------------------------------------------------------- post-processing
+
+
+def l2_normalize(x: np.ndarray, eps: float = 1e-12) -> np.ndarray:
+    x = np.asarray(x, dtype=np.float32)
+    return x / np.maximum(np.linalg.norm(x, axis=-1, keepdims=True), eps)
+
+
+@dataclass
+class PCAWhitening:
+    """PCA whitening (cirtorch ``pcawhitenlearn``, C.3): x' = P (x - m), P = diag(lambda^-1/2) E^T.
+
+    ``projection`` has one row per kept component, eigenvalues descending. (lyakaap's WhiteningPCA
+    indexed the eigenvectors by row; they are the columns of eigh's result, section G.)
+    """
+
+    mean: np.ndarray  # (D,)
+    projection: np.ndarray  # (d, D)
+
+    @classmethod
+    def fit(cls, vectors: np.ndarray, dim: int | None = None, rel_eps: float = 1e-9) -> PCAWhitening:
+        """Learn from (N, D) vectors; keeps ``dim`` components (default: all with non-zero variance)."""
+        x = np.asarray(vectors, dtype=np.float64)
+        if x.ndim != 2 or x.shape[0] < 2:
+            raise ValueError(f"need at least 2 vectors as an (N, D) array, got shape {x.shape}")
+        mean = x.mean(axis=0)
+        xc = x - mean
+        cov = xc.T @ xc / x.shape[0]
+        cov = (cov + cov.T) / 2
+        eigval, eigvec = np.linalg.eigh(cov)
+        order = np.argsort(eigval)[::-1]
+        eigval, eigvec = eigval[order], eigvec[:, order]
+        # Directions without variance (N < D) would be divided by ~0 and amplify noise: drop them.
+        usable = int((eigval > rel_eps * eigval[0]).sum())
+        if dim is not None:
+            if dim > usable:
+                raise ValueError(
+                    f"dim={dim} but only {usable} components have variance ({x.shape[0]} vectors)"
+                )
+            usable = dim
+        projection = (eigvec[:, :usable] / np.sqrt(eigval[:usable])).T
+        return cls(mean.astype(np.float32), projection.astype(np.float32))
+
+    @property
+    def dim(self) -> int:
+        return self.projection.shape[0]
+
+    def apply(self, vectors: np.ndarray, normalize: bool = True) -> np.ndarray:
+        """Whitened (N, d) float32 vectors, L2-normalised unless ``normalize=False``."""
+        out = (np.asarray(vectors, dtype=np.float32) - self.mean) @ self.projection.T
+        return l2_normalize(out) if normalize else out
+
+    def save(self, path: str | os.PathLike) -> Path:
+        path = Path(path)
+        tmp = path.with_name(f".{path.name}.tmp-{uuid.uuid4().hex}.npz")
+        try:
+            np.savez(tmp, mean=self.mean, projection=self.projection)
+            os.replace(tmp, path)
+        finally:
+            tmp.unlink(missing_ok=True)
+        return path
+
+    @classmethod
+    def load(cls, path: str | os.PathLike) -> PCAWhitening:
+        with np.load(path) as data:
+            return cls(data["mean"], data["projection"])
+
+
+def concat_ensemble(arrays: Sequence[np.ndarray], weights: Sequence[float] | None = None) -> np.ndarray:
+    """lyakaap's ensemble (A.4): L2-normalise each model's vectors, scale by its weight, concatenate, L2."""
+    if not arrays:
+        raise ValueError("concat_ensemble needs at least one array")
+    weights = [1.0] * len(arrays) if weights is None else list(weights)
+    if len(weights) != len(arrays):
+        raise ValueError(f"{len(arrays)} arrays but {len(weights)} weights")
+    if len({len(a) for a in arrays}) != 1:
+        raise ValueError(f"arrays differ in length: {[len(a) for a in arrays]}")
+    return l2_normalize(
+        np.concatenate([w * l2_normalize(a) for a, w in zip(arrays, weights, strict=True)], axis=1)
+    )
+
+
+# ------------------------------------------------------------------------------------------ shard files
+
+MANIFEST = "manifest.json"
+
+
+def write_embedding_shards(
+    out_dir: str | os.PathLike, ids: Sequence[str], vectors: np.ndarray, shard_size: int = 50_000
+) -> Path:
+    """Write vectors as float16 ``shard-NNNNN.npy`` + ``shard-NNNNN.ids.txt`` files, published atomically.
+
+    Everything goes to a temporary sibling folder that is renamed to ``out_dir`` at the end, so readers
+    see either nothing or the whole set. ``out_dir`` must not exist yet (embedding sets are immutable).
+    """
+    out_dir = Path(out_dir)
+    vectors = np.asarray(vectors)
+    if vectors.ndim != 2 or len(ids) != len(vectors):
+        raise ValueError(f"need one vector per id: {len(ids)} ids, vectors of shape {vectors.shape}")
+    bad = [i for i in ids if not isinstance(i, str) or not i or "\n" in i or "\r" in i]
+    if bad:
+        raise ValueError(f"ids must be non-empty one-line strings; bad: {bad[:3]!r}")
+    if out_dir.exists():
+        raise FileExistsError(f"embedding folder already exists: {out_dir}")
+    out_dir.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out_dir.with_name(f".{out_dir.name}.tmp-{uuid.uuid4().hex}")
+    tmp.mkdir()
+    try:
+        shards = []
+        for n, start in enumerate(range(0, len(ids), shard_size)):
+            name = f"shard-{n:05d}"
+            np.save(tmp / f"{name}.npy", vectors[start : start + shard_size].astype(np.float16))
+            (tmp / f"{name}.ids.txt").write_text("".join(f"{i}\n" for i in ids[start : start + shard_size]))
+            shards.append({"name": name, "count": len(ids[start : start + shard_size])})
+        manifest = {"count": len(ids), "dim": int(vectors.shape[1]), "dtype": "float16", "shards": shards}
+        (tmp / MANIFEST).write_text(json.dumps(manifest, indent=1))
+        os.rename(tmp, out_dir)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return out_dir
+
+
+def read_embedding_shards(
+    directory: str | os.PathLike, mmap: bool = True, dtype: np.dtype | type | None = None
+) -> tuple[list[str], np.ndarray]:
+    """(ids, vectors) of a folder written by ``write_embedding_shards``.
+
+    Vectors stay float16 as stored unless ``dtype`` says otherwise; with ``mmap`` and a single shard they
+    are memory-mapped rather than read (several shards are concatenated in memory).
+    """
+    directory = Path(directory)
+    manifest_path = directory / MANIFEST
+    if not manifest_path.is_file():
+        raise FileNotFoundError(f"not an embedding folder (no {MANIFEST}): {directory}")
+    manifest = json.loads(manifest_path.read_text())
+    ids: list[str] = []
+    parts = []
+    for shard in manifest["shards"]:
+        part = np.load(directory / f"{shard['name']}.npy", mmap_mode="r" if mmap else None)
+        shard_ids = (directory / f"{shard['name']}.ids.txt").read_text().splitlines()
+        if len(shard_ids) != len(part) or len(part) != shard["count"]:
+            raise ValueError(f"{directory}/{shard['name']}: {len(shard_ids)} ids for {len(part)} vectors")
+        ids.extend(shard_ids)
+        parts.append(part)
+    if not parts:
+        vectors = np.zeros((0, manifest["dim"]), dtype=np.float16)
+    elif len(parts) == 1:
+        vectors = parts[0]
+    else:
+        vectors = np.concatenate(parts)
+    if dtype is not None and vectors.dtype != np.dtype(dtype):
+        vectors = vectors.astype(dtype)
+    return ids, vectors

@@ -1,0 +1,398 @@
+"""Training a LandmarkNet with a margin head: the reference recipe (ml-reference A.4) with exact resume.
+
+Recipe: SGD (momentum 0.9) or AdamW, lr 1e-3, weight decay 1e-5, linear warm-up then cosine annealing to
+eta_min 3e-6 stepped every optimizer step, aspect-grouped batches, "soft"/"middle" augmentation, optional
+BatchNorm freezing for the last epoch. Gradient accumulation averages the micro-batch losses (K5 summed
+them, tripling its effective lr: ml-reference G). AMP (bf16, or fp16 with a GradScaler) on CUDA only.
+
+A checkpoint written every ``checkpoint_every`` steps holds the model, optimizer, scheduler, scaler, step,
+epoch and position in the epoch, and the torch / numpy / python RNG states. The data order and every
+augmentation depend only on (seed, epoch, position), so a run resumed from step k computes the same losses
+after k as one that never stopped.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import random
+from collections.abc import Callable, Iterator
+from contextlib import nullcontext
+from dataclasses import asdict, dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch.utils.data import DataLoader
+
+from ml.data import (
+    GroupedBatchSampler,
+    ManifestDataset,
+    TarShardDataset,
+    TrainingManifest,
+    template_sizes,
+)
+from ml.models import LandmarkNet, ModelConfig, create_model, freeze_batchnorm
+from ml.weights import read_checkpoint, save_checkpoint
+
+log = logging.getLogger(__name__)
+
+Progress = Callable[[int, int], None]
+OnMetrics = Callable[[dict[str, float]], None]
+
+
+@dataclass
+class TrainConfig:
+    """How to train. ``max_steps`` (optimizer steps), when set, replaces ``epochs`` as the length."""
+
+    epochs: int = 5
+    max_steps: int | None = None
+    batch_size: int = 32
+    lr: float = 1e-3
+    weight_decay: float = 1e-5
+    optimizer: str = "sgd"  # "sgd" (momentum 0.9, as the reference) or "adamw"
+    momentum: float = 0.9
+    warmup_steps: int = 0
+    eta_min: float = 3e-6
+    grad_accum_steps: int = 1
+    max_grad_norm: float | None = None
+    amp: str | None = None  # None, "bf16" or "fp16"; CUDA only (ignored on CPU)
+    checkpoint_every: int = 0  # steps; 0 = only the final checkpoint
+    checkpoint_dir: str | None = None  # default: <out_dir>/checkpoints
+    resume_from: str | None = None
+    freeze_bn_last_epoch: bool = False
+    seed: int = 123456789
+    device: str = "auto"
+    image_size: int = 512  # square input when no template is given
+    template: str | None = None  # aspect-grouped sizes, e.g. "SS2", "S2", "M2" (A.4)
+    template_max_side: int | None = None  # scale the template down (small tests, quick runs)
+    augmentation: str = "soft"  # "none", "soft" or "middle"
+    balance_power: float = 0.0  # >0: class-balanced sampling, weight count^-power
+    num_workers: int = 0
+
+    def __post_init__(self) -> None:
+        if self.optimizer not in ("sgd", "adamw"):
+            raise ValueError(f"optimizer must be 'sgd' or 'adamw', got {self.optimizer!r}")
+        if self.amp not in (None, "bf16", "fp16"):
+            raise ValueError(f"amp must be None, 'bf16' or 'fp16', got {self.amp!r}")
+        if self.grad_accum_steps < 1 or self.batch_size < 1:
+            raise ValueError("batch_size and grad_accum_steps must be at least 1")
+        if self.max_steps is None and self.epochs < 1:
+            raise ValueError("give epochs >= 1 or max_steps")
+
+
+@dataclass
+class TrainResult:
+    checkpoint: Path  # the final model: ``ml.weights.load_model`` reads it
+    metrics: list[dict[str, float]]  # per optimizer step: step, epoch, loss, accuracy, lr
+    steps: int
+    checkpoints: list[Path] = field(default_factory=list)  # intermediate ones written by this call
+
+
+# --- schedule --------------------------------------------------------------------------------------
+
+def lr_at(step: int, cfg: TrainConfig, total_steps: int) -> float:
+    """Learning rate for optimizer step ``step`` (0-based): linear warm-up to ``lr`` over ``warmup_steps``,
+    then cosine from ``lr`` down to ``eta_min`` at ``total_steps``."""
+    if step < cfg.warmup_steps:
+        return cfg.lr * (step + 1) / cfg.warmup_steps
+    span = max(1, total_steps - cfg.warmup_steps)
+    progress = min(1.0, (step - cfg.warmup_steps) / span)
+    return cfg.eta_min + (cfg.lr - cfg.eta_min) * 0.5 * (1.0 + math.cos(math.pi * progress))
+
+
+def make_scheduler(optimizer: torch.optim.Optimizer, cfg: TrainConfig, total_steps: int):
+    base = cfg.lr
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: lr_at(step, cfg, total_steps) / base)
+
+
+def make_optimizer(model: torch.nn.Module, cfg: TrainConfig) -> torch.optim.Optimizer:
+    params = [p for p in model.parameters() if p.requires_grad]
+    if cfg.optimizer == "sgd":
+        return torch.optim.SGD(params, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
+    return torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+
+
+# --- one optimizer step --------------------------------------------------------------------------------
+
+def accumulate_gradients(
+    model: LandmarkNet,
+    micro_batches: list[tuple[torch.Tensor, torch.Tensor]],
+    scaler: torch.amp.GradScaler | None = None,
+    autocast_dtype: torch.dtype | None = None,
+) -> tuple[float, float]:
+    """Forward + backward every micro-batch, each loss divided by their number, so the gradients are those
+    of the mean loss over all of them. Returns (mean loss, accuracy); does not step the optimizer."""
+    if model.head is None:
+        raise ValueError("training needs a model with a head (ModelConfig.head and num_classes > 0)")
+    n = len(micro_batches)
+    total_loss, correct, seen = 0.0, 0, 0
+    for x, y in micro_batches:
+        device_type = x.device.type
+        ctx = torch.autocast(device_type, dtype=autocast_dtype) if autocast_dtype else nullcontext()
+        with ctx:
+            embeddings = model(x)
+            logits = model.head(embeddings, y)
+            loss = F.cross_entropy(logits.float(), y) / n
+        (scaler.scale(loss) if scaler is not None else loss).backward()
+        total_loss += float(loss.detach())
+        with torch.no_grad():
+            # Accuracy from the plain cosine logits: the margin would understate it.
+            correct += int((model.head(embeddings.detach(), None).argmax(1) == y).sum())
+            seen += len(y)
+    return total_loss, correct / max(1, seen)
+
+
+# --- data ------------------------------------------------------------------------------------------
+
+class _Batches:
+    """Micro-batches of either source, per epoch, resumable at a position inside the epoch."""
+
+    def __init__(self, source: TrainingManifest | TarShardDataset, cfg: TrainConfig) -> None:
+        self.cfg = cfg
+        # A private generator: a DataLoader otherwise draws its worker seed from the global torch RNG,
+        # which would shift every later random draw of a resumed run.
+        self.generator = torch.Generator().manual_seed(cfg.seed)
+        self.streaming = isinstance(source, TarShardDataset)
+        if self.streaming:
+            self.dataset = source
+            self.estimated_batches = len(source.label_by_image) // cfg.batch_size
+            self.loader = DataLoader(source, batch_size=cfg.batch_size, drop_last=True,
+                                     num_workers=cfg.num_workers, generator=self.generator)
+            return
+        if cfg.template:
+            sizes = template_sizes(cfg.template, cfg.template_max_side)
+            if source.aspects is None:
+                source.measure_aspects()
+        else:
+            sizes = [(cfg.image_size, cfg.image_size)]
+        self.dataset = ManifestDataset(source, sizes, cfg.augmentation)
+        self.sampler = GroupedBatchSampler(len(source), cfg.batch_size, self.dataset.group_ids, seed=cfg.seed,
+                                           drop_uneven=True, labels=source.labels,
+                                           balance_power=cfg.balance_power)
+        self.estimated_batches = len(self.sampler)
+        self.loader = DataLoader(self.dataset, batch_sampler=self.sampler, num_workers=cfg.num_workers,
+                                 generator=self.generator)
+
+    def epoch(self, epoch: int, position: Any) -> Iterator[tuple[torch.Tensor, torch.Tensor, Any]]:
+        """Yield (x, y, position after this batch) for ``epoch``, starting at ``position``."""
+        self.generator.manual_seed(self.cfg.seed + epoch)
+        if self.streaming:
+            counts = list(position or [0])
+            self.dataset.set_epoch(epoch, counts)
+            for x, y, workers in self.loader:
+                w = int(workers[0])
+                counts += [0] * (w + 1 - len(counts))
+                counts[w] += len(y)
+                yield x, y, list(counts)
+        else:
+            start = int(position or 0)
+            self.sampler.set_epoch(epoch, start)
+            for b, (x, y) in enumerate(self.loader, start=start + 1):
+                yield x, y, b
+
+
+# --- the loop --------------------------------------------------------------------------------------
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(name)
+
+
+def train(
+    model_config: ModelConfig,
+    train_config: TrainConfig,
+    manifest_or_dataset: TrainingManifest | TarShardDataset,
+    out_dir: Path | str,
+    progress: Progress | None = None,
+    on_metrics: OnMetrics | None = None,
+) -> TrainResult:
+    """Train (or resume training) and write ``<out_dir>/final.pt``; see the module docstring.
+
+    ``model_config.num_classes=0`` takes the number of labels from the data; ``class_counts=[]`` fills the
+    per-class image counts from it (dynamic margins). Checkpoints also hold ``landmark_ids`` (label index
+    -> landmark id), ``train_config`` and the metrics so far. ``progress(step, total_steps)`` and
+    ``on_metrics(row)`` are called after every optimizer step. With tar shards, resume is exact with
+    ``num_workers`` 0 or 1; with more, each worker resumes where it stopped but batches may interleave
+    differently.
+    """
+    cfg = train_config
+    out_dir = Path(out_dir)
+    ckpt_dir = Path(cfg.checkpoint_dir) if cfg.checkpoint_dir else out_dir / "checkpoints"
+    device = resolve_device(cfg.device)
+    landmark_ids, num_classes, class_counts = _label_space(manifest_or_dataset)
+    model_config = _fit_label_space(model_config, num_classes, class_counts)
+
+    _seed_everything(cfg.seed)
+    model = create_model(model_config).to(device)
+    batches = _Batches(manifest_or_dataset, cfg)
+    if batches.estimated_batches < cfg.grad_accum_steps:
+        raise ValueError(f"too little data: {batches.estimated_batches} batch(es) of {cfg.batch_size} per epoch, "
+                         f"fewer than grad_accum_steps={cfg.grad_accum_steps}")
+    steps_per_epoch = batches.estimated_batches / cfg.grad_accum_steps
+    total_steps = cfg.max_steps or int(cfg.epochs * batches.estimated_batches) // cfg.grad_accum_steps
+    last_epoch = math.ceil(total_steps / steps_per_epoch) - 1
+
+    optimizer = make_optimizer(model, cfg)
+    scheduler = make_scheduler(optimizer, cfg, total_steps)
+    autocast_dtype = _autocast_dtype(cfg, device)
+    scaler = torch.amp.GradScaler("cuda") if autocast_dtype == torch.float16 else None
+
+    state = {"step": 0, "epoch": 0, "position": None}
+    metrics: list[dict[str, float]] = []
+    if cfg.resume_from:
+        metrics = _restore(cfg.resume_from, model, optimizer, scheduler, scaler, state, device)
+
+    written: list[Path] = []
+    extra = {"landmark_ids": landmark_ids, "train_config": asdict(cfg), "total_steps": total_steps}
+    pending: list[tuple[torch.Tensor, torch.Tensor]] = []
+    model.train()
+    while state["step"] < total_steps:
+        epoch = state["epoch"]
+        if cfg.freeze_bn_last_epoch and epoch >= last_epoch:
+            freeze_batchnorm(model)
+        seen_batch = False
+        for x, y, position in batches.epoch(epoch, state["position"]):
+            seen_batch = True
+            pending.append((x.to(device, non_blocking=True), y.to(device, non_blocking=True)))
+            if len(pending) < cfg.grad_accum_steps:
+                continue
+            row = _optimizer_step(model, optimizer, scheduler, scaler, autocast_dtype, pending, cfg)
+            pending = []
+            state["step"] += 1
+            state["position"] = position
+            row.update(step=state["step"], epoch=epoch)
+            metrics.append(row)
+            if on_metrics:
+                on_metrics(row)
+            if progress:
+                progress(state["step"], total_steps)
+            if cfg.checkpoint_every and state["step"] % cfg.checkpoint_every == 0:
+                path = ckpt_dir / f"step-{state['step']:07d}.pt"
+                written.append(_save(path, model, model_config, optimizer, scheduler, scaler, state, metrics, extra))
+            if state["step"] >= total_steps:
+                break
+        else:
+            # The epoch ran out: the next one starts at its beginning. Micro-batches not yet stepped carry
+            # over; a checkpoint is only written between steps, where none are pending.
+            if not seen_batch and state["position"] is None:
+                raise ValueError(f"epoch {epoch} produced no batch of {cfg.batch_size}: too few images "
+                                 "(or no tar-shard member whose id is in the manifest)")
+            state["epoch"] += 1
+            state["position"] = None
+    final = _save(out_dir / "final.pt", model, model_config, optimizer, scheduler, scaler, state, metrics, extra)
+    return TrainResult(final, metrics, state["step"], written)
+
+
+def _optimizer_step(model, optimizer, scheduler, scaler, autocast_dtype, micro_batches, cfg) -> dict[str, float]:
+    lr = optimizer.param_groups[0]["lr"]
+    loss, accuracy = accumulate_gradients(model, micro_batches, scaler, autocast_dtype)
+    if scaler is not None:
+        scaler.unscale_(optimizer)
+    if cfg.max_grad_norm:
+        torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.max_grad_norm)
+    if scaler is not None:
+        scaler.step(optimizer)
+        scaler.update()
+    else:
+        optimizer.step()
+    optimizer.zero_grad(set_to_none=True)
+    scheduler.step()
+    return {"loss": loss, "accuracy": accuracy, "lr": lr}
+
+
+def _fit_label_space(cfg: ModelConfig, num_classes: int, class_counts: list[int]) -> ModelConfig:
+    """num_classes=0 means "as many as the data has"; class_counts=[] means "count them in the data"
+    (for dynamic margins)."""
+    if cfg.num_classes and cfg.num_classes < num_classes:
+        raise ValueError(f"model_config.num_classes={cfg.num_classes} but the data has {num_classes} labels")
+    n = cfg.num_classes or num_classes
+    counts = cfg.class_counts
+    if counts == []:
+        counts = class_counts + [1] * (n - len(class_counts))  # classes absent from the data: count 1
+    return replace(cfg, num_classes=n, class_counts=counts)
+
+
+def _label_space(source: TrainingManifest | TarShardDataset) -> tuple[list[str], int, list[int]]:
+    if isinstance(source, TrainingManifest):
+        if len(source) == 0:
+            raise ValueError("the training manifest is empty")
+        return list(source.landmark_ids), source.num_classes, source.class_counts()
+    labels = np.fromiter(source.label_by_image.values(), dtype=np.int64)
+    if labels.size == 0:
+        raise ValueError("the tar-shard dataset has no labelled image")
+    num_classes = len(source.landmark_ids) if source.landmark_ids else int(labels.max()) + 1
+    ids = source.landmark_ids or [str(i) for i in range(num_classes)]
+    return ids, num_classes, np.bincount(labels, minlength=num_classes).tolist()
+
+
+def _autocast_dtype(cfg: TrainConfig, device: torch.device) -> torch.dtype | None:
+    if cfg.amp is None:
+        return None
+    if device.type != "cuda":
+        log.warning("amp=%s ignored: mixed precision is used on CUDA only", cfg.amp)
+        return None
+    return torch.bfloat16 if cfg.amp == "bf16" else torch.float16
+
+
+def _seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+# --- checkpoints -----------------------------------------------------------------------------------
+
+def rng_state() -> dict[str, Any]:
+    """torch (and CUDA), numpy and python RNG states, in a form ``torch.load(weights_only=True)`` reads."""
+    kind, keys, pos, has_gauss, cached = np.random.get_state()
+    state = {
+        "torch": torch.get_rng_state(),
+        "numpy": [kind, torch.from_numpy(keys.astype(np.int64)), pos, has_gauss, cached],
+        "python": random.getstate(),
+    }
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def set_rng_state(state: dict[str, Any]) -> None:
+    """Restore what ``rng_state`` captured."""
+    torch.set_rng_state(state["torch"])
+    kind, keys, pos, has_gauss, cached = state["numpy"]
+    np.random.set_state((kind, keys.numpy().astype(np.uint32), pos, has_gauss, cached))
+    version, internal, gauss = state["python"]
+    random.setstate((version, tuple(internal), gauss))
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def _save(path, model, model_config, optimizer, scheduler, scaler, state, metrics, extra) -> Path:
+    return save_checkpoint(
+        path, model, model_config,
+        optimizer=optimizer.state_dict(),
+        scheduler=scheduler.state_dict(),
+        scaler=scaler.state_dict() if scaler is not None else None,
+        step=state["step"], epoch=state["epoch"], position=state["position"],
+        rng=rng_state(), metrics=list(metrics), **extra,
+    )
+
+
+def _restore(path, model, optimizer, scheduler, scaler, state, device) -> list[dict[str, float]]:
+    ckpt = read_checkpoint(path)
+    missing = [k for k in ("model", "optimizer", "scheduler", "step", "rng") if k not in ckpt]
+    if missing:
+        raise ValueError(f"{path} cannot resume training: it lacks {', '.join(missing)} "
+                         "(to fine-tune from it, use ModelConfig.pretrained instead)")
+    model.load_state_dict(ckpt["model"])
+    optimizer.load_state_dict(ckpt["optimizer"])
+    scheduler.load_state_dict(ckpt["scheduler"])
+    if scaler is not None and ckpt.get("scaler"):
+        scaler.load_state_dict(ckpt["scaler"])
+    model.to(device)
+    state.update(step=ckpt["step"], epoch=ckpt["epoch"], position=ckpt.get("position"))
+    set_rng_state(ckpt["rng"])
+    return list(ckpt.get("metrics", []))

@@ -1,0 +1,26 @@
+"""python manage.py embed [--model-version ID] [--splits ...] [--scales 1 0.707 1.414] [--flip] [--queue]"""
+
+from webapp.catalog.models import Image
+from webapp.jobs.models import Job
+from worker.management.jobcommand import JobCommand
+
+
+class Command(JobCommand):
+    help = ("Embed images (every image by default) with the active model (the latest trained ModelVersion, or "
+            "lite0 with its packaged ImageNet weights) into fp16 .npy shards, recorded as an EmbeddingSet.")
+    job_kind = Job.Kind.EMBED
+
+    def add_arguments(self, parser):
+        super().add_arguments(parser)
+        parser.add_argument("--model-version", type=int, help="ModelVersion id (default: the active model).")
+        parser.add_argument("--splits", nargs="+", choices=Image.Split.values)
+        parser.add_argument("--image-size", type=int, default=512, help="Long side in pixels.")
+        parser.add_argument("--scales", type=float, nargs="+", default=[1.0])
+        parser.add_argument("--flip", action="store_true", help="Average with the mirrored image.")
+        parser.add_argument("--batch-size", type=int, default=1)
+        parser.add_argument("--num-workers", type=int, default=1)
+
+    def handle(self, *args, **o):
+        self.run_job({"model_version": o["model_version"], "splits": o["splits"],
+                      "embed": {"image_size": o["image_size"], "scales": o["scales"], "flip": o["flip"],
+                                "batch_size": o["batch_size"], "num_workers": o["num_workers"]}}, o)
