@@ -39,7 +39,7 @@ def run_import(data: Path, env: dict) -> dict:
     manage = [sys.executable, str(ROOT / "manage.py")]
     subprocess.run([*manage, "migrate", "-v0"], env=env, check=True)
     start = time.perf_counter()
-    out = subprocess.run([*manage, "import_dataset", str(data), "--no-thumbnails"], env=env, check=True,
+    out = subprocess.run([*manage, "import_dataset", str(data), "--no-thumbnails", "--no-index"], env=env, check=True,
                          capture_output=True, text=True).stdout
     seconds = time.perf_counter() - start
     result = json.loads(out.rsplit("succeeded: ", 1)[1])

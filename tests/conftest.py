@@ -129,3 +129,32 @@ def wait_for(condition, timeout: float, interval: float = 0.1) -> bool:
             return True
         time.sleep(interval)
     return bool(condition())
+
+
+# --- a search index over landmarks-mini (built once per session; rows made per test) ------------------
+
+@pytest.fixture(scope="session")
+def mini_index_files(tmp_path_factory):
+    """The product's default pipeline prepared over the 145 landmarks-mini index images (files only)."""
+    from ml.pipeline import DEFAULT_PIPELINE, get_pipeline, load_models, prepare_database
+
+    root = tmp_path_factory.mktemp("mini-index")
+    pipeline = get_pipeline(DEFAULT_PIPELINE)
+    items = [(r["id"], str(MINI / "images" / f"{r['id']}.jpg")) for r in mini_rows() if r["split"] == "index"]
+    prepare_database(load_models(pipeline), items, pipeline, feature_dir=root / "features", index_dir=root / "index")
+    return {"pipeline": pipeline, "index": root / "index", "features": root / "features", "count": len(items)}
+
+
+@pytest.fixture
+def active_index(imported_mini, mini_index_files):
+    """Rows that make the prepared index the active one, as build_index would."""
+    from webapp.search.models import EmbeddingSet, IndexVersion
+    from webapp.search.services import default_model_version
+
+    p = mini_index_files["pipeline"]
+    es = EmbeddingSet.objects.create(model_version=default_model_version(), path="", dim=0,
+                                     image_count=mini_index_files["count"])
+    return IndexVersion.objects.create(embedding_set=es, path=str(mini_index_files["index"]), is_active=True,
+                                       size=mini_index_files["count"],
+                                       params={"pipeline": p.name, "models": list(p.models),
+                                               "feature_dir": str(mini_index_files["features"])})

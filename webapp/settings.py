@@ -50,6 +50,7 @@ INSTALLED_APPS = [
     "webapp.jobs",
     "webapp.search",
     "webapp.curation",
+    "webapp.api",
     "worker",
 ]
 
@@ -134,6 +135,9 @@ THUMBNAIL_ALIASES = {"": {"thumb": {"size": (256, 256), "crop": "smart", "qualit
 THUMBNAIL_SUBDIR = ""
 THUMBNAIL_BASEDIR = "thumbs"
 THUMBNAIL_CHECK_CACHE_MISS = True
+
+# Anyone may search (web page and API) without an account when true; everything else needs a login.
+SEARCH_PUBLIC = env.bool("SEARCH_PUBLIC", default=False)
 
 # --- Image limits: what import and upload accept.
 IMAGE_MAX_BYTES = env.int("IMAGE_MAX_BYTES", default=50 * 1024 * 1024)

@@ -1,9 +1,13 @@
 from django.contrib import admin
 from django.urls import include, path
 
+from webapp.api import profile
+from webapp.api import views as api
 from webapp.catalog import views as catalog
 from webapp.curation import views as curation
 from webapp.jobs import views as jobs
+from webapp.search import search_views
+from webapp.search import views as search
 
 urlpatterns = [
     path("", catalog.home, name="home"),
@@ -16,12 +20,24 @@ urlpatterns = [
     path("jobs/<int:pk>/", jobs.job_detail, name="job-detail"),
     path("jobs/<int:pk>/cancel/", jobs.job_cancel, name="job-cancel"),
     path("jobs/<int:pk>/retry/", jobs.job_retry, name="job-retry"),
+    path("search/", search_views.search_home, name="search"),
+    path("search/history/", search_views.search_history, name="search-history"),
+    path("search/<uuid:uid>/", search_views.search_results, name="search-results"),
+    path("search/<uuid:uid>/photo.jpg", search_views.query_photo, name="search-photo"),
+    path("search/<uuid:uid>/again/", search_views.search_rerun, name="search-rerun"),
+    path("search/<uuid:uid>/match/<str:image_id>/", search_views.why_match, name="search-match"),
+    path("models/", search.model_list, name="model-list"),
+    path("models/<int:pk>/", search.model_detail, name="model-detail"),
     path("curation/", curation.queue, name="curation-queue"),
     path("curation/clusters/<int:pk>/", curation.cluster_detail, name="cluster-detail"),
     path("curation/clusters/<int:pk>/apply/", curation.cluster_apply, name="cluster-apply"),
     path("curation/changes/<int:pk>/undo/", curation.undo_change, name="change-undo"),
     path("curation/undo/", curation.undo_batch, name="batch-undo"),
     path("curation/landmarks/", curation.landmark_autocomplete, name="landmark-autocomplete"),
+    path("api/search", api.search, name="api-search"),
+    path("api/landmarks/<str:landmark_id>", api.landmark, name="api-landmark"),
+    path("api/images/<str:image_id>", api.image, name="api-image"),
+    path("accounts/profile/", profile.profile, name="profile"),
     path("accounts/", include("django.contrib.auth.urls")),
     path("admin/", admin.site.urls),
 ]

@@ -95,7 +95,7 @@ def test_split_override_and_unknown_split(mini_dir, tmp_path):
 
 
 def test_command_records_a_job_with_progress(mini_dir, capsys):
-    call_command("import_dataset", str(mini_dir), "--no-thumbnails")
+    call_command("import_dataset", str(mini_dir), "--no-thumbnails", "--no-index")
     job = Job.objects.get(kind=Job.Kind.IMPORT)
     assert job.state == Job.State.SUCCEEDED
     assert (job.progress_done, job.progress_total) == (179, 179)

@@ -13,7 +13,7 @@ pytestmark = [pytest.mark.worker, pytest.mark.django_db(transaction=True)]
 
 
 def test_queued_import_runs_on_the_worker_and_reports_progress(celery_worker_process, mini_dir, capsys):
-    call_command("import_dataset", str(mini_dir), "--queue")
+    call_command("import_dataset", str(mini_dir), "--queue", "--no-index")
     job = Job.objects.get(kind=Job.Kind.IMPORT)
     assert f"queued job {job.pk}" in capsys.readouterr().out
     assert wait_for(lambda: Job.objects.get(pk=job.pk).is_finished, 120)
@@ -41,7 +41,7 @@ def test_a_failing_job_is_recorded_and_the_worker_goes_on(celery_worker_process,
     from webapp.jobs.services import start_job
 
     bad = start_job(Job.Kind.IMPORT, {"path": str(tmp_path / "missing")})
-    good = start_job(Job.Kind.IMPORT, {"path": str(mini_dir), "thumbnails": False})
+    good = start_job(Job.Kind.IMPORT, {"path": str(mini_dir), "thumbnails": False, "index": False})
     assert wait_for(lambda: Job.objects.get(pk=good.pk).is_finished, 120)
     bad.refresh_from_db()
     good.refresh_from_db()

@@ -15,5 +15,5 @@ class ImageAdmin(admin.ModelAdmin):
     list_filter = ["split", "dataset"]
     search_fields = ["external_id", "landmark__name", "landmark__external_id"]
     list_select_related = ["landmark"]
-    autocomplete_fields = ["landmark"]
-    readonly_fields = ["checksum", "file_size", "width", "height", "thumbnail", "created_at"]
+    # The label changes only through the audited actions (list actions here, or the review pages).
+    readonly_fields = ["landmark", "checksum", "file_size", "width", "height", "thumbnail", "created_at"]

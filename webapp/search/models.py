@@ -1,6 +1,7 @@
 """Derived artefacts: trained models, embedding sets and search indexes. Vectors live in files under
 ARTIFACTS_ROOT, never in rows; each row records what it was derived from, so staleness can be seen."""
 
+from django.conf import settings
 from django.db import models
 
 
@@ -66,3 +67,39 @@ class IndexVersion(models.Model):
 
     def __str__(self) -> str:
         return f"Index #{self.pk} ({self.kind}, {self.size} vectors)"
+
+
+class SearchQuery(models.Model):
+    """One search by photo, kept so its results page has a shareable URL and appears in the user's history."""
+
+    uid = models.UUIDField(unique=True, editable=False)
+    user = models.ForeignKey(settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL, related_name="searches")
+    photo = models.FileField(upload_to="queries/", help_text="The uploaded photo, re-encoded as JPEG.")
+    original_name = models.CharField(max_length=255, blank=True)
+    model_version = models.ForeignKey(ModelVersion, null=True, on_delete=models.SET_NULL)
+    index_version = models.ForeignKey(IndexVersion, null=True, on_delete=models.SET_NULL)
+    options = models.JSONField(default=dict, blank=True, help_text="Re-ranking steps and parameters used.")
+    landmark = models.ForeignKey("catalog.Landmark", null=True, blank=True, on_delete=models.SET_NULL)
+    confidence = models.FloatField(null=True, blank=True)
+    candidates = models.JSONField(default=list, blank=True, help_text="Top landmark candidates with scores.")
+    seconds = models.FloatField(default=0.0)
+    created_at = models.DateTimeField(auto_now_add=True, db_index=True)
+
+    class Meta:
+        ordering = ["-created_at", "-id"]
+
+    def __str__(self) -> str:
+        return f"Search {self.uid}"
+
+
+class SearchResult(models.Model):
+    query = models.ForeignKey(SearchQuery, on_delete=models.CASCADE, related_name="results")
+    rank = models.PositiveIntegerField()
+    image = models.ForeignKey("catalog.Image", on_delete=models.CASCADE, related_name="+")
+    score = models.FloatField(help_text="The final (re-ranked) score.")
+    global_score = models.FloatField(help_text="Cosine similarity of the global descriptors.")
+    inliers = models.IntegerField(null=True, blank=True, help_text="Verified local matches; null if not verified.")
+
+    class Meta:
+        ordering = ["query", "rank"]
+        constraints = [models.UniqueConstraint(fields=["query", "rank"], name="one_result_per_rank")]

@@ -1,0 +1,154 @@
+"""Search by photo from the web and the API, against the real default pipeline over landmarks-mini."""
+
+import pytest
+from django.core.management import call_command
+from django.urls import reverse
+
+from tests.conftest import MINI
+from webapp.api.models import ApiToken
+from webapp.catalog.models import Image
+from webapp.curation import actions
+from webapp.search.engine import search_photo
+from webapp.search.models import SearchQuery
+
+pytestmark = pytest.mark.django_db
+QUERY = MINI / "images" / "233e2de188985424.jpg"  # a London Bridge query (split 'query')
+
+
+@pytest.fixture
+def viewer_client(client, viewer_user):
+    client.force_login(viewer_user)
+    return client
+
+
+def upload(client, path=QUERY, url="search", **extra):
+    with open(path, "rb") as f:
+        return client.post(reverse(url), {"image": f, **extra}, **({} if url == "search" else {}))
+
+
+def test_upload_names_the_landmark_and_ranks_its_photos_first(viewer_client, active_index):
+    response = upload(viewer_client)
+    assert response.status_code == 302
+    query = SearchQuery.objects.get()
+    assert response["Location"] == reverse("search-results", args=[query.uid])
+    assert query.landmark.name == "london_bridge" and query.confidence > 0
+    top = list(query.results.order_by("rank").values_list("image__landmark__name", flat=True)[:3])
+    assert top == ["london_bridge"] * 3
+    html = viewer_client.get(response["Location"]).content.decode()
+    assert 'id="recognised">london_bridge<' in html and "Why this match" in html
+    assert query.results.count() == 100 or query.results.count() == 145 or query.results.count() >= 100
+
+
+def test_results_page_pages_and_filters_by_score(viewer_client, active_index, django_assert_max_num_queries):
+    upload(viewer_client)
+    query = SearchQuery.objects.get()
+    url = reverse("search-results", args=[query.uid])
+    with django_assert_max_num_queries(8):
+        page1 = viewer_client.get(url).content.decode()
+    assert "Page 1 of 5" in page1
+    high = viewer_client.get(url, {"min_score": "0.7"}).content.decode()
+    n_high = query.results.filter(score__gte=0.7).count()
+    assert f"{n_high} result" in high and 0 < n_high < 100
+
+
+def test_why_this_match_draws_inlier_lines(viewer_client, active_index):
+    upload(viewer_client)
+    query = SearchQuery.objects.get()
+    best = query.results.order_by("rank").first()
+    html = viewer_client.get(reverse("search-match", args=[query.uid, best.image.external_id])).content.decode()
+    assert html.count('class="inlier"') >= 8 and "verified local matches" in html
+
+
+def test_options_rerun_the_same_photo(viewer_client, active_index):
+    upload(viewer_client)
+    first = SearchQuery.objects.get()
+    response = viewer_client.post(reverse("search-rerun", args=[first.uid]), {"use_labels": "on"})
+    second = SearchQuery.objects.exclude(pk=first.pk).get()
+    assert response["Location"] == reverse("search-results", args=[second.uid])
+    assert second.options == {"verify": False, "query_expansion": False, "use_labels": True}
+    assert second.results.filter(inliers__isnull=False).count() == 0  # nothing verified this time
+    assert first.results.filter(inliers__isnull=False).exists()
+
+
+def test_non_images_get_a_clear_error(viewer_client, active_index, tmp_path):
+    fake = tmp_path / "photo.jpg"
+    fake.write_text("<svg xmlns='http://www.w3.org/2000/svg'></svg>")
+    response = upload(viewer_client, fake)
+    assert response.status_code == 400 and "“photo.jpg” cannot be searched: not an image" in response.content.decode()
+    assert not SearchQuery.objects.exists()
+
+
+def test_no_index_yet_is_explained(viewer_client, imported_mini):
+    response = upload(viewer_client)
+    assert response.status_code == 503 and "build_index" in response.content.decode()
+
+
+def test_history_lists_only_my_searches(viewer_client, active_index, client, curator_user):
+    upload(viewer_client)
+    assert "london_bridge" in viewer_client.get(reverse("search-history")).content.decode()
+    client.force_login(curator_user)
+    assert "No searches yet" in client.get(reverse("search-history")).content.decode()
+
+
+def test_relabel_changes_recognition_without_rebuilding(active_index, curator_user):
+    from PIL import Image as PILImage
+
+    photo = PILImage.open(QUERY).convert("RGB")
+    assert search_photo(photo).landmark_id == "1"
+    bridge = list(Image.objects.filter(landmark__external_id="1", split="index"))
+    actions.mark_not_landmark(bridge, acting_user=curator_user, reason="test")
+    assert search_photo(photo).landmark_id != "1"
+
+
+def test_anonymous_search_only_when_public(client, active_index, settings):
+    assert upload(client).status_code == 302 and "/accounts/login/" in upload(client)["Location"]
+    settings.SEARCH_PUBLIC = True
+    response = upload(client)
+    assert response.status_code == 302 and "/search/" in response["Location"]
+
+
+# --- API --------------------------------------------------------------------------------------------
+
+def test_api_search_with_token(client, active_index, viewer_user):
+    key = ApiToken.issue(viewer_user)
+    with open(QUERY, "rb") as f:
+        response = client.post("/api/search", {"image": f, "k": "5"}, HTTP_AUTHORIZATION=f"Token {key}")
+    assert response.status_code == 200
+    body = response.json()
+    assert body["landmark"]["id"] == "1" and body["landmark"]["name"] == "london_bridge"
+    assert 0 < body["landmark"]["confidence"] <= 1
+    assert len(body["results"]) == 5 and set(body["results"][0]) == {"image_id", "landmark_id", "score", "inliers"}
+    assert body["results"][0]["landmark_id"] == "1" and isinstance(body["results"][0]["inliers"], int)
+    assert body["query_url"].startswith("http://testserver/search/")
+
+
+def test_api_refuses_missing_or_bad_tokens_and_bad_k(client, active_index, viewer_user, settings):
+    assert client.post("/api/search").status_code == 401
+    assert client.post("/api/search", HTTP_AUTHORIZATION="Token nope").status_code == 401
+    key = ApiToken.issue(viewer_user)
+    with open(QUERY, "rb") as f:
+        assert client.post("/api/search", {"image": f, "k": "101"}, HTTP_AUTHORIZATION=f"Token {key}").status_code == 400
+    assert client.get("/api/landmarks/1").status_code == 401
+    settings.SEARCH_PUBLIC = True
+    with open(QUERY, "rb") as f:
+        assert client.post("/api/search", {"image": f}).status_code == 200
+    assert client.get("/api/landmarks/1").status_code == 401  # only search opens up
+
+
+def test_api_metadata(client, active_index, viewer_user):
+    key = ApiToken.issue(viewer_user)
+    auth = {"HTTP_AUTHORIZATION": f"Token {key}"}
+    lm = client.get("/api/landmarks/1", **auth).json()
+    assert lm["name"] == "london_bridge" and lm["images"] == 4
+    im = client.get("/api/images/233e2de188985424", **auth).json()
+    assert im["landmark_id"] == "1" and im["split"] == "query" and (im["width"], im["height"]) == (767, 1024)
+    assert client.get("/api/images/nope", **auth).status_code == 404
+
+
+def test_token_from_profile_page_and_command(viewer_client, viewer_user, capsys):
+    html = viewer_client.post(reverse("profile")).content.decode()
+    key = html.split('id="api-key">')[1].split("<")[0]
+    assert ApiToken.objects.get(user=viewer_user).prefix == key[:8]
+    call_command("create_api_token", "viewer")
+    new_key = capsys.readouterr().out.strip()
+    assert new_key != key and ApiToken.objects.get(user=viewer_user).prefix == new_key[:8]
