@@ -44,5 +44,12 @@ lint: $(VENV)/.installed-test
 format: $(VENV)/.installed-test
 	$(BIN)/ruff format webapp ml worker tests bench manage.py
 
-bench: $(VENV)/.installed-test
+$(VENV)/.installed-bench: pyproject.toml $(VENV)/.installed-test
+	$(BIN)/pip install -q -e ".[test,bench]"
+	touch $@
+
+# Each benchmark prints its table and appends it to docs/benchmarks.md (minutes each on 2 cores).
+bench: $(VENV)/.installed-bench
 	$(BIN)/python bench/bench_import.py
+	$(BIN)/python bench/bench_embed.py
+	$(BIN)/python bench/bench_clean.py
