@@ -3,6 +3,7 @@ from django.urls import include, path
 
 from webapp.api import profile
 from webapp.api import views as api
+from webapp.catalog import explore
 from webapp.catalog import views as catalog
 from webapp.curation import views as curation
 from webapp.jobs import views as jobs
@@ -13,6 +14,8 @@ urlpatterns = [
     path("", catalog.home, name="home"),
     path("landmarks/", catalog.landmark_list, name="landmark-list"),
     path("landmarks/<str:landmark_id>/", catalog.landmark_detail, name="landmark-detail"),
+    path("landmarks/<str:landmark_id>/map/", explore.landmark_map, name="landmark-map"),
+    path("images/", explore.image_list, name="image-list"),
     path("images/<str:image_id>/", catalog.image_detail, name="image-detail"),
     path("images/<str:image_id>/thumb.jpg", catalog.image_thumbnail, name="image-thumbnail"),
     path("images/<str:image_id>/preview.jpg", catalog.image_thumbnail, {"alias": "preview"}, name="image-preview"),
@@ -24,6 +27,7 @@ urlpatterns = [
     path("search/history/", search_views.search_history, name="search-history"),
     path("search/<uuid:uid>/", search_views.search_results, name="search-results"),
     path("search/<uuid:uid>/photo.jpg", search_views.query_photo, name="search-photo"),
+    path("search/<uuid:uid>/map/", explore.search_map, name="search-map"),
     path("search/<uuid:uid>/again/", search_views.search_rerun, name="search-rerun"),
     path("search/<uuid:uid>/match/<str:image_id>/", search_views.why_match, name="search-match"),
     path("models/", search.model_list, name="model-list"),

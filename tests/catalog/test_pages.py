@@ -48,7 +48,7 @@ def test_landmark_list_htmx_returns_only_rows(viewer_client, imported_mini):
 
 def test_landmark_detail_shows_a_thumbnail_grid(viewer_client, imported_mini, django_assert_max_num_queries):
     lm = Landmark.objects.get(name="london_bridge")
-    with django_assert_max_num_queries(8):
+    with django_assert_max_num_queries(10):
         html = viewer_client.get(lm.get_absolute_url()).content.decode()
     ids = Image.objects.filter(landmark=lm).values_list("external_id", flat=True)
     for image_id in ids:
@@ -68,7 +68,7 @@ def test_thumbnail_is_served_as_a_small_jpeg(viewer_client, imported_mini):
 
 
 def test_image_detail_shows_metadata(viewer_client, imported_mini, django_assert_max_num_queries):
-    with django_assert_max_num_queries(6):
+    with django_assert_max_num_queries(10):
         html = viewer_client.get(reverse("image-detail", args=["233e2de188985424"])).content.decode()
     assert "london_bridge" in html and "767 × 1024 px" in html and "phototourism" in html
 

@@ -11,6 +11,7 @@ from webapp.catalog.models import Image, Landmark
 from webapp.catalog.thumbnails import thumbnail_name
 from webapp.curation.models import LabelChange
 from webapp.jobs.models import Job
+from webapp.search.similar import more_like_this, nearest_landmarks
 
 
 def home(request):
@@ -40,14 +41,16 @@ def landmark_detail(request, landmark_id: str):
     page = Paginator(images, 48).get_page(request.GET.get("page"))
     history = (LabelChange.objects.filter(Q(old_landmark=landmark) | Q(new_landmark=landmark))
                .select_related("image", "old_landmark", "new_landmark", "decided_by", "undone_by")[:50])
-    return render(request, "catalog/landmark_detail.html", {"landmark": landmark, "page": page, "changes": history})
+    return render(request, "catalog/landmark_detail.html", {"landmark": landmark, "page": page, "changes": history,
+                                                            "nearest": nearest_landmarks(landmark)})
 
 
 def image_detail(request, image_id: str):
     image = get_object_or_404(Image.objects.select_related("landmark"), external_id=image_id)
     history = image.label_changes.select_related("image", "old_landmark", "new_landmark", "decided_by", "undone_by")
     verdict = image.verdicts.select_related("run", "suggested_landmark").order_by("-run__created_at").first()
-    return render(request, "catalog/image_detail.html", {"image": image, "changes": history[:50], "verdict": verdict})
+    return render(request, "catalog/image_detail.html", {"image": image, "changes": history[:50], "verdict": verdict,
+                                                         "similar": more_like_this(image)})
 
 
 @require_GET
