@@ -149,10 +149,10 @@ def mini_index_files(tmp_path_factory):
 def active_index(imported_mini, mini_index_files):
     """Rows that make the prepared index the active one, as build_index would."""
     from webapp.search.models import EmbeddingSet, IndexVersion
-    from webapp.search.services import default_model_version
+    from webapp.search.services import packaged_model_version
 
     p = mini_index_files["pipeline"]
-    es = EmbeddingSet.objects.create(model_version=default_model_version(), path="", dim=0,
+    es = EmbeddingSet.objects.create(model_version=packaged_model_version("+".join(p.models)), path="", dim=0,
                                      image_count=mini_index_files["count"])
     return IndexVersion.objects.create(embedding_set=es, path=str(mini_index_files["index"]), is_active=True,
                                        size=mini_index_files["count"],

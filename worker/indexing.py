@@ -22,7 +22,7 @@ from ml.pipeline import (
 from webapp.catalog.models import Image
 from webapp.jobs.models import Job
 from webapp.search.models import EmbeddingSet, IndexVersion, ModelVersion
-from webapp.search.services import active_model_version, image_file_path
+from webapp.search.services import active_model_version, image_file_path, packaged_model_version
 from worker.runner import JobContext, job_function
 
 # The collection users search: every image but the evaluation queries and test photos.
@@ -44,6 +44,8 @@ def run_build_index(job: Job, ctx: JobContext) -> dict:
     params = job.params
     mv = ModelVersion.objects.get(pk=params["model_version"]) if params.get("model_version") else active_model_version()
     pipeline = index_pipeline(params, mv)
+    if not mv.checkpoint:  # untrained: the pipeline's own packaged models are what embeds
+        mv = packaged_model_version("+".join(pipeline.models))
     images = list(Image.objects.filter(split__in=params.get("splits") or DEFAULT_INDEX_SPLITS)
                   .select_related("landmark").order_by("pk"))
     if not images:

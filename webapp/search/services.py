@@ -10,14 +10,20 @@ from webapp.search.models import EmbeddingSet, ModelVersion
 DEFAULT_BACKBONE = "tf_efficientnet_lite0"
 
 
-def default_model_version() -> ModelVersion:
-    """The packaged ImageNet weights of the default backbone, as a ModelVersion row (made on first use)."""
+def packaged_model_version(backbone: str = DEFAULT_BACKBONE) -> ModelVersion:
+    """Packaged ImageNet weights (``a+b`` = an ensemble) as a ModelVersion row, made on first use."""
+    backbone = "+".join(b.removeprefix("packaged:") for b in backbone.split("+"))
     mv, _ = ModelVersion.objects.get_or_create(
-        name=f"{DEFAULT_BACKBONE}-imagenet",
-        defaults={"backbone": DEFAULT_BACKBONE, "head": "", "embedding_dim": 0, "checkpoint": "",
+        name=f"{backbone}-imagenet",
+        defaults={"backbone": backbone, "head": "", "embedding_dim": 0, "checkpoint": "",
                   "params": {"pretrained": "packaged", "note": "ImageNet weights, GeM p=3, no training"}},
     )
     return mv
+
+
+def default_model_version() -> ModelVersion:
+    """The default backbone's packaged ImageNet weights: the model before any training."""
+    return packaged_model_version(DEFAULT_BACKBONE)
 
 
 def active_model_version() -> ModelVersion:
