@@ -25,11 +25,22 @@ abstains ("cannot judge": keep, low score) unless one of two weaker signals spea
   another label (mutual ranks, so a hub photo near everything is no evidence): suspect, that label
   suggested.
 
+Descriptors alone separate landmarks poorly on such hard views, so those two rules find only the clear
+cases, and with labels moved at random the photos nothing verifies hold about the collection's noise rate
+of mislabelled photos all the same. That rate is estimated from the photos verification does judge (the
+share of them that verify only with other labels: ``estimated_noise_rate``); the unverifiable photos are
+then flagged up to it (``noise_fill``): ranked by how much better another label explains each (a weak
+local-feature match with another label and none with its own first, one with a label-mate last, in between
+by the similarity of the nearest photo of another label minus that of the nearest label-mate), the top
+``ceil(rate x unverifiable photos)`` less those already flagged become suspect. In a clean collection the
+estimate is near 0 and nothing more is flagged; in a noisy one the cleaner spends on the photos it cannot
+verify the share of doubt the verified ones say is there.
+
 An image alone under its label cannot be judged by its label-mates at all; it is kept unless it verifies
 with another label (suspect: a relabel or a duplicate landmark). Each verdict names the rule that decided
 (``reason``): verified_own, verified_own_few, verified_other (drop), verified_other_weak,
 verified_other_group (a few photos of one landmark moved together), alone, alone_verified_other,
-embedding_other, unverified_in_verifiable_label, cannot_judge. Scores: keep <= 0.4, suspect 0.6 to 0.8,
+embedding_other, unverified_in_verifiable_label, noise_rate_ranked, cannot_judge. Scores: keep <= 0.4, suspect 0.6 to 0.8,
 drop >= 0.85.
 
 Verdicts: ``drop`` = the photo is evidently of another landmark (take it out of training, or accept the
@@ -97,7 +108,8 @@ class Thresholds:
     verified same-label neighbours (tens of photos per landmark). RootSIFT with ratio + mutual tests and a
     MAGSAC homography leaves fewer chance inliers, so 20 already separates same-place pairs; and with a
     handful of photos per landmark one verified label-mate is the evidence there can be (freq_thresh is
-    capped at the label's size - 1 in any case).
+    capped at the label's size - 1 in any case). ``noise_fill`` and ``weak_thresh`` steer the last step
+    (flagging the unverifiable photos up to the estimated noise rate); weak matches only order those photos.
     """
 
     verify_thresh: int = 20  # inliers for a pair to count as the same place
@@ -108,6 +120,8 @@ class Thresholds:
     other_rank: int = 5  # ... another label does when one of its photos is within this mutual rank
     coherent_fraction: float = 0.5  # descriptors judge a photo only under a label whose other photos ...
     # ... are mostly (this share, and at least verifiable_min) close to a label-mate
+    noise_fill: bool = True  # flag the unverifiable photos up to the noise rate estimated from verified ones
+    weak_thresh: int = 10  # inliers for a pair to count as a weak match (ranking the unverifiable photos only)
     drop_min_inliers: int = 0  # verified-elsewhere images are "drop" only with this many inliers (0 = verify_thresh)
     evidence_top: int = 10  # nearest neighbours listed in each verdict's evidence (plus all verified pairs)
 
@@ -542,6 +556,65 @@ def _judge(i: int, f: _Facts, evidence: CleaningEvidence, t: Thresholds) -> tupl
     return "keep", None, 0.1 + 0.3 * min(own_rank, own_limit) / max(1, own_limit), "cannot_judge"
 
 
+def estimated_noise_rate(f: _Facts) -> tuple[float, int]:
+    """(share of mislabelled photos, photos it rests on) among the photos spatial verification judges.
+
+    A photo that verifies with anything and has label-mates is judged by verification: correctly labelled
+    when a label-mate is among its verified matches, mislabelled when only other labels are. Under labels
+    moved at random this share estimates the noise rate of the whole collection.
+    """
+    judged = f.verified.any(axis=1) & (f.mates > 0)
+    n = int(judged.sum())
+    return (float((f.same_verified[judged] == 0).sum()) / n if n else 0.0), n
+
+
+def _fill_to_noise_rate(judged: list, f: _Facts, evidence: CleaningEvidence, t: Thresholds) -> None:
+    """Flag the photos verification cannot judge up to the estimated noise rate, most doubtful first.
+
+    The unverifiable photos (no verified pair at all; WxBS views, landmarks whose photos match nothing)
+    hold about as many mislabelled photos as the noise rate says; the descriptor rules find only the
+    clear ones. The rest are ranked by how much better another label explains the photo than its own:
+    a weak local-feature match (``weak_thresh`` inliers) with another label and none with its own first,
+    one with a label-mate last, in between by the similarity of the nearest photo of another label minus
+    that of the nearest label-mate. The top ``ceil(rate x unverifiable) - already flagged`` become suspect.
+    """
+    rate, _ = estimated_noise_rate(f)
+    nb, sims, inl = evidence.neighbours, evidence.similarities, evidence.inliers
+    unverifiable = np.flatnonzero(~f.verified.any(axis=1) & (f.mates > 0))
+    if rate <= 0 or len(unverifiable) == 0:
+        return
+    budget = math.ceil(rate * len(unverifiable)) - sum(judged[i][0] != "keep" for i in unverifiable)
+    pool = [int(i) for i in unverifiable if judged[i][0] == "keep"]
+    if budget <= 0 or not pool:
+        return
+    valid = nb >= 0
+    other = valid & ~f.same
+    keys, suggestions = [], []
+    for i in pool:
+        own_weak = int(inl[i][f.same[i]].max(initial=-1))
+        other_weak = np.where(other[i], inl[i], -1)
+        if own_weak >= t.weak_thresh:
+            cls = -1
+        elif other_weak.max() >= t.weak_thresh:
+            cls = 1
+        else:
+            cls = 0
+        last = float(sims[i][valid[i]].min()) if valid[i].any() else 0.0
+        own_sim = float(sims[i][f.same[i]].max()) if f.same[i].any() else last
+        if not other[i].any():
+            keys.append((cls, -math.inf))
+            suggestions.append(None)
+            continue
+        r_sim = int(np.flatnonzero(other[i])[np.argmax(sims[i][other[i]])])
+        r = int(np.argmax(other_weak)) if cls == 1 else r_sim
+        keys.append((cls, float(sims[i, r_sim]) - own_sim))
+        suggestions.append(str(f.lab[nb[i, r]]))
+    order = sorted(range(len(pool)), key=lambda p: keys[p], reverse=True)[:budget]
+    for p in order:
+        score = 0.65 if keys[p][0] == 1 else 0.6  # a weak match with the suggested label
+        judged[pool[p]] = ("suspect", suggestions[p], score, "noise_rate_ranked")
+
+
 def decide(
     evidence: CleaningEvidence, labels: Sequence[Hashable] | None = None, thresholds: Thresholds | None = None
 ) -> list[Verdict]:
@@ -555,8 +628,11 @@ def decide(
     # Evidence shown: the nearest evidence_top neighbours and every verified pair (what decided).
     shown = (np.arange(evidence.neighbours.shape[1])[None, :] < t.evidence_top) | (evidence.inliers >= 0)
     shown &= evidence.neighbours >= 0
+    judged = [_judge(i, f, evidence, t) for i in range(len(evidence))]
+    if t.noise_fill:
+        _fill_to_noise_rate(judged, f, evidence, t)
     for i in range(len(evidence)):
-        verdict, suggestion, score, reason = _judge(i, f, evidence, t)
+        verdict, suggestion, score, reason = judged[i]
         cols = np.flatnonzero(shown[i])
         out.append(Verdict(
             id=evidence.ids[i], label=str(f.lab[i]), verdict=verdict, suggested_label=suggestion,

@@ -139,6 +139,9 @@ THUMBNAIL_CHECK_CACHE_MISS = True
 # Anyone may search (web page and API) without an account when true; everything else needs a login.
 SEARCH_PUBLIC = env.bool("SEARCH_PUBLIC", default=False)
 
+# Folders the web forms may import or evaluate from (server paths; nothing outside them).
+IMPORT_ROOTS = env.list("IMPORT_ROOTS", default=[str(BASE_DIR.parent)])
+
 # --- Image limits: what import and upload accept.
 IMAGE_MAX_BYTES = env.int("IMAGE_MAX_BYTES", default=50 * 1024 * 1024)
 IMAGE_MAX_PIXELS = env.int("IMAGE_MAX_PIXELS", default=64_000_000)

@@ -20,6 +20,7 @@ urlpatterns = [
     path("images/<str:image_id>/thumb.jpg", catalog.image_thumbnail, name="image-thumbnail"),
     path("images/<str:image_id>/preview.jpg", catalog.image_thumbnail, {"alias": "preview"}, name="image-preview"),
     path("jobs/", jobs.job_list, name="job-list"),
+    path("jobs/new/", jobs.job_new, name="job-new"),
     path("jobs/<int:pk>/", jobs.job_detail, name="job-detail"),
     path("jobs/<int:pk>/cancel/", jobs.job_cancel, name="job-cancel"),
     path("jobs/<int:pk>/retry/", jobs.job_retry, name="job-retry"),

@@ -141,6 +141,37 @@ def test_photo_matching_nothing_under_a_verifiable_label_is_a_distractor():
     assert v.suggested_label == NOT_A_LANDMARK
 
 
+def test_unverifiable_photos_are_flagged_up_to_the_estimated_noise_rate():
+    # Places 0-4 (8 photos each) verify; a quarter of them are moved to another of those labels, so the
+    # photos verification judges say the noise rate is 0.25. Places 5-9 (4 photos each) never verify (a
+    # WxBS-like oracle); one photo of place 5 is labelled 9. With the descriptor rule switched off
+    # (other_rank=0) only the noise-rate fill can find it, and it ranks first: place 5 explains it far
+    # better than its label does.
+    w = world([8] * 5 + [4] * 5)
+    truth = [str(p) for p in w.places]
+    labels = list(truth)
+    for p in range(5):
+        labels[8 * p] = str((p + 1) % 5)
+        labels[8 * p + 1] = str((p + 2) % 5)
+    labels[40] = "9"
+
+    def oracle(a: str, b: str) -> int:
+        pa, pb = w.places[int(a[1:])], w.places[int(b[1:])]
+        return 80 if pa == pb and pa < 5 else 3
+
+    ev = build_evidence(w.vectors, w.ids, labels, EvidenceConfig(k=12, verify_top=8), local_features=oracle)
+    loose = Thresholds(other_rank=0)
+    verdicts = by_id(decide(ev, labels, loose))
+    v = verdicts["p040"]
+    assert (v.verdict, v.reason, v.suggested_label) == ("suspect", "noise_rate_ranked", "5")
+    ranked = [x for x in verdicts.values() if x.reason == "noise_rate_ranked"]
+    assert len(ranked) == 5  # ceil(0.25 x 20 unverifiable photos), none flagged before
+    assert all(verdicts[f"p{8 * p:03d}"].verdict == "drop" for p in range(5))
+    off = by_id(decide(ev, labels, Thresholds(other_rank=0, noise_fill=False)))
+    assert off["p040"].reason == "cannot_judge"
+    assert not any(x.reason == "noise_rate_ranked" for x in off.values())
+
+
 def test_decide_rejects_labels_of_the_wrong_length():
     w = world([3, 3])
     ev = evidence_for(w, ["a"] * 3 + ["b"] * 3, k=4, verify_top=2)

@@ -5,8 +5,9 @@ from django.shortcuts import get_object_or_404, redirect, render
 from django.views.decorators.http import require_POST
 
 from webapp.curation.roles import ADMIN, role_required
+from webapp.jobs.forms import FORMS
 from webapp.jobs.models import Job
-from webapp.jobs.services import cancel_job, retry_job
+from webapp.jobs.services import cancel_job, retry_job, start_job
 
 
 def job_list(request):
@@ -35,3 +36,15 @@ def job_cancel(request, pk: int):
 def job_retry(request, pk: int):
     job = retry_job(get_object_or_404(Job, pk=pk), request.user)
     return redirect("job-detail", pk=job.pk)
+
+
+@role_required(ADMIN)
+def job_new(request):
+    """One small form per kind of job; the posted one is validated and started on the workers."""
+    kind = request.POST.get("kind") if request.method == "POST" else None
+    forms = {k: cls(request.POST if k == kind else None, prefix=k) for k, cls in FORMS.items()}
+    if kind in forms and forms[kind].is_valid():
+        job = start_job(kind, forms[kind].params(), request.user)
+        return redirect("job-detail", pk=job.pk)
+    entries = [(k, Job.Kind(k).label, f) for k, f in forms.items()]
+    return render(request, "jobs/job_new.html", {"entries": entries}, status=400 if kind else 200)
