@@ -24,8 +24,9 @@ $(VENV)/.installed-test: pyproject.toml $(VENV)/.installed
 run: $(VENV)/.installed
 	PORT=$(PORT) $(BIN)/python manage.py run_app $(if $(DATA),--data "$(DATA)")
 
+# A worker on every queue, with the beat that runs the watchdog (run -B on one worker per installation).
 worker: $(VENV)/.installed
-	$(BIN)/python -m celery -A worker.celery worker -Q cpu,gpu,interactive --pool solo --loglevel INFO
+	$(BIN)/python -m celery -A worker.celery worker -Q cpu,gpu,interactive --pool solo --loglevel INFO -B
 
 web: $(VENV)/.installed
 	$(BIN)/python manage.py migrate --noinput

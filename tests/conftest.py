@@ -37,10 +37,12 @@ def mini_dir() -> Path:
 
 @pytest.fixture(autouse=True)
 def _media_in_tmp(request, tmp_path):
-    """Each test writes media (copies, thumbnails) into its own folder (when Django is loaded at all:
+    """Each test writes media and artefacts (copies, thumbnails, chunks, indexes) into its own folder (when Django is loaded:
     the ml/ tests also run with ``-p no:django``)."""
     if request.config.pluginmanager.hasplugin("django"):
-        request.getfixturevalue("settings").MEDIA_ROOT = tmp_path / "media"
+        settings = request.getfixturevalue("settings")
+        settings.MEDIA_ROOT = tmp_path / "media"
+        settings.ARTIFACTS_ROOT = tmp_path / "artifacts"
 
 
 def _user_with_role(django_user_model, name: str, role: str | None):
@@ -90,12 +92,32 @@ def _worker_env(settings) -> dict[str, str]:
         env["DATABASE_URL"] = (f"postgres://{db['USER']}:{db['PASSWORD']}@{db['HOST'] or '127.0.0.1'}:"
                                f"{db['PORT'] or 5432}/{db['NAME']}")
     env["MEDIA_ROOT"] = str(settings.MEDIA_ROOT)
+    env["ARTIFACTS_ROOT"] = str(settings.ARTIFACTS_ROOT)
     return env
 
 
-@pytest.fixture
-def celery_worker_process(transactional_db, settings, tmp_path):
-    """A real `celery worker` process (solo pool) for one test; stopped and reaped afterwards."""
+def start_worker(settings, log_path: Path, name: str = "w") -> subprocess.Popen:
+    """A real `celery worker` process (solo pool) on the suite's broker and test database; waits until ready."""
+    cmd = [sys.executable, "-m", "celery", "-A", "worker.celery", "worker", "-Q", "cpu,gpu,interactive",
+           "--pool", "solo", "--loglevel", "INFO", "--hostname", f"{name}-{os.getpid()}@%h"]
+    with log_path.open("w") as log:
+        proc = subprocess.Popen(cmd, cwd=ROOT, env=_worker_env(settings), stdout=log, stderr=subprocess.STDOUT)
+    started = wait_for(lambda: "ready." in log_path.read_text() or proc.poll() is not None, 60)
+    assert started and proc.poll() is None, f"worker did not start:\n{log_path.read_text()}"
+    return proc
+
+
+def stop_worker(proc: subprocess.Popen) -> None:
+    if proc.poll() is None:
+        proc.terminate()
+        try:
+            proc.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
+
+def clear_broker(settings) -> None:
     from webapp.celery_app import app
 
     if settings.CELERY_BROKER_URL.startswith("filesystem://"):
@@ -103,22 +125,17 @@ def celery_worker_process(transactional_db, settings, tmp_path):
         settings.CELERY_BROKER_FOLDER.mkdir(parents=True)
     else:
         app.control.purge()
-    log_path = tmp_path / "worker.log"
-    cmd = [sys.executable, "-m", "celery", "-A", "worker.celery", "worker", "-Q", "cpu,gpu,interactive",
-           "--pool", "solo", "--loglevel", "INFO", "--hostname", f"test-{os.getpid()}@%h"]
-    with log_path.open("w") as log:
-        proc = subprocess.Popen(cmd, cwd=ROOT, env=_worker_env(settings), stdout=log, stderr=subprocess.STDOUT)
+
+
+@pytest.fixture
+def celery_worker_process(transactional_db, settings, tmp_path):
+    """A real worker for one test; stopped and reaped afterwards."""
+    clear_broker(settings)
+    proc = start_worker(settings, tmp_path / "worker.log")
     try:
-        started = wait_for(lambda: "ready." in log_path.read_text() or proc.poll() is not None, 60)
-        assert started and proc.poll() is None, f"worker did not start:\n{log_path.read_text()}"
         yield proc
     finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
+        stop_worker(proc)
 
 
 def wait_for(condition, timeout: float, interval: float = 0.1) -> bool:

@@ -46,6 +46,7 @@ INSTALLED_APPS = [
     "django.contrib.humanize",
     "django_htmx",
     "easy_thumbnails",
+    "django_celery_results",
     "webapp.catalog",
     "webapp.jobs",
     "webapp.search",
@@ -159,7 +160,20 @@ if CELERY_BROKER_URL.startswith("filesystem://"):
         "control_folder": str(CELERY_BROKER_FOLDER / "control"),
         "store_processed": False,
     }
-CELERY_TASK_IGNORE_RESULT = True  # Job rows carry state, progress and results.
+CELERY_TASK_IGNORE_RESULT = True  # Job rows carry state, progress and results ...
+# ... except for the chunk tasks a chord waits on: their results go to the Django database (any backend).
+CELERY_RESULT_BACKEND = env.str("CELERY_RESULT_BACKEND", default="django-db")
+CELERY_RESULT_EXTENDED = True
+CELERY_TASK_TIME_LIMIT = env.int("CELERY_TASK_TIME_LIMIT", default=24 * 3600)  # hard stop for a stuck task
+CELERY_TASK_SOFT_TIME_LIMIT = env.int("CELERY_TASK_SOFT_TIME_LIMIT", default=23 * 3600)
+# A failed publish (broker down) gives up quickly; the job stays queued and the watchdog sends it again.
+CELERY_TASK_PUBLISH_RETRY_POLICY = {"max_retries": 2, "interval_start": 0, "interval_step": 0.5, "interval_max": 1}
+CELERY_BROKER_CONNECTION_TIMEOUT = 3
+# The watchdog runs on the workers' embedded beat (`celery worker -B`): it resumes jobs whose worker died
+# (no heartbeat for JOB_STALE_SECONDS) and re-sends queued jobs whose message was lost.
+JOB_STALE_SECONDS = env.int("JOB_STALE_SECONDS", default=300)
+CELERY_BEAT_SCHEDULE = {"watchdog": {"task": "worker.watchdog", "schedule": env.int("WATCHDOG_SECONDS", default=60)}}
+CELERY_BEAT_SCHEDULE_FILENAME = str(VAR_DIR / "celerybeat-schedule")
 CELERY_TASK_ACKS_LATE = True  # a job whose worker dies is delivered again, not lost
 CELERY_TASK_REJECT_ON_WORKER_LOST = True
 CELERY_WORKER_PREFETCH_MULTIPLIER = 1

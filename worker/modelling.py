@@ -3,22 +3,19 @@
 from __future__ import annotations
 
 import time
-import uuid
 from dataclasses import asdict, fields
 from pathlib import Path
 
 from django.conf import settings
 
 from ml.data import TrainingManifest
-from ml.embed import EmbedConfig, embed_images, write_embedding_shards
 from ml.models import ModelConfig
 from ml.train import TrainConfig, train
-from ml.weights import load_model
 from webapp.catalog.models import Image
 from webapp.jobs.models import Job
-from webapp.search.models import EmbeddingSet, ModelVersion
-from webapp.search.services import active_model_version, image_file_path, model_spec
-from worker.runner import JobContext, job_function
+from webapp.search.models import ModelVersion
+from webapp.search.services import image_file_path
+from worker.runner import JobContext, JobDeferred, job_function
 
 
 def _dataclass_from(cls, params: dict):
@@ -83,20 +80,22 @@ class CurveWriter:
 
 @job_function(Job.Kind.EMBED)
 def run_embed(job: Job, ctx: JobContext) -> dict:
-    params = job.params
-    mv = ModelVersion.objects.get(pk=params["model_version"]) if params.get("model_version") else active_model_version()
-    cfg = _dataclass_from(EmbedConfig, {**params.get("embed", {}),
-                                        "scales": tuple(params.get("embed", {}).get("scales", (1.0,)))})
-    images = list(_images(params).only("pk", "external_id", "file", "path"))
-    if not images:
-        raise ValueError("no images to embed")
-    ctx.progress(0, len(images), f"loading model {mv.name}")
-    model = load_model(model_spec(mv))
-    vectors = embed_images(model, [image_file_path(im) for im in images], cfg,
-                           progress=lambda done, total: ctx.progress(done, total, f"embedding with {mv.name}"))
-    out = Path(settings.ARTIFACTS_ROOT) / "embeddings" / f"{mv.pk}-{uuid.uuid4().hex[:12]}"
-    write_embedding_shards(out, [im.external_id for im in images], vectors)
-    es = EmbeddingSet.objects.create(
-        model_version=mv, path=str(out), dim=vectors.shape[1], image_count=len(images), scales=list(cfg.scales),
-        image_filter={"splits": params.get("splits") or "all"}, params={"embed": asdict(cfg)}, job=job)
-    return {"embedding_set": es.pk, "images": len(images), "dim": int(vectors.shape[1]), "path": str(out)}
+    """Embed in chunks: on the workers as a chord over the chunks not on disk yet, in the foreground one
+    chunk after another. Either way a resumed job skips the chunks it finished."""
+    from celery import chord
+
+    from webapp.celery_app import app
+    from worker import chunks
+
+    plan = chunks.plan(job)
+    pending = chunks.pending_chunks(job, plan)
+    chunks.report(job, plan, "planning chunks")
+    if job.queued and len(pending) > 1:
+        header = [app.signature("worker.embed_chunk", args=(job.pk, i), queue="gpu") for i in pending]
+        chord(header)(app.signature("worker.finish_embed", args=(job.pk,), queue="gpu"))
+        raise JobDeferred(f"{len(pending)} chunks sent to the workers")
+    for i in pending:
+        chunks.compute_chunk(job, plan, i)
+        chunks.report(job, plan, f"embedding chunk {i + 1} of {chunks.chunk_count(plan)}")
+        ctx.progress(min((i + 1) * plan["chunk"], len(plan["ids"])), len(plan["ids"]))
+    return chunks.publish(job, plan)

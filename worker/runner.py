@@ -13,6 +13,9 @@ import time
 import traceback
 from collections.abc import Callable
 
+from django.db import InterfaceError, OperationalError
+from django.db.models import F, Value
+from django.db.models.functions import Coalesce
 from django.utils import timezone
 from tqdm import tqdm
 
@@ -26,6 +29,14 @@ MAX_LOG_CHARS = 200_000
 
 class JobCancelled(Exception):
     """Raised inside a job when someone cancelled it."""
+
+
+class JobDeferred(Exception):  # noqa: N818 - a signal, not an error
+    """Raised by a job function that handed its work to other tasks (a chord); they finish the job."""
+
+
+# Database errors that pass (a restart, a failover): the task is retried later rather than the job failed.
+TRANSIENT_ERRORS = (OperationalError, InterfaceError)
 
 
 def job_function(kind: str):
@@ -101,8 +112,10 @@ class JobContext:
 def execute_job(job_id: int, foreground: bool = False) -> Job:
     """Run job ``job_id`` to its end and return the row as it finished."""
     worker = f"{socket.gethostname()}:{os.getpid()}"
+    # Queued, or running when a worker died and the watchdog sent it again: the job resumes.
     claimed = Job.objects.filter(pk=job_id, state__in=[Job.State.QUEUED, Job.State.RUNNING]).update(
-        state=Job.State.RUNNING, started_at=timezone.now(), heartbeat_at=timezone.now(), worker=worker, error="")
+        state=Job.State.RUNNING, started_at=Coalesce(F("started_at"), Value(timezone.now())),
+        heartbeat_at=timezone.now(), worker=worker, error="")
     job = Job.objects.get(pk=job_id)
     if not claimed:
         log.info("job %s is %s; nothing to run", job_id, job.state)
@@ -118,6 +131,13 @@ def execute_job(job_id: int, foreground: bool = False) -> Job:
         final.update(state=Job.State.SUCCEEDED, result=result, message="done")
     except JobCancelled:
         log.info("job %s was cancelled", job_id)
+    except JobDeferred as deferred:
+        ctx.close()
+        ctx.progress(job.progress_done, job.progress_total, str(deferred))
+        return Job.objects.get(pk=job_id)
+    except TRANSIENT_ERRORS:
+        ctx.close()
+        raise  # the task retries with backoff; the job resumes then
     except Exception as exc:
         log.exception("job %s failed", job_id)
         final.update(state=Job.State.FAILED, error=f"{type(exc).__name__}: {exc}\n\n{traceback.format_exc()}"[-20_000:],

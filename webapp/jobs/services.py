@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import logging
+
 from django.db import transaction
 from django.utils import timezone
 
 from webapp.celery_app import app as celery_app
 from webapp.jobs.models import Job
 
+log = logging.getLogger(__name__)
 RUN_JOB_TASK = "worker.run_job"
 # Which Celery queue each kind of job goes to: model work on the GPU queue, the rest on CPU workers.
 QUEUES = {Job.Kind.TRAIN: "gpu", Job.Kind.EMBED: "gpu"}
@@ -21,8 +24,21 @@ def create_job(kind: str, params: dict | None = None, user=None, queued: bool = 
 def enqueue(job: Job) -> None:
     """Hand ``job`` to the workers once the surrounding transaction has committed (never before: a
     worker could otherwise look for a row that does not exist yet)."""
-    queue = QUEUES.get(job.kind, "cpu")
-    transaction.on_commit(lambda: celery_app.send_task(RUN_JOB_TASK, args=[job.pk], queue=queue))
+    transaction.on_commit(lambda: send_job(job))
+
+
+def send_job(job: Job) -> bool:
+    """Publish the job's task. If the broker is unreachable the job stays queued, says so, and the
+    watchdog sends it again later: starting a job never fails because the broker is down."""
+    try:
+        celery_app.send_task(RUN_JOB_TASK, args=[job.pk], queue=QUEUES.get(job.kind, "cpu"))
+    except Exception as exc:  # kombu raises several kinds for an unreachable broker
+        log.warning("job %s: broker unreachable (%s); the watchdog will send it again", job.pk, exc)
+        Job.objects.filter(pk=job.pk, state=Job.State.QUEUED).update(
+            message="waiting for the message broker (unreachable); it will be sent again automatically")
+        return False
+    Job.objects.filter(pk=job.pk, state=Job.State.QUEUED).update(heartbeat_at=timezone.now())
+    return True
 
 
 def start_job(kind: str, params: dict | None = None, user=None) -> Job:

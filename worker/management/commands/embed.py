@@ -19,8 +19,10 @@ class Command(JobCommand):
         parser.add_argument("--flip", action="store_true", help="Average with the mirrored image.")
         parser.add_argument("--batch-size", type=int, default=1)
         parser.add_argument("--num-workers", type=int, default=1)
+        parser.add_argument("--chunk-size", type=int, default=512,
+                            help="Images per chunk: the unit that workers share and that a resumed job skips.")
 
     def handle(self, *args, **o):
-        self.run_job({"model_version": o["model_version"], "splits": o["splits"],
+        self.run_job({"model_version": o["model_version"], "splits": o["splits"], "chunk_size": o["chunk_size"],
                       "embed": {"image_size": o["image_size"], "scales": o["scales"], "flip": o["flip"],
                                 "batch_size": o["batch_size"], "num_workers": o["num_workers"]}}, o)

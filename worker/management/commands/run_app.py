@@ -47,8 +47,9 @@ class Command(BaseCommand):
         return f"Log in as 'admin' with password: {password}  (shown only this once)"
 
     def start_worker(self) -> subprocess.Popen:
+        # -B: this worker also runs the beat that schedules the watchdog (one per installation).
         cmd = [sys.executable, "-m", "celery", "-A", "worker.celery", "worker", "-Q", "cpu,gpu,interactive",
-               "--pool", "solo", "--loglevel", "INFO", "--hostname", f"embedded@{os.uname().nodename}"]
+               "--pool", "solo", "--loglevel", "INFO", "--hostname", f"embedded@{os.uname().nodename}", "-B"]
         return subprocess.Popen(cmd)
 
     def start_web(self, opts) -> subprocess.Popen:

@@ -1,0 +1,155 @@
+"""Embedding in chunks: any number of workers embed chunks in parallel (a Celery chord), each chunk is
+written to a temp file and published by rename, and a chunk already on disk is never computed again, so a
+job whose worker died resumes where it stopped and ends with the same vectors as an uninterrupted run."""
+
+from __future__ import annotations
+
+import json
+import os
+import uuid
+from dataclasses import asdict
+from pathlib import Path
+
+import numpy as np
+from django.conf import settings
+from django.db import transaction
+
+from ml.embed import EmbedConfig, embed_images, write_embedding_shards
+from ml.weights import load_model
+from webapp.catalog.models import Image
+from webapp.jobs.models import Job
+from webapp.search.models import EmbeddingSet, ModelVersion
+from webapp.search.services import active_model_version, image_file_path, model_spec
+
+DEFAULT_CHUNK = 512
+_models: dict[str, object] = {}  # one loaded model per spec per worker process
+
+
+def work_dir(job: Job) -> Path:
+    """The job's chunk folder; the creation time makes it unique even where ids are reused."""
+    return Path(settings.ARTIFACTS_ROOT) / "work" / f"embed-{job.pk}-{job.created_at:%Y%m%dT%H%M%S%f}"
+
+
+def plan(job: Job) -> dict:
+    """The job's fixed plan (images, model, settings), written once so every resume sees the same one."""
+    path = work_dir(job) / "plan.json"
+    if path.exists():
+        return json.loads(path.read_text())
+    params = job.params
+    mv = ModelVersion.objects.get(pk=params["model_version"]) if params.get("model_version") else active_model_version()
+    images = Image.objects.order_by("pk")
+    if params.get("splits"):
+        images = images.filter(split__in=params["splits"])
+    images = list(images.only("pk", "external_id", "file", "path"))
+    if not images:
+        raise ValueError("no images to embed")
+    embed = {**params.get("embed", {})}
+    embed["scales"] = list(embed.get("scales", [1.0]))
+    data = {"model_version": mv.pk, "spec": model_spec(mv), "embed": embed,
+            "chunk": int(params.get("chunk_size") or DEFAULT_CHUNK),
+            "ids": [im.external_id for im in images], "paths": [image_file_path(im) for im in images]}
+    _write_atomic(path, json.dumps(data).encode())
+    return data
+
+
+def chunk_count(p: dict) -> int:
+    return (len(p["ids"]) + p["chunk"] - 1) // p["chunk"]
+
+
+def chunk_path(job: Job, i: int) -> Path:
+    return work_dir(job) / f"chunk-{i:06d}.npy"
+
+
+def pending_chunks(job: Job, p: dict) -> list[int]:
+    return [i for i in range(chunk_count(p)) if not chunk_path(job, i).exists()]
+
+
+def embed_config(p: dict) -> EmbedConfig:
+    from worker.modelling import _dataclass_from
+
+    return _dataclass_from(EmbedConfig, {**p["embed"], "scales": tuple(p["embed"]["scales"])})
+
+
+def compute_chunk(job: Job, p: dict, i: int) -> None:
+    if chunk_path(job, i).exists():
+        return
+    if p["spec"] not in _models:
+        _models[p["spec"]] = load_model(p["spec"])
+    lo, hi = i * p["chunk"], min((i + 1) * p["chunk"], len(p["ids"]))
+    vectors = embed_images(_models[p["spec"]], p["paths"][lo:hi], embed_config(p))
+    buf = _npy_bytes(vectors.astype(np.float32))
+    _write_atomic(chunk_path(job, i), buf)
+
+
+def report(job: Job, p: dict, message: str) -> None:
+    """Progress of a chunked job = the images in chunks on disk (whoever computed them)."""
+    done = sum(min(p["chunk"], len(p["ids"]) - i * p["chunk"]) for i in range(chunk_count(p))
+               if chunk_path(job, i).exists())
+    from django.utils import timezone
+
+    Job.objects.filter(pk=job.pk, state=Job.State.RUNNING).update(
+        progress_done=done, progress_total=len(p["ids"]), message=message, heartbeat_at=timezone.now())
+
+
+def run_chunk(job_id: int, i: int) -> int:
+    job = Job.objects.get(pk=job_id)
+    if job.state != Job.State.RUNNING:
+        return i  # cancelled or already finished: nothing to do
+    p = plan(job)
+    compute_chunk(job, p, i)
+    report(job, p, f"embedding chunk {i + 1} of {chunk_count(p)}")
+    return i
+
+
+def finish_job(job_id: int) -> str:
+    """Publish the chunks as one EmbeddingSet and mark the job done (idempotent: a second call does nothing)."""
+    job = Job.objects.get(pk=job_id)
+    if job.state != Job.State.RUNNING:
+        return job.state
+    p = plan(job)
+    missing = pending_chunks(job, p)
+    if missing:  # a chunk task died for good: leave the job running for the watchdog to resume
+        return f"waiting for chunks {missing[:5]}"
+    result = publish(job, p)
+    from django.utils import timezone
+
+    Job.objects.filter(pk=job.pk, state=Job.State.RUNNING).update(
+        state=Job.State.SUCCEEDED, result=result, message="done", finished_at=timezone.now(),
+        progress_done=len(p["ids"]), progress_total=len(p["ids"]))
+    return Job.State.SUCCEEDED
+
+
+def publish(job: Job, p: dict) -> dict:
+    vectors = np.concatenate([np.load(chunk_path(job, i)) for i in range(chunk_count(p))])
+    out = Path(settings.ARTIFACTS_ROOT) / "embeddings" / f"job-{job.pk}-{uuid.uuid4().hex[:8]}"
+    with transaction.atomic():
+        existing = EmbeddingSet.objects.filter(job=job).first()
+        if existing:
+            es = existing
+        else:
+            write_embedding_shards(out, p["ids"], vectors)
+            es = EmbeddingSet.objects.create(
+                model_version_id=p["model_version"], path=str(out), dim=vectors.shape[1], image_count=len(p["ids"]),
+                scales=p["embed"]["scales"], image_filter={"splits": job.params.get("splits") or "all"},
+                params={"embed": asdict(embed_config(p)), "chunks": chunk_count(p)}, job=job)
+    return {"embedding_set": es.pk, "images": len(p["ids"]), "dim": int(vectors.shape[1]), "path": es.path,
+            "chunks": chunk_count(p)}
+
+
+def _npy_bytes(array: np.ndarray) -> bytes:
+    import io
+
+    buf = io.BytesIO()
+    np.save(buf, array)
+    return buf.getvalue()
+
+
+def _write_atomic(path: Path, data: bytes) -> None:
+    """Temp file + rename: a reader (or a resumed job) sees no file or the whole file, never half."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex}.tmp")
+    with open(tmp, "wb") as f:
+        f.write(data)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
