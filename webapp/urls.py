@@ -38,6 +38,7 @@ urlpatterns = [
     path("curation/clusters/<int:pk>/apply/", curation.cluster_apply, name="cluster-apply"),
     path("curation/changes/<int:pk>/undo/", curation.undo_change, name="change-undo"),
     path("curation/undo/", curation.undo_batch, name="batch-undo"),
+    path("curation/images/<str:image_id>/takedown/", curation.image_takedown, name="image-takedown"),
     path("curation/landmarks/", curation.landmark_autocomplete, name="landmark-autocomplete"),
     path("api/search", api.search, name="api-search"),
     path("api/landmarks/<str:landmark_id>", api.landmark, name="api-landmark"),

@@ -20,7 +20,7 @@ from django.db import transaction
 from ml.datasets import ImageRecord, read_dataset
 from ml.images import BadImage, ImageInfo, inspect_image_file
 from webapp.catalog.limits import image_limits
-from webapp.catalog.models import Image, Landmark
+from webapp.catalog.models import CatalogRevision, Image, Landmark
 
 log = logging.getLogger(__name__)
 Progress = Callable[[int, int], None]
@@ -114,6 +114,8 @@ def _import_batch(batch: list[ImageRecord], landmark_pks: dict[str, int], datase
             default_storage.delete(name)
         raise
     result.images_added += len(created)
+    if created:
+        CatalogRevision.bump()
     result.added_ids.extend(im.pk for im in created if im.pk is not None)
 
 

@@ -145,3 +145,23 @@ def test_export_cleaned_writes_current_labels_and_a_manifest(cluster, curator_us
                                                     "decided_by": "curator"}
     assert manifest[images[1].external_id]["action"] == "not_landmark"
     assert manifest[images[2].external_id]["action"] == "drop"
+
+
+def test_takedown_hides_an_image_from_search_at_once(active_index, curator_user, client):
+    from PIL import Image as PILImage
+
+    from tests.conftest import MINI
+    from webapp.search.engine import search_photo
+
+    photo = PILImage.open(MINI / "images" / "233e2de188985424.jpg").convert("RGB")
+    top = search_photo(photo).hits[0].image_id
+    image = Image.objects.get(external_id=top)
+    client.force_login(curator_user)
+    client.post(reverse("image-takedown", args=[top]))
+    assert Image.objects.get(pk=image.pk).taken_down
+    assert top not in [h.image_id for h in search_photo(photo).hits]
+    assert LabelChange.objects.filter(image=image, action="takedown").exists()
+    client.post(reverse("image-takedown", args=[top]), {"restore": "1"})
+    assert search_photo(photo).hits[0].image_id == top
+    image.delete()  # deleted images leave the results too
+    assert top not in [h.image_id for h in search_photo(photo).hits]

@@ -48,7 +48,8 @@ def image_list(request):
         got = vectors_for([f["like"]])
         if got and got[0]:
             hits = ranked_like(got[1][0], SIMILAR_DEPTH)  # a second engine check; cheap
-            allowed = set(images.filter(external_id__in=[i for i, _ in hits]).values_list("external_id", flat=True))
+            allowed = set(images.filter(external_id__in=[i for i, _ in hits], taken_down=False)
+                          .values_list("external_id", flat=True))
             ranked = [i for i, _ in hits if i in allowed]
             by_id = images.in_bulk(ranked, field_name="external_id")
             items = [by_id[i] for i in ranked]

@@ -47,6 +47,8 @@ class Image(models.Model):
     thumbnail = models.CharField(max_length=500, blank=True, help_text="Storage name of the cached thumbnail.")
     source = models.TextField(blank=True, help_text="Where this photo comes from.")
     dataset = models.CharField(max_length=300, blank=True, help_text="The import it came from.")
+    taken_down = models.BooleanField(default=False, db_index=True,
+                                     help_text="Hidden from search results at once (no index rebuild).")
     created_at = models.DateTimeField(auto_now_add=True)
 
     class Meta:
@@ -75,3 +77,21 @@ class Image(models.Model):
         """The name easy-thumbnails knows this image's source by (stable, independent of location)."""
         return f"images/{self.external_id}{Path(self.location).suffix.lower() or '.jpg'}"
 
+
+
+class CatalogRevision(models.Model):
+    """One counter, bumped whenever labels or the searchable set change (relabel, takedown, import,
+    delete), so a search process knows to reload labels with a single cheap query."""
+
+    value = models.BigIntegerField(default=0)
+
+    @classmethod
+    def bump(cls) -> None:
+        updated = cls.objects.filter(pk=1).update(value=models.F("value") + 1)
+        if not updated:
+            cls.objects.get_or_create(pk=1)
+            cls.objects.filter(pk=1).update(value=models.F("value") + 1)
+
+    @classmethod
+    def current(cls) -> int:
+        return cls.objects.filter(pk=1).values_list("value", flat=True).first() or 0

@@ -9,7 +9,7 @@ from collections.abc import Iterable
 
 from django.db import transaction
 
-from webapp.catalog.models import Image, Landmark
+from webapp.catalog.models import CatalogRevision, Image, Landmark
 from webapp.curation.models import CleaningRun, LabelChange, NoiseCluster, Verdict
 from webapp.curation.roles import CURATOR, require_role
 
@@ -31,6 +31,7 @@ def set_labels(images: Iterable[Image], new_landmark: Landmark | None, *, acting
             image.landmark = new_landmark
         Image.objects.filter(pk__in=[c.image_id for c in changes]).update(landmark=new_landmark)
         LabelChange.objects.bulk_create(changes)
+        CatalogRevision.bump()
         _close_cluster_if_decided(cluster)
     return changes
 
@@ -97,9 +98,25 @@ def undo(change: LabelChange, *, acting_user) -> LabelChange | None:
             action=Action.UNDO, reason=f"undo of change #{change.pk} ({change.get_action_display()})",
             cleaning_run=change.cleaning_run, cluster=change.cluster, decided_by=acting_user, undoes=change)
         Image.objects.filter(pk=image.pk).update(landmark_id=change.old_landmark_id)
+        CatalogRevision.bump()
         if change.cluster_id:
             NoiseCluster.objects.filter(pk=change.cluster_id).update(status=NoiseCluster.Status.OPEN)
     return reverted
+
+
+def take_down(images, *, acting_user, reason: str = "", restore: bool = False) -> list[LabelChange]:
+    """Hide images from every search result at once (or show them again); recorded like a label change."""
+    require_role(acting_user, CURATOR)
+    batch = uuid.uuid4()
+    with transaction.atomic():
+        images = list(Image.objects.filter(pk__in=[im.pk for im in images]))
+        Image.objects.filter(pk__in=[im.pk for im in images]).update(taken_down=not restore)
+        changes = [LabelChange(image=im, old_landmark_id=im.landmark_id, new_landmark_id=im.landmark_id,
+                               action=Action.RESTORE if restore else Action.TAKEDOWN, reason=reason[:500],
+                               decided_by=acting_user, batch=batch) for im in images]
+        LabelChange.objects.bulk_create(changes)
+        CatalogRevision.bump()
+    return changes
 
 
 def undo_batch(batch: uuid.UUID, *, acting_user) -> list[LabelChange]:

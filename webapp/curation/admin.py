@@ -26,7 +26,18 @@ def _target(request, modeladmin) -> Landmark | None:
 
 class CuratedImageAdmin(ImageAdmin):
     action_form = LandmarkActionForm
-    actions = ["relabel", "mark_not_landmark", "keep_as_is", "accept_latest_suggestion"]
+    actions = ["relabel", "mark_not_landmark", "keep_as_is", "accept_latest_suggestion", "take_down", "restore"]
+    list_filter = ["split", "dataset", "taken_down"]
+
+    @admin.action(description="Take selected images down (hidden from search at once)")
+    def take_down(self, request, queryset):
+        n = len(actions.take_down(list(queryset), acting_user=request.user, reason="admin"))
+        self.message_user(request, f"{n} images taken down.")
+
+    @admin.action(description="Restore selected images to search")
+    def restore(self, request, queryset):
+        n = len(actions.take_down(list(queryset), acting_user=request.user, reason="admin", restore=True))
+        self.message_user(request, f"{n} images restored.")
 
     @admin.action(description="Relabel selected images to the landmark id given")
     def relabel(self, request, queryset):

@@ -88,6 +88,8 @@ class LabelChange(models.Model):
         MERGE = "merge", "Merge landmarks"
         KEEP = "keep", "Keep as is"
         UNDO = "undo"
+        TAKEDOWN = "takedown", "Take down"
+        RESTORE = "restore", "Restore"
 
     image = models.ForeignKey(Image, on_delete=models.CASCADE, related_name="label_changes")
     old_landmark = models.ForeignKey(Landmark, null=True, blank=True, on_delete=models.PROTECT, related_name="+")

@@ -137,3 +137,13 @@ def landmark_autocomplete(request):
     q = request.GET.get("landmark", request.GET.get("q", "")).strip()
     found = Landmark.objects.filter(Q(name__icontains=q) | Q(external_id__startswith=q))[:20] if q else []
     return render(request, "curation/_landmark_options.html", {"landmarks": found})
+
+
+@role_required(CURATOR)
+@require_POST
+def image_takedown(request, image_id: str):
+    image = get_object_or_404(Image, external_id=image_id)
+    restore = request.POST.get("restore") == "1"
+    actions.take_down([image], acting_user=request.user, reason=request.POST.get("reason", ""), restore=restore)
+    messages.success(request, f"{image.external_id} is {'back in' if restore else 'hidden from'} search results.")
+    return redirect(image)

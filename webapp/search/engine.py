@@ -9,14 +9,12 @@ import threading
 import time
 from dataclasses import dataclass, replace
 
-from django.db.models import Max
 from PIL import Image as PILImage
 
 from ml.index import load_index
 from ml.pipeline import SearchDatabase, get_pipeline, load_models, search_one, with_models
 from ml.spatial import LocalFeatureStore
-from webapp.catalog.models import Image
-from webapp.curation.models import LabelChange
+from webapp.catalog.models import CatalogRevision, Image
 from webapp.search.models import IndexVersion
 
 _lock = threading.Lock()
@@ -32,7 +30,7 @@ class _Engine:
     index_version: IndexVersion
     models: list
     database: SearchDatabase
-    labels_stamp: tuple
+    labels_stamp: int
 
 
 @dataclass
@@ -59,18 +57,25 @@ class Outcome:
     seconds: float
 
 
-def _labels_stamp() -> tuple:
-    """Changes whenever a label may have changed: every relabel is an audited LabelChange row, and imports
-    add images (two index-only queries, cheap at millions of rows)."""
-    return (LabelChange.objects.aggregate(m=Max("pk"))["m"], Image.objects.aggregate(n=Max("pk"))["n"])
+def _labels_stamp() -> int:
+    """Moves whenever labels or the searchable set change (relabel, takedown, import, delete): one query."""
+    return CatalogRevision.current()
 
 
 def _labels(ids: list[str]) -> list[str | None]:
+    """Current labels by index position; deleted and taken-down images vote for nothing."""
     current: dict[str, str | None] = {}
     for start in range(0, len(ids), 5000):
         chunk = ids[start:start + 5000]
-        current.update(Image.objects.filter(external_id__in=chunk).values_list("external_id", "landmark__external_id"))
+        current.update(Image.objects.filter(external_id__in=chunk, taken_down=False)
+                       .values_list("external_id", "landmark__external_id"))
     return [current.get(i) for i in ids]
+
+
+def hidden_ids(ids: list[str]) -> set[str]:
+    """Of ``ids``, those deleted or taken down since the index was built (they never appear in results)."""
+    visible = set(Image.objects.filter(external_id__in=ids, taken_down=False).values_list("external_id", flat=True))
+    return set(ids) - visible
 
 
 def _load(iv: IndexVersion) -> _Engine:
@@ -105,12 +110,15 @@ def search_photo(image: PILImage.Image, top_k: int = 100, options: Options | Non
     engine = current_engine()
     database = _with_options(engine.database, options)
     started = time.perf_counter()
-    result = search_one(database, engine.models, image, top_k=top_k)
+    # A few more than asked for, so hits hidden since the build (takedowns, deletions) can be dropped.
+    result = search_one(database, engine.models, image, top_k=top_k + 20)
+    hidden = hidden_ids([h.image_id for h in result.hits])
+    hits = [h for h in result.hits if h.image_id not in hidden][:top_k]
     rec = result.recognition
     landmark = str(rec.landmark_id) if rec and rec.landmark_id is not None else None
     return Outcome(engine.index_version, landmark, rec.confidence if rec else None,
                    [(str(lid), float(c)) for lid, c in (rec.candidates if rec else [])][:5],
-                   result.hits, time.perf_counter() - started)
+                   hits, time.perf_counter() - started)
 
 
 def _with_options(database: SearchDatabase, options: Options) -> SearchDatabase:

@@ -56,7 +56,8 @@ def more_like_this(image: Image, k: int = 12) -> list[tuple[Image, float]] | Non
     if not got or not got[0]:
         return None
     hits = ranked_like(got[1][0], k, exclude={image.external_id}, engine=engine)
-    images = Image.objects.select_related("landmark").in_bulk([i for i, _ in hits], field_name="external_id")
+    images = Image.objects.filter(taken_down=False).select_related("landmark").in_bulk(
+        [i for i, _ in hits], field_name="external_id")
     return [(images[i], s) for i, s in hits if i in images]
 
 
