@@ -57,6 +57,7 @@ INSTALLED_APPS = [
 
 MIDDLEWARE = [
     "django.middleware.security.SecurityMiddleware",
+    "webapp.middleware.DatabaseUnavailableMiddleware",  # a database outage answers 503, not 500
     "whitenoise.middleware.WhiteNoiseMiddleware",
     "django.contrib.sessions.middleware.SessionMiddleware",
     "django.middleware.common.CommonMiddleware",
@@ -139,6 +140,8 @@ THUMBNAIL_CHECK_CACHE_MISS = True
 
 # Anyone may search (web page and API) without an account when true; everything else needs a login.
 SEARCH_PUBLIC = env.bool("SEARCH_PUBLIC", default=False)
+SEARCH_RATE_LIMIT = env.int("SEARCH_RATE_LIMIT", default=60)  # uploads per user (or address) per minute; 0 = off
+CACHES = {"default": env.cache("CACHE_URL", default="locmemcache://")}
 
 # Folders the web forms may import or evaluate from (server paths; nothing outside them).
 IMPORT_ROOTS = env.list("IMPORT_ROOTS", default=[str(BASE_DIR.parent)])

@@ -152,3 +152,17 @@ def test_token_from_profile_page_and_command(viewer_client, viewer_user, capsys)
     call_command("create_api_token", "viewer")
     new_key = capsys.readouterr().out.strip()
     assert new_key != key and ApiToken.objects.get(user=viewer_user).prefix == new_key[:8]
+
+
+def test_uploads_are_rate_limited_per_user(viewer_client, active_index, settings, client, curator_user):
+    from django.core.cache import cache
+
+    cache.clear()
+    settings.SEARCH_RATE_LIMIT = 2
+    assert upload(viewer_client).status_code == 302
+    assert upload(viewer_client).status_code == 302
+    third = upload(viewer_client)
+    assert third.status_code == 429 and "Too many searches" in third.content.decode() and third["Retry-After"]
+    client.force_login(curator_user)  # another user has their own allowance
+    assert upload(client).status_code == 302
+    cache.clear()

@@ -17,6 +17,7 @@ from webapp.api.models import ApiToken, hash_key
 from webapp.catalog.models import Image, Landmark
 from webapp.search.engine import NoIndexError
 from webapp.search.querying import run_search
+from webapp.search.ratelimit import allow_upload
 
 DEFAULT_K, MAX_K = 20, 100
 
@@ -57,6 +58,11 @@ def search(request):
     upload = request.FILES.get("image")
     if upload is None:
         return _error(400, "send the photo as the multipart field 'image'")
+    allowed, wait = allow_upload(request)
+    if not allowed:
+        response = _error(429, f"too many searches: at most {settings.SEARCH_RATE_LIMIT} a minute; retry in {wait} s")
+        response["Retry-After"] = str(wait)
+        return response
     try:
         k = int(request.POST.get("k", DEFAULT_K))
     except ValueError:

@@ -14,6 +14,8 @@ class ModelVersion(models.Model):
     parent = models.ForeignKey("self", null=True, blank=True, on_delete=models.SET_NULL)
     params = models.JSONField(default=dict, blank=True)
     metrics = models.JSONField(default=dict, blank=True, help_text="Per-step curves: loss, accuracy, lr.")
+    pinned = models.BooleanField(default=False, help_text="Chosen as the active model (a rollback); "
+                                 "otherwise the latest trained model is active.")
     job = models.ForeignKey("jobs.Job", null=True, blank=True, on_delete=models.SET_NULL)
     created_at = models.DateTimeField(auto_now_add=True)
 

@@ -19,6 +19,7 @@ from webapp.search.engine import NoIndexError, Options
 from webapp.search.matching import match_drawing
 from webapp.search.models import SearchQuery
 from webapp.search.querying import rerun_search, run_search
+from webapp.search.ratelimit import allow_upload
 
 PAGE_SIZE = 20
 
@@ -44,6 +45,13 @@ def search_home(request):
         upload = request.FILES.get("image")
         if upload is None:
             return render(request, "search/search.html", {"error": "Choose a photo to search with."}, status=400)
+        allowed, wait = allow_upload(request)
+        if not allowed:
+            response = render(request, "search/search.html", {
+                "error": f"Too many searches: at most {settings.SEARCH_RATE_LIMIT} a minute. Try again in {wait} s."},
+                status=429)
+            response["Retry-After"] = str(wait)
+            return response
         options = _options_from(request.POST) if request.POST.get("options") else Options()
         try:
             query = run_search(upload.read(), upload.name, request.user, options)

@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 from django.core.files.storage import default_storage
+from django.db import transaction
 
 from webapp.catalog.models import Image
-from webapp.search.models import EmbeddingSet, ModelVersion
+from webapp.search.models import EmbeddingSet, IndexVersion, ModelVersion
 
 DEFAULT_BACKBONE = "tf_efficientnet_lite0"
 
@@ -27,9 +30,30 @@ def default_model_version() -> ModelVersion:
 
 
 def active_model_version() -> ModelVersion:
-    """The latest trained model that finished (it has a checkpoint); the packaged default otherwise."""
+    """The pinned model (after a rollback), else the latest trained model that finished, else the
+    packaged default."""
+    pinned = ModelVersion.objects.filter(pinned=True).first()
+    if pinned:
+        return pinned
     trained = ModelVersion.objects.exclude(checkpoint="").filter(params__finished=True).first()
     return trained or default_model_version()
+
+
+def activate_model(mv: ModelVersion | None) -> None:
+    """Pin ``mv`` as the active model (None: back to 'the latest trained')."""
+    with transaction.atomic():
+        ModelVersion.objects.filter(pinned=True).update(pinned=False)
+        if mv is not None:
+            ModelVersion.objects.filter(pk=mv.pk).update(pinned=True)
+
+
+def activate_index(iv: IndexVersion) -> None:
+    """Make ``iv`` the index every search uses; web processes switch on their next query."""
+    if not iv.path or not (Path(iv.path) / "meta.json").is_file():
+        raise ValueError(f"index #{iv.pk} has no complete files at {iv.path}; it cannot be activated")
+    with transaction.atomic():
+        IndexVersion.objects.filter(is_active=True).exclude(pk=iv.pk).update(is_active=False)
+        IndexVersion.objects.filter(pk=iv.pk).update(is_active=True)
 
 
 def model_spec(mv: ModelVersion) -> str:
