@@ -1,0 +1,476 @@
+"""Retrieval pipelines: named presets of every parameter, database preparation, and one-photo search.
+
+A pipeline is: global descriptor (one model or a concatenated ensemble, optional multi-scale) ->
+exact / approximate search -> optional alpha-QE over the database side (DBA) and the query (QE) ->
+optional spatial verification of the top-N (RootSIFT + MAGSAC), its inliers fused with the global score,
+QE over verified images only and verification of the new candidates -> with database labels, kNN label
+voting (inlier bonus) and a label-aware re-ranking -> recognition.
+
+The web app calls, once per index version, ``prepare_database`` (or builds the same pieces from stored
+artefacts: a ``LoadedIndex`` over the DBA'd vectors, a ``LocalFeatureStore``, the labels) and, per
+uploaded photo, ``search_one(database, models, image)``. ``ml.evaluate`` runs the very same functions, so
+what it measures is what the product does.
+"""
+
+from __future__ import annotations
+
+import io
+import os
+import time
+from collections.abc import Callable, Hashable, Sequence
+from dataclasses import asdict, dataclass, field, replace
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+from ml.embed import EmbedConfig, concat_ensemble, embed_image, embed_images
+from ml.index import IndexConfig, LoadedIndex, build_index, in_memory_index
+from ml.models import LandmarkNet
+from ml.recognize import Recognition, RecognitionConfig, recognize
+from ml.rerank import (
+    BridgedConfig,
+    ExpansionConfig,
+    LabelRerankConfig,
+    LabelVoteConfig,
+    VerificationConfig,
+    alpha_query_expansion,
+    bridged_scores,
+    database_augmentation,
+    discriminative_rerank,
+    fuse_inliers,
+    known_label_confidences,
+    label_distance_boost,
+    landmark_confidences,
+    predict_labels,
+    rerank_with_inliers,
+    verified_query_expansion,
+)
+from ml.spatial import (
+    LocalFeatureConfig,
+    LocalFeatures,
+    LocalFeatureStore,
+    MatchConfig,
+    Verification,
+    extract_local_features,
+    open_image,
+    verify_many,
+)
+from ml.weights import load_model
+
+Progress = Callable[[int, int], None]
+FULL_RANKING_UP_TO = 10_000  # databases up to this size are ranked completely, larger ones to SHORTLIST
+SHORTLIST = 1_000
+
+
+@dataclass
+class PipelineConfig:
+    """Every parameter of a retrieval pipeline. ``models`` are ``ml.weights.load_model`` specs."""
+
+    name: str = "custom"
+    description: str = ""
+    models: tuple[str, ...] = ("tf_efficientnet_lite2",)
+    model_weights: tuple[float, ...] | None = None  # ensemble weights (lyakaap A.4); None = equal
+    image_size: int = 512
+    scales: tuple[float, ...] = (1.0,)
+    dba: ExpansionConfig = field(default_factory=ExpansionConfig)
+    qe: ExpansionConfig = field(default_factory=ExpansionConfig)
+    verification: VerificationConfig = field(default_factory=VerificationConfig)
+    local_features: LocalFeatureConfig = field(default_factory=LocalFeatureConfig)
+    matching: MatchConfig = field(default_factory=MatchConfig)
+    label_vote: LabelVoteConfig = field(default_factory=LabelVoteConfig)
+    label_rerank: LabelRerankConfig = field(default_factory=LabelRerankConfig)
+    bridged: BridgedConfig = field(default_factory=BridgedConfig)
+    recognition: RecognitionConfig = field(default_factory=RecognitionConfig)
+    index: IndexConfig = field(default_factory=IndexConfig)
+
+    def embed_config(self) -> EmbedConfig:
+        return EmbedConfig(image_size=self.image_size, scales=tuple(self.scales))
+
+    @property
+    def uses_local_features(self) -> bool:
+        return self.verification.top_n > 0
+
+    def as_dict(self) -> dict:
+        return asdict(self)
+
+
+def _preset(name: str, description: str, **changes) -> PipelineConfig:
+    return replace(PipelineConfig(name=name, description=description), **changes)
+
+
+MULTI_SCALE = (2**-0.5, 1.0, 2**0.5)  # cirtorch / CVNet / SuperGlobal test scales (reference A.5, E.2)
+# Verify the top 50 (RootSIFT, ratio 0.8 + mutual, MAGSAC++ homography); >= 15 inliers counts as verified
+# and adds min(70, inliers)/70 to the global score (A.7); then QE over the verified images and verify again.
+_VERIFY = VerificationConfig(top_n=50, min_inliers=15, mode="fused", weight=1.0, qe_k=6)
+# With labels: nearest-neighbour label (vote k=1, inlier bonus) -> LY's sort + insert. k=1 measured best on
+# landmarks-mini, where most landmarks have 1-4 database photos (k=3, 5 let big landmarks out-vote them).
+_LABELS = {
+    "label_vote": LabelVoteConfig(k=1),
+    "label_rerank": LabelRerankConfig(method="discriminative", threshold=0.0),
+    # "No landmark" below 0.25: an answer needs spatial verification or cos >= 0.75 to its nearest image
+    # (evidence (2 cos - 1) / 2); lite2-ms puts unrelated photos at cos up to ~0.73 (docs/benchmarks.md).
+    "recognition": RecognitionConfig(vote=LabelVoteConfig(k=1), threshold=0.25),
+}
+_LITE2_MS = {"models": ("tf_efficientnet_lite2",), "scales": MULTI_SCALE}
+_ENSEMBLE = ("tf_efficientnet_lite0", "tf_efficientnet_lite2")
+
+PIPELINES: dict[str, PipelineConfig] = {
+    p.name: p
+    for p in [
+        _preset("baseline-lite0", "off-the-shelf lite0 ImageNet, GeM p=3, 512 px, no re-ranking",
+                models=("tf_efficientnet_lite0",)),
+        _preset("baseline-lite2", "off-the-shelf lite2 ImageNet, GeM p=3, 512 px, no re-ranking"),
+        _preset("ensemble", "lite0 + lite2 concatenated, each L2-normalised (A.4)", models=_ENSEMBLE),
+        _preset("lite2-ms", "lite2 multi-scale [1/sqrt2, 1, sqrt2]", **_LITE2_MS),
+        _preset("lite2-ms-qe", "lite2-ms + alpha-QE (query + its nearest neighbour, alpha 3)",
+                qe=ExpansionConfig(k=2), **_LITE2_MS),
+        _preset("lite2-ms-dba-qe", "lite2-ms + DBA k=2 + alpha-QE k=2",
+                dba=ExpansionConfig(k=2), qe=ExpansionConfig(k=2), **_LITE2_MS),
+        _preset("lite2-ms-sv", "lite2-ms + spatial verification of the top 50 + QE over verified, verify again",
+                verification=_VERIFY, **_LITE2_MS),
+        _preset("lite2-ms-qe-sv", "lite2-ms-qe + spatial verification + QE over verified (no label steps)",
+                qe=ExpansionConfig(k=2), verification=_VERIFY, **_LITE2_MS),
+        _preset("lite2-ms-qe-sv-mk", "lite2-ms-qe-sv + the Keras rule: distance / 1.5 when labels agree (F)",
+                qe=ExpansionConfig(k=2), verification=_VERIFY, **_LITE2_MS,
+                **{**_LABELS, "label_rerank": LabelRerankConfig(method="boost")}),
+        _preset("lite2-ms-qe-sv-bridged", "lite2-ms-qe-sv + 2021 5th place bridged confidence (B.3)",
+                qe=ExpansionConfig(k=2), verification=_VERIFY, **_LITE2_MS,
+                **{**_LABELS, "label_rerank": LabelRerankConfig(method="bridged")}),
+        _preset("lite2-ms-qe-sv-ly3", "lite2-ms-qe-sv + discriminative re-ranking with LY's 3-NN vote",
+                qe=ExpansionConfig(k=2), verification=_VERIFY, **_LITE2_MS,
+                **{**_LABELS, "label_vote": LabelVoteConfig(k=3)}),
+        _preset("default", "product default: lite2-ms + alpha-QE + spatial verification + QE over verified; "
+                "with labels: 1-NN label vote with inlier bonus -> discriminative sort + insert",
+                qe=ExpansionConfig(k=2), verification=_VERIFY, **_LITE2_MS, **_LABELS),
+    ]
+}
+DEFAULT_PIPELINE = "default"
+
+
+def list_pipelines() -> list[str]:
+    """Names of the presets; ``DEFAULT_PIPELINE`` is the product default."""
+    return list(PIPELINES)
+
+
+def get_pipeline(name: str | PipelineConfig | None = None) -> PipelineConfig:
+    if isinstance(name, PipelineConfig):
+        return name
+    name = name or DEFAULT_PIPELINE
+    if name not in PIPELINES:
+        raise KeyError(f"unknown pipeline {name!r}; known: {', '.join(PIPELINES)}")
+    return PIPELINES[name]
+
+
+def with_models(pipeline: PipelineConfig, model_spec: str | None) -> PipelineConfig:
+    """The pipeline with its models replaced by ``model_spec`` ('a+b' = concatenated ensemble)."""
+    if not model_spec:
+        return pipeline
+    return replace(pipeline, models=tuple(str(model_spec).split("+")), model_weights=None)
+
+
+def load_models(pipeline: PipelineConfig) -> list[LandmarkNet]:
+    return [load_model(spec) for spec in pipeline.models]
+
+
+# ------------------------------------------------------------------------------------------ embedding
+
+
+def embed_database(
+    models: Sequence[LandmarkNet], paths: Sequence[str | os.PathLike], pipeline: PipelineConfig,
+    progress: Progress | None = None,
+) -> np.ndarray:
+    """(N, D) L2-normalised descriptors of image files (ensemble concatenated when several models)."""
+    cfg = pipeline.embed_config()
+    total = len(paths) * len(models)
+    parts = []
+    for m, model in enumerate(models):
+        def step(done: int, _total: int, offset: int = m * len(paths)) -> None:
+            if progress is not None:
+                progress(offset + done, total)
+        parts.append(embed_images(model, [str(p) for p in paths], cfg, progress=step))
+    return parts[0] if len(parts) == 1 else concat_ensemble(parts, pipeline.model_weights)
+
+
+def embed_query(models: Sequence[LandmarkNet], image: Image.Image, pipeline: PipelineConfig) -> np.ndarray:
+    """(D,) descriptor of one PIL image with the same models and settings as the database."""
+    cfg = pipeline.embed_config()
+    parts = [embed_image(model, image, cfg)[None, :] for model in models]
+    vec = parts[0] if len(parts) == 1 else concat_ensemble(parts, pipeline.model_weights)
+    return vec[0]
+
+
+# ---------------------------------------------------------------------------------- the search database
+
+
+@dataclass
+class SearchDatabase:
+    """Everything query-time search needs besides the models; built once per index version."""
+
+    index: LoadedIndex  # over the DBA'd vectors when the pipeline uses DBA
+    pipeline: PipelineConfig
+    labels: list[Hashable | None] | None = None  # per index position; None = an unlabelled database
+    features: LocalFeatureStore | None = None  # database local features, keyed by the index's ids
+
+    @property
+    def ids(self) -> list[str]:
+        return self.index.ids
+
+
+def prepare_database(
+    models: Sequence[LandmarkNet],
+    items: Sequence[tuple[str, str | os.PathLike]],
+    pipeline: PipelineConfig,
+    labels: dict[str, Hashable] | None = None,
+    feature_dir: str | os.PathLike | None = None,
+    index_dir: str | os.PathLike | None = None,
+    progress: Progress | None = None,
+    vectors: np.ndarray | None = None,
+) -> SearchDatabase:
+    """Embed (unless ``vectors`` are given), augment (DBA), index and extract local features of (id, path) items.
+
+    ``index_dir`` publishes the index there (atomically); without it the index stays in memory.
+    ``feature_dir`` holds the local-feature cache (needed when the pipeline verifies); images already
+    cached there are not recomputed. Progress counts images embedded, then images with local features.
+    """
+    ids = [i for i, _ in items]
+    paths = [p for _, p in items]
+    n_steps = len(items) * ((0 if vectors is not None else len(models)) + (1 if pipeline.uses_local_features else 0))
+
+    def report(done: int) -> None:
+        if progress is not None:
+            progress(done, n_steps)
+
+    if vectors is None:
+        vectors = embed_database(models, paths, pipeline, progress=lambda d, _t: report(d))
+        done = len(items) * len(models)
+    else:
+        done = 0
+    vectors = database_augmentation(vectors, pipeline.dba)
+    if index_dir is not None:
+        index = build_index(vectors, ids, index_dir, pipeline.index)
+    else:
+        index = in_memory_index(vectors, ids)
+    store = None
+    if pipeline.uses_local_features:
+        if feature_dir is None:
+            raise ValueError(f"pipeline {pipeline.name} verifies spatially: give a feature_dir for local features")
+        store = LocalFeatureStore(feature_dir, pipeline.local_features)
+        store.ensure(list(zip(ids, paths, strict=True)), progress=lambda d, _t: report(done + d))
+    label_list = [labels.get(i) for i in ids] if labels is not None else None
+    return SearchDatabase(index, pipeline, label_list, store)
+
+
+# ------------------------------------------------------------------------------------------ the search
+
+
+@dataclass
+class Hit:
+    """One ranked database image."""
+
+    image_id: str
+    score: float  # the ranking score (global similarity, + inlier bonus when verified)
+    global_score: float  # cosine similarity of the query to the (DBA'd) database descriptor
+    inliers: int  # spatially verified inliers; 0 = not verified or nothing consistent
+    verification: Verification | None = None  # inlier correspondences, original-image pixels
+
+    @property
+    def verified(self) -> bool:
+        return self.verification is not None
+
+
+@dataclass
+class SearchResult:
+    hits: list[Hit]  # best first
+    recognition: Recognition | None  # None without database labels
+    timings: dict[str, float]  # seconds per stage
+
+
+@dataclass
+class _Ranking:
+    """Mutable state of one query's ranking: database positions, global scores, inliers (aligned)."""
+
+    positions: np.ndarray
+    scores: np.ndarray
+    inliers: np.ndarray
+    checks: dict[int, Verification] = field(default_factory=dict)  # position -> result, each pair once
+
+    def reorder(self, order: np.ndarray) -> None:
+        self.positions, self.scores, self.inliers = self.positions[order], self.scores[order], self.inliers[order]
+
+
+def crop_to_box(image: Image.Image, bbx: Sequence[float] | None) -> tuple[Image.Image, tuple[float, float]]:
+    """The query cropped to its box [x1, y1, x2, y2] (clipped to the image), and the crop's offset."""
+    if not bbx:
+        return image, (0.0, 0.0)
+    x1, y1, x2, y2 = (float(v) for v in bbx)
+    x1, y1 = max(0.0, min(x1, image.width - 1)), max(0.0, min(y1, image.height - 1))
+    x2, y2 = max(x1 + 1, min(x2, image.width)), max(y1 + 1, min(y2, image.height))
+    box = (round(x1), round(y1), round(x2), round(y2))
+    return image.crop(box), (float(box[0]), float(box[1]))
+
+
+ImageSource = Image.Image | str | os.PathLike | bytes
+
+
+def _fresh(source: ImageSource) -> Image.Image:
+    """An unopened-pixels PIL image of ``source``: paths and bytes are reopened (JPEG draft decoding then
+    gives the same pixels the database images got); a PIL image is used as it is."""
+    if isinstance(source, Image.Image):
+        return source
+    if isinstance(source, bytes):
+        return Image.open(io.BytesIO(source))
+    return Image.open(Path(source))
+
+
+def search_one(
+    database: SearchDatabase,
+    models: Sequence[LandmarkNet],
+    image: ImageSource,
+    top_k: int = 100,
+    bbx: Sequence[float] | None = None,
+) -> SearchResult:
+    """Search for ONE photo: ranked hits with global score and inliers, and landmark candidates.
+
+    The web app's entry point. ``image`` is a PIL image, a path or the uploaded bytes (EXIF rotation is
+    applied here; paths and bytes are decoded exactly as database images were). ``bbx`` [x1, y1, x2, y2]
+    crops the query first (the revisited-Oxford protocol); returned query points are in the pixel
+    coordinates of the uncropped image. Returns ``top_k`` hits, each with its global score, inliers and,
+    when verified, the inlier correspondences; with database labels also the recognition (landmark or
+    "no landmark", calibrated confidence, candidates).
+    """
+    pipeline = database.pipeline
+    timings: dict[str, float] = {}
+    started = time.perf_counter()
+    cropped, offset = (None, (0.0, 0.0))
+    if bbx:
+        cropped, offset = crop_to_box(open_image(_fresh(image)), bbx)
+    qfeats = None
+    if pipeline.uses_local_features and database.features is not None:
+        # Local features first: embedding a PIL JPEG may switch it to draft (reduced-size) decoding.
+        source = cropped if cropped is not None else open_image(_fresh(image))
+        qfeats = extract_local_features(source, pipeline.local_features)
+        qfeats.keypoints = qfeats.keypoints + np.asarray(offset, np.float32)
+        timings["local_features"] = time.perf_counter() - started
+    t = time.perf_counter()
+    qvec = embed_query(models, cropped if cropped is not None else _fresh(image), pipeline)
+    timings["embed"] = time.perf_counter() - t
+    result = rank(database, qvec, qfeats, depth=top_k)
+    result.timings = {**timings, **result.timings}
+    result.timings["total"] = time.perf_counter() - started
+    return result
+
+
+def ranking_depth(count: int) -> int:
+    return count if count <= FULL_RANKING_UP_TO else SHORTLIST
+
+
+def rank(
+    database: SearchDatabase, qvec: np.ndarray, qfeats: LocalFeatures | None, depth: int | None = None
+) -> SearchResult:
+    """Rank the database for a query descriptor (and its local features, when verifying).
+
+    The search itself always goes ``ranking_depth`` deep, so label insertion and QE see the same
+    candidates whatever ``depth`` (the number of hits returned) is.
+    """
+    pipeline, index = database.pipeline, database.index
+    timings: dict[str, float] = {}
+    t = time.perf_counter()
+    full = ranking_depth(index.count)
+    qvec = np.asarray(qvec, dtype=np.float32)
+    state = _search(index, qvec, full)
+    if pipeline.qe.k > 1:
+        n = pipeline.qe.k - 1
+        qexp = alpha_query_expansion(qvec, index.vectors[state.positions[:n]], state.scores[:n], pipeline.qe)
+        state = _search(index, qexp, full)
+    timings["search"] = time.perf_counter() - t
+    vcfg = pipeline.verification
+    if vcfg.top_n > 0 and qfeats is not None and database.features is not None:
+        t = time.perf_counter()
+        _verify_top(database, qfeats, state)
+        state.reorder(rerank_with_inliers(state.scores, state.inliers, vcfg))
+        qv = verified_query_expansion(
+            qvec, index.vectors[state.positions[: vcfg.top_n]], state.scores[: vcfg.top_n],
+            state.inliers[: vcfg.top_n], vcfg,
+        )
+        if qv is not None:
+            checks = state.checks
+            state = _search(index, qv, full)
+            state.checks = checks
+            _verify_top(database, qfeats, state)
+            state.reorder(rerank_with_inliers(state.scores, state.inliers, vcfg))
+        timings["verify"] = time.perf_counter() - t
+    recognition = None
+    if database.labels is not None:
+        t = time.perf_counter()
+        recognition = _recognize_and_rerank(database, state, qvec)
+        timings["labels"] = time.perf_counter() - t
+    top = state.positions[:depth]
+    fused = fuse_inliers(state.scores[:depth], state.inliers[:depth], vcfg) if vcfg.top_n else state.scores[:depth]
+    # The global score shown is the similarity to the query itself, not to its expanded version.
+    direct = np.asarray(index.vectors[np.sort(top)], dtype=np.float32) @ qvec if len(top) else np.zeros(0)
+    direct = dict(zip(np.sort(top).tolist(), direct.tolist(), strict=True))
+    hits = [
+        Hit(index.ids[p], float(f), float(direct[int(p)]), int(n), state.checks.get(int(p)))
+        for p, f, n in zip(top, fused, state.inliers[:depth], strict=True)
+    ]
+    return SearchResult(hits, recognition, timings)
+
+
+def _search(index: LoadedIndex, qvec: np.ndarray, k: int) -> _Ranking:
+    scores, pos = index.search_positions(qvec[None, :], k)
+    keep = pos[0] >= 0
+    return _Ranking(pos[0][keep], scores[0][keep], np.zeros(int(keep.sum()), np.int64))
+
+
+def _verify_top(database: SearchDatabase, qfeats: LocalFeatures, state: _Ranking) -> None:
+    """Verify the top-N not verified yet (each pair once per query) and record inliers in ``state``."""
+    pipeline = database.pipeline
+    top = [int(p) for p in state.positions[: pipeline.verification.top_n]]
+    todo = [p for p in top if p not in state.checks]
+    if todo:
+        feats = [database.features.get(database.ids[p]) for p in todo]
+        for p, check in zip(todo, verify_many(qfeats, feats, pipeline.matching), strict=True):
+            state.checks[p] = check
+    # Every image verified so far keeps its inliers, also one a re-search moved below the top-N.
+    checks = state.checks
+    state.inliers = np.fromiter((checks[p].inliers if p in checks else 0 for p in state.positions.tolist()),
+                                np.int64, len(state.positions))
+
+
+def _recognize_and_rerank(database: SearchDatabase, state: _Ranking, qvec: np.ndarray) -> Recognition:
+    pipeline = database.pipeline
+    labels = database.labels
+    k = max(pipeline.label_vote.k, pipeline.recognition.vote.k, pipeline.bridged.neighbours)
+    neighbour_labels = [labels[p] for p in state.positions[:k]]
+    # Votes use the similarity to the query itself: after QE the ranking scores are similarities to the
+    # expanded query, which leans towards its first neighbour and would inflate that neighbour's vote.
+    sims = np.asarray(database.index.vectors[state.positions[:k]], dtype=np.float32) @ qvec
+    verified = state.inliers[:k] if pipeline.verification.top_n > 0 else None
+    recognition = recognize(neighbour_labels, sims, verified, pipeline.recognition)
+    method = pipeline.label_rerank.method
+    if method == "discriminative":
+        vote = predict_labels(neighbour_labels, sims, verified, pipeline.label_vote)
+        if vote.confidence > pipeline.label_rerank.threshold:
+            ranked_labels = [labels[p] for p in state.positions]
+            order = discriminative_rerank(
+                np.arange(len(state.positions)), ranked_labels, vote.label, vote.confidence, None,
+                pipeline.label_rerank,
+            )
+            state.reorder(order)
+    elif method in ("boost", "bridged"):
+        ranked_labels = [labels[p] for p in state.positions]
+        if method == "boost":
+            vote = predict_labels(neighbour_labels, sims, verified, pipeline.label_vote)
+            state.scores = label_distance_boost(state.scores, ranked_labels, vote.label, pipeline.label_rerank.boost)
+        else:
+            qconf = landmark_confidences(sims, neighbour_labels, pipeline.bridged)
+            dconf = known_label_confidences(ranked_labels, pipeline.bridged)
+            state.scores = bridged_scores(state.scores, qconf, dconf, pipeline.bridged)
+        if pipeline.verification.top_n > 0:
+            state.reorder(rerank_with_inliers(state.scores, state.inliers, pipeline.verification))
+        else:
+            state.reorder(np.argsort(-state.scores, kind="stable"))
+    return recognition
+
+

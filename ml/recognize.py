@@ -1,0 +1,67 @@
+"""Landmark recognition: which landmark a photo shows, how sure we are, or "no landmark".
+
+The answer comes from the photo's nearest labelled database images (reference A.7, lyakaap's 3rd place
+recognition 2019): each of the top-k neighbours votes for its landmark with (2 cos - 1)+ plus, when spatial
+verification found at least ``min_inliers`` inliers, a bonus min(70, inliers) / 70; the landmark with the
+largest vote wins. Its confidence is calibrated to [0, 1] as a noisy-OR of the per-neighbour evidence
+e_i = vote_i / 2 (vote_i without verification): 1 - prod(1 - e_i). One fully verified, globally identical
+photo gives 1; a landmark with one database photo is not penalised for having only one; agreeing
+neighbours add up.
+
+A photo that matches nothing (a cat, a coffee cup) gets low global similarities and no verified
+neighbour, so its confidence stays below ``threshold`` and the answer is "no landmark"
+(``landmark_id = None``); its best candidates are still listed.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Hashable, Sequence
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from ml.rerank import LabelVoteConfig, predict_labels
+
+
+@dataclass
+class RecognitionConfig:
+    vote: LabelVoteConfig = field(default_factory=LabelVoteConfig)
+    top_n: int = 5  # candidates listed
+    # Below this the answer is "no landmark": with the default model an answer needs spatial verification
+    # or a nearest image at cos >= 0.75 (evidence (2 cos - 1) / 2). Calibrated on landmarks-mini against
+    # scikit-image's non-landmark photos (docs/benchmarks.md); another model needs its own calibration.
+    threshold: float = 0.25
+
+
+@dataclass
+class Recognition:
+    landmark_id: Hashable | None  # None = no landmark
+    confidence: float  # of the best candidate, in [0, 1]
+    candidates: list[tuple[Hashable, float]]  # best first, confidences on the same scale
+
+    @property
+    def is_landmark(self) -> bool:
+        return self.landmark_id is not None
+
+
+def recognize(
+    neighbour_labels: Sequence[Hashable | None],
+    sims: np.ndarray,
+    inliers: np.ndarray | None,
+    cfg: RecognitionConfig | None = None,
+) -> Recognition:
+    """Recognise from the ranked neighbours: their labels, global similarities and inliers (or None)."""
+    cfg = cfg or RecognitionConfig()
+    vote = predict_labels(neighbour_labels, sims, inliers, cfg.vote)
+    # Candidates in vote order (A.7), each with its calibrated (noisy-OR) confidence.
+    candidates = [(lab, vote.confidence_of(lab)) for lab, _ in vote.ranked[: cfg.top_n]]
+    best = candidates[0] if candidates else (None, 0.0)
+    landmark = best[0] if best[1] >= cfg.threshold else None
+    return Recognition(landmark, best[1], candidates)
+
+
+def gap_predictions(results: dict[Hashable, Recognition]) -> dict[Hashable, tuple[Hashable, float] | None]:
+    """Recognitions as ``ml.metrics.global_average_precision`` predictions ("no landmark" = None)."""
+    return {
+        qid: ((r.landmark_id, r.confidence) if r.landmark_id is not None else None) for qid, r in results.items()
+    }
