@@ -1,12 +1,20 @@
 """Celery tasks: thin glue from a Job id to the job's function."""
 
+import contextlib
+import logging
+import time
+
 from celery import shared_task
-from django.db import close_old_connections
+from django.db import DatabaseError, close_old_connections, connection
 
 import worker.registry  # noqa: F401 - registers the job functions
 from worker import chunks
 from worker.runner import TRANSIENT_ERRORS, execute_job
 from worker.watchdog import recover_jobs
+
+log = logging.getLogger(__name__)
+# How long a chunk task waits in place for its database to come back before it gives up.
+DB_WAIT_SECONDS = 600
 
 
 @shared_task(name="worker.run_job", acks_late=True, reject_on_worker_lost=True,
@@ -24,7 +32,28 @@ def run_job(job_id: int) -> str:
 def embed_chunk(job_id: int, chunk: int) -> int:
     """One chunk of an embedding job (idempotent: a chunk already on disk is not computed again)."""
     close_old_connections()
-    return chunks.run_chunk(job_id, chunk)
+    return wait_out_database_errors(chunks.run_chunk, job_id, chunk)
+
+
+def wait_out_database_errors(fn, *args):
+    """Run ``fn``; while the database is unreachable, wait with backoff and run it again, in this task.
+
+    Why not Celery's autoretry here: a task that keeps its result (a chord's chunk) writes the RETRY state
+    to the django-db result backend, that is, into the database that is down; that write fails outside
+    the task body and Celery's tracer lets it kill the worker process. Waiting here writes nothing until
+    the database answers again. ``fn`` must be idempotent (a finished chunk is never computed again)."""
+    delay, deadline = 1.0, time.monotonic() + DB_WAIT_SECONDS
+    while True:
+        try:
+            return fn(*args)
+        except TRANSIENT_ERRORS as exc:
+            if time.monotonic() + delay > deadline:
+                raise
+            log.warning("database unavailable (%s); trying again in %.0f s", exc, delay)
+            with contextlib.suppress(DatabaseError):
+                connection.close()  # a broken connection never recovers: the next try opens a new one
+            time.sleep(delay)
+            delay = min(delay * 2, 30)
 
 
 @shared_task(name="worker.finish_embed", acks_late=True, autoretry_for=TRANSIENT_ERRORS, retry_backoff=5,

@@ -1,0 +1,121 @@
+"""Embedding N images with 1 and with 2 real Celery worker processes: the chunked chord of
+`manage.py embed --queue` (chunks of 500) shared between the workers.
+
+    .venv/bin/python bench/bench_embed_workers.py [--images 10000] [--image-size 256] [--workers 1 2]
+
+The images are the landmarks-mini photos hard-linked under N GLDv2-style ids (as bench/bench_import.py
+does), imported with --no-thumbnails --no-index into a temporary SQLite var dir. A run is timed from
+the enqueue to the job's `succeeded`, the workers already started (their model loads on the first chunk,
+inside the time). Everything it starts is stopped at the end.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import re
+import signal
+import sqlite3
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+from bench.bench_import import make_dataset  # noqa: E402
+from bench.common import ROOT, record, table  # noqa: E402
+
+
+def manage(env: dict, *args: str) -> str:
+    return subprocess.run([sys.executable, str(ROOT / "manage.py"), *args], env=env, check=True,
+                          capture_output=True, text=True).stdout
+
+
+def start_workers(env: dict, count: int, logs: Path) -> list[subprocess.Popen]:
+    procs = []
+    for n in range(count):
+        log = logs / f"worker-{count}-{n}.log"
+        cmd = [sys.executable, "-m", "celery", "-A", "worker.celery", "worker", "-Q", "cpu,gpu", "--pool", "solo",
+               "--loglevel", "INFO", "--hostname", f"bench{n}-{os.getpid()}@%h"]
+        procs.append(subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=log.open("w"), stderr=subprocess.STDOUT))
+        deadline = time.monotonic() + 120
+        while "ready." not in log.read_text():
+            if procs[-1].poll() is not None or time.monotonic() > deadline:
+                stop(procs)
+                raise RuntimeError(f"worker did not start:\n{log.read_text()}")
+            time.sleep(0.2)
+    return procs
+
+
+def stop(procs: list[subprocess.Popen]) -> None:
+    for p in procs:
+        p.terminate()
+    for p in procs:
+        try:
+            p.wait(timeout=60)
+        except subprocess.TimeoutExpired:
+            p.kill()
+            p.wait()
+
+
+def job_state(db: Path, job_id: int) -> tuple[str, str]:
+    with sqlite3.connect(db, timeout=30) as con:
+        return con.execute("SELECT state, message FROM jobs_job WHERE id = ?", (job_id,)).fetchone()
+
+
+def embed_run(env: dict, db: Path, workers: int, args, logs: Path) -> float:
+    procs = start_workers(env, workers, logs)
+    try:
+        start = time.perf_counter()
+        out = manage(env, "embed", "--queue", "--chunk-size", str(args.chunk_size), "--image-size",
+                     str(args.image_size), "--num-workers", "0")
+        job_id = int(re.search(r"queued job (\d+)", out).group(1))
+        while (state := job_state(db, job_id))[0] not in ("succeeded", "failed", "cancelled"):
+            if any(p.poll() is not None for p in procs):
+                raise RuntimeError(f"a worker died; see {logs}")
+            time.sleep(0.5)
+        seconds = time.perf_counter() - start
+    finally:
+        stop(procs)
+    assert state[0] == "succeeded", state
+    return seconds
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--images", type=int, default=10_000)
+    parser.add_argument("--image-size", type=int, default=256)
+    parser.add_argument("--chunk-size", type=int, default=500)
+    parser.add_argument("--workers", type=int, nargs="+", default=[1, 2])
+    args = parser.parse_args()
+    # A SIGTERM (timeout, Ctrl+C from a parent) still runs the finally blocks that stop the workers.
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(1))
+    rows, base = [], None
+    with tempfile.TemporaryDirectory() as tmp:
+        tmp = Path(tmp)
+        (tmp / "gld").mkdir()
+        data = make_dataset((tmp / "gld").resolve(), args.images)
+        db = tmp / "var" / "db.sqlite3"
+        env = {**os.environ, "LANDMARKS_VAR_DIR": str(tmp / "var"), "DATABASE_URL": f"sqlite:///{db}",
+               "CELERY_BROKER_URL": "filesystem://", "LOG_LEVEL": "WARNING"}
+        manage(env, "migrate", "--noinput", "-v0")
+        manage(env, "import_dataset", str(data), "--no-thumbnails", "--no-index")
+        for workers in args.workers:
+            seconds = embed_run(env, db, workers, args, tmp)
+            base = base or seconds
+            rows.append([workers, f"{args.images:,}", f"{seconds:.0f}", f"{args.images / seconds:.1f}",
+                         f"{base / seconds:.2f}×", f"{seconds * 10_000 / args.images:.0f}"])
+            print(rows[-1], flush=True)
+    body = table(["workers", "images", "seconds", "images/s", "speed-up", "10 k images, s (scaled)"], rows)
+    body += (f"\n\nlite0 (packaged weights) at {args.image_size} px long side (not the product's 512, to keep the "
+             f"run short), chunks of {args.chunk_size}, DataLoader workers 0, one solo-pool Celery worker "
+             f"process per worker, filesystem broker, SQLite. Timed from `embed --queue` to `succeeded`.")
+    if args.images != 10_000:
+        body += (f" Measured on {args.images:,} images; the last column scales that time linearly to 10 k "
+                 "(an extrapolation, not a measurement).")
+    record("Embedding 10 k images: 1 vs 2 workers", body, "python bench/bench_embed_workers.py " + " ".join(sys.argv[1:]))
+
+
+if __name__ == "__main__":
+    main()
