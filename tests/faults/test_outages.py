@@ -149,6 +149,9 @@ def test_broker_down_job_waits_queued_then_runs(imported_mini, settings, tmp_pat
 
     with private_redis() as redis:
         # A second, real Celery app: the suite's settings, but on the private Redis.
+        # Celery reads CELERY_BROKER_URL from the environment before any configuration (CI sets it for
+        # the PostgreSQL + Redis run), so the private broker goes there too, for this test only.
+        monkeypatch.setenv("CELERY_BROKER_URL", redis.url)
         app = Celery("landmarks-private")
         app.config_from_object("django.conf:settings", namespace="CELERY")
         app.conf.broker_url = redis.url
