@@ -14,9 +14,6 @@ Prints a Markdown table and appends it, with machine info, to docs/benchmarks.md
 from __future__ import annotations
 
 import argparse
-import datetime as dt
-import os
-import platform
 import sys
 import time
 from dataclasses import dataclass, replace
@@ -30,6 +27,7 @@ from PIL import Image, ImageOps
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from bench.common import machine  # noqa: E402
 from ml.embed import EmbedConfig, embed_images, normalise, target_size  # noqa: E402
 from ml.models import LandmarkNet  # noqa: E402
 from ml.weights import load_model  # noqa: E402
@@ -99,18 +97,8 @@ def variants(size: int) -> list[tuple[str, EmbedConfig]]:
 
 
 def machine_info() -> str:
-    cpu = "unknown CPU"
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    return (
-        f"{cpu}, {os.cpu_count()} cores, torch {torch.__version__} ({torch.get_num_threads()} threads), "
-        f"Python {platform.python_version()}, {dt.datetime.now().strftime('%Y-%m-%d %H:%M')}"
-    )
+    """bench.common's machine line plus what matters here: the torch version and thread count."""
+    return f"{machine()}, torch {torch.__version__} ({torch.get_num_threads()} threads)"
 
 
 def describe(cfg: EmbedConfig | None, name: str = "") -> str:

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import ROOT, _worker_env, wait_for
+from tests.conftest import ROOT, _worker_env, stop_worker, wait_for
 
 PG_BIN = Path(os.environ.get("PG_BIN", "/usr/lib/postgresql/15/bin"))
 REDIS_SERVER = shutil.which("redis-server")
@@ -168,13 +168,7 @@ def start_web(env: dict, port: int, log_path: Path, workers: int = 1) -> subproc
 
 
 def stop_process(proc: subprocess.Popen) -> None:
-    if proc.poll() is None:
-        proc.terminate()
-        try:
-            proc.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
+    stop_worker(proc)  # terminate, then kill after 20 s: the same for any child process
 
 
 def wait_until(condition, timeout: float, interval: float = 0.2) -> bool:
