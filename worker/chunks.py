@@ -4,6 +4,7 @@ job whose worker died resumes where it stopped and ends with the same vectors as
 
 from __future__ import annotations
 
+import io
 import json
 import os
 import uuid
@@ -13,13 +14,14 @@ from pathlib import Path
 import numpy as np
 from django.conf import settings
 from django.db import transaction
+from django.utils import timezone
 
 from ml.embed import EmbedConfig, embed_images, write_embedding_shards
 from ml.weights import load_model
-from webapp.catalog.models import Image
 from webapp.jobs.models import Job
 from webapp.search.models import EmbeddingSet, ModelVersion
 from webapp.search.services import active_model_version, image_file_path, model_spec
+from worker.params import config_from, images_in
 
 DEFAULT_CHUNK = 512
 _models: dict[str, object] = {}  # one loaded model per spec per worker process
@@ -37,10 +39,7 @@ def plan(job: Job) -> dict:
         return json.loads(path.read_text())
     params = job.params
     mv = ModelVersion.objects.get(pk=params["model_version"]) if params.get("model_version") else active_model_version()
-    images = Image.objects.order_by("pk")
-    if params.get("splits"):
-        images = images.filter(split__in=params["splits"])
-    images = list(images.only("pk", "external_id", "file", "path"))
+    images = list(images_in(params).only("pk", "external_id", "file", "path"))
     if not images:
         raise ValueError("no images to embed")
     embed = {**params.get("embed", {})}
@@ -65,9 +64,7 @@ def pending_chunks(job: Job, p: dict) -> list[int]:
 
 
 def embed_config(p: dict) -> EmbedConfig:
-    from worker.modelling import _dataclass_from
-
-    return _dataclass_from(EmbedConfig, {**p["embed"], "scales": tuple(p["embed"]["scales"])})
+    return config_from(EmbedConfig, {**p["embed"], "scales": tuple(p["embed"]["scales"])})
 
 
 def compute_chunk(job: Job, p: dict, i: int) -> None:
@@ -85,8 +82,6 @@ def report(job: Job, p: dict, message: str) -> None:
     """Progress of a chunked job = the images in chunks on disk (whoever computed them)."""
     done = sum(min(p["chunk"], len(p["ids"]) - i * p["chunk"]) for i in range(chunk_count(p))
                if chunk_path(job, i).exists())
-    from django.utils import timezone
-
     Job.objects.filter(pk=job.pk, state=Job.State.RUNNING).update(
         progress_done=done, progress_total=len(p["ids"]), message=message, heartbeat_at=timezone.now())
 
@@ -111,8 +106,6 @@ def finish_job(job_id: int) -> str:
     if missing:  # a chunk task died for good: leave the job running for the watchdog to resume
         return f"waiting for chunks {missing[:5]}"
     result = publish(job, p)
-    from django.utils import timezone
-
     Job.objects.filter(pk=job.pk, state=Job.State.RUNNING).update(
         state=Job.State.SUCCEEDED, result=result, message="done", finished_at=timezone.now(),
         progress_done=len(p["ids"]), progress_total=len(p["ids"]))
@@ -137,8 +130,6 @@ def publish(job: Job, p: dict) -> dict:
 
 
 def _npy_bytes(array: np.ndarray) -> bytes:
-    import io
-
     buf = io.BytesIO()
     np.save(buf, array)
     return buf.getvalue()

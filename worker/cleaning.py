@@ -32,7 +32,7 @@ from webapp.jobs.models import Job
 from webapp.search.models import EmbeddingSet
 from webapp.search.services import active_model_version, image_file_path, model_spec
 from worker.indexing import feature_dir
-from worker.modelling import _dataclass_from
+from worker.params import config_from
 from worker.runner import JobContext, job_function
 
 
@@ -49,7 +49,7 @@ def run_clean(job: Job, ctx: JobContext) -> dict:
     labels = [im.landmark.external_id for im in images]
     ctx.progress(0, None, "embeddings")
     es, vectors = _embeddings(images, job, ctx)
-    evidence_cfg = _dataclass_from(EvidenceConfig, params.get("evidence", {}))
+    evidence_cfg = config_from(EvidenceConfig, params.get("evidence", {}))
     verify = params.get("verify", True)
     store = _local_features(images, ctx) if verify else None
     folder = _evidence_folder(es, ids, evidence_cfg, verify)
@@ -60,7 +60,7 @@ def run_clean(job: Job, ctx: JobContext) -> dict:
         evidence.save(folder)
     else:
         ctx.note(f"reused cached evidence {folder}")
-    thresholds = _dataclass_from(Thresholds, params.get("thresholds", {}))
+    thresholds = config_from(Thresholds, params.get("thresholds", {}))
     verdicts = decide(evidence, labels, thresholds)
     clusters = cluster_suspects(verdicts, evidence, thresholds)
     run = _store(job, es, folder, params, verdicts, clusters, images)

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import time
-from dataclasses import asdict, fields
+from dataclasses import asdict
 from pathlib import Path
 
 from django.conf import settings
@@ -11,24 +11,11 @@ from django.conf import settings
 from ml.data import TrainingManifest
 from ml.models import ModelConfig
 from ml.train import TrainConfig, train
-from webapp.catalog.models import Image
 from webapp.jobs.models import Job
 from webapp.search.models import ModelVersion
 from webapp.search.services import image_file_path
+from worker.params import config_from, images_in
 from worker.runner import JobContext, JobDeferred, job_function
-
-
-def _dataclass_from(cls, params: dict):
-    """A config dataclass from the job's params, taking only the fields it has."""
-    names = {f.name for f in fields(cls)}
-    return cls(**{k: v for k, v in params.items() if k in names and v is not None})
-
-
-def _images(params: dict):
-    images = Image.objects.order_by("pk")
-    if params.get("splits"):
-        images = images.filter(split__in=params["splits"])
-    return images
 
 
 @job_function(Job.Kind.TRAIN)
@@ -36,12 +23,12 @@ def run_train(job: Job, ctx: JobContext) -> dict:
     params = job.params
     records = [{"image_id": im.external_id, "path": image_file_path(im), "landmark_id": im.landmark.external_id,
                 "width": im.width, "height": im.height}
-               for im in _images(params).filter(landmark__isnull=False).select_related("landmark")]
+               for im in images_in(params).filter(landmark__isnull=False).select_related("landmark")]
     manifest = TrainingManifest.from_records(records, params.get("min_images_per_class", 1))
     if len(manifest) == 0:
         raise ValueError("no labelled images to train on (check --splits)")
-    model_cfg = _dataclass_from(ModelConfig, params.get("model", {}))
-    train_cfg = _dataclass_from(TrainConfig, params.get("train", {}))
+    model_cfg = config_from(ModelConfig, params.get("model", {}))
+    train_cfg = config_from(TrainConfig, params.get("train", {}))
     name = params.get("name") or f"{model_cfg.backbone}-{model_cfg.head}-{job.pk}"
     out_dir = Path(settings.ARTIFACTS_ROOT) / "models" / name
     mv, _ = ModelVersion.objects.update_or_create(name=name, defaults={

@@ -8,7 +8,7 @@ from django.core.files.storage import default_storage
 from django.db import transaction
 
 from webapp.catalog.models import Image
-from webapp.search.models import EmbeddingSet, IndexVersion, ModelVersion
+from webapp.search.models import IndexVersion, ModelVersion
 
 DEFAULT_BACKBONE = "tf_efficientnet_lite0"
 
@@ -60,12 +60,6 @@ def model_spec(mv: ModelVersion) -> str:
     """What ``ml.weights.load_model`` takes for this version."""
     return mv.checkpoint or f"packaged:{mv.backbone}"
 
-
-def latest_embedding_set(mv: ModelVersion | None = None) -> EmbeddingSet | None:
-    sets = EmbeddingSet.objects.all()
-    if mv is not None:
-        sets = sets.filter(model_version=mv)
-    return sets.first()
 
 
 def image_file_path(image: Image) -> str:
