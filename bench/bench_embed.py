@@ -51,13 +51,14 @@ class Result:
 def naive_embed(model: LandmarkNet, paths: list[Path], image_size: int) -> np.ndarray:
     """The baseline: decode, resize and embed one image at a time, NCHW, no workers."""
     model.to(memory_format=torch.contiguous_format).eval()
+    device = next(model.parameters()).device
     out = []
     with torch.no_grad():
         for path in paths:
             img = ImageOps.exif_transpose(Image.open(path)).convert("RGB")
             img = img.resize(target_size(img.width, img.height, image_size), Image.Resampling.BILINEAR)
-            x = torch.from_numpy(np.asarray(img).copy()).permute(2, 0, 1).unsqueeze(0)
-            out.append(F.normalize(model(normalise(x)), dim=1)[0].numpy())
+            x = torch.from_numpy(np.asarray(img).copy()).permute(2, 0, 1).unsqueeze(0).to(device)
+            out.append(F.normalize(model(normalise(x)), dim=1)[0].cpu().numpy())
     return np.stack(out)
 
 

@@ -41,6 +41,7 @@ VARIANTS = [
     ("lite2-ms-dba-qe", False),
     ("lite2-ms-sv", False),
     ("default", False),
+    ("lite2-ms-lw", True),
     ("default", True),
     ("lite2-ms-qe-sv-ly3", True),
     ("lite2-ms-qe-sv-mk", True),

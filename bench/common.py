@@ -5,6 +5,7 @@ from __future__ import annotations
 import datetime as dt
 import os
 import platform
+import sys
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -22,7 +23,11 @@ def machine() -> str:
     except OSError:
         pass
     mem_gb = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30
-    return f"{cpu}, {os.cpu_count()} cores, {mem_gb:.0f} GiB, Python {platform.python_version()}"
+    line = f"{cpu}, {os.cpu_count()} cores, {mem_gb:.0f} GiB, Python {platform.python_version()}"
+    torch = sys.modules.get("torch")  # only benchmarks that use torch name the GPU
+    if torch is not None and torch.cuda.is_available():
+        line += f", GPU {torch.cuda.get_device_name(0)} (torch {torch.__version__})"
+    return line
 
 
 def table(headers: list[str], rows: list[list]) -> str:

@@ -54,6 +54,10 @@ class ModelConfig:
     # "hub" = timm's own download (needs internet); None = random init.
     pretrained: str | None = "packaged"
     ls_eps: float = 0.0  # label smoothing for arcface / subcenter_arcface
+    # "random" (nn.Linear's init) or "identity": the neck starts as the identity, so the descriptor starts as
+    # the pretrained GeM vector itself (needs embedding_dim = backbone width). Fine-tuning on few images
+    # then starts from the off-the-shelf descriptor instead of a random projection of it.
+    neck_init: str = "random"
     theta_zero: float = math.pi / 4  # AdaCos initial angle (lyakaap's configs pass 1.25)
 
     def __post_init__(self) -> None:
@@ -61,6 +65,8 @@ class ModelConfig:
             self.head = None
         if self.head is not None and self.head not in HEAD_NAMES:
             raise ValueError(f"unknown head {self.head!r}; expected one of {', '.join(HEAD_NAMES)} or None")
+        if self.neck_init not in ("random", "identity"):
+            raise ValueError(f"neck_init must be 'random' or 'identity', got {self.neck_init!r}")
         if self.embedding_dim <= 0:
             raise ValueError(f"embedding_dim must be positive, got {self.embedding_dim}")
         if self.num_classes < 0:
@@ -317,6 +323,8 @@ class LandmarkNet(nn.Module):
 def create_model(cfg: ModelConfig) -> LandmarkNet:
     """Build a LandmarkNet and load the weights ``cfg.pretrained`` names (see ModelConfig)."""
     model = LandmarkNet(cfg)
+    if cfg.neck_init == "identity":
+        _identity_neck(model)
     source = cfg.pretrained
     if source is None:
         return model
@@ -333,6 +341,17 @@ def create_model(cfg: ModelConfig) -> LandmarkNet:
             f"pretrained={source!r} is neither 'packaged', 'hub', None nor an existing checkpoint path"
         )
     return model
+
+
+def _identity_neck(model: LandmarkNet) -> None:
+    width = model.backbone.num_features
+    if model.config.embedding_dim != width:
+        raise ValueError(f"neck_init='identity' needs embedding_dim = backbone width ({width}), "
+                         f"got {model.config.embedding_dim}")
+    with torch.no_grad():
+        model.fc.weight.copy_(torch.eye(width))
+        model.fc.bias.zero_()
+    # A fresh BatchNorm1d (mean 0, var 1, weight 1, bias 0) is already the identity up to its eps.
 
 
 def _load_hub_backbone(model: LandmarkNet, name: str) -> None:

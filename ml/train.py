@@ -63,6 +63,13 @@ class TrainConfig:
     checkpoint_dir: str | None = None  # default: <out_dir>/checkpoints
     resume_from: str | None = None
     freeze_bn_last_epoch: bool = False
+    # Few-shot fine-tuning (a handful of images per landmark): BatchNorm frozen throughout (batch statistics
+    # of a few images are noise), the backbone at a fraction of the lr, and the head's class centres
+    # imprinted from the mean descriptor of each class, so the first steps pull features towards their
+    # landmark instead of towards random centres.
+    freeze_bn: bool = False
+    backbone_lr_mult: float = 1.0
+    head_init: str = "random"  # "random" or "imprint" (needs a manifest, not tar shards)
     seed: int = 123456789
     device: str = "auto"
     image_size: int = 512  # square input when no template is given
@@ -77,6 +84,10 @@ class TrainConfig:
             raise ValueError(f"optimizer must be 'sgd' or 'adamw', got {self.optimizer!r}")
         if self.amp not in (None, "bf16", "fp16"):
             raise ValueError(f"amp must be None, 'bf16' or 'fp16', got {self.amp!r}")
+        if self.head_init not in ("random", "imprint"):
+            raise ValueError(f"head_init must be 'random' or 'imprint', got {self.head_init!r}")
+        if self.backbone_lr_mult < 0:
+            raise ValueError(f"backbone_lr_mult must be >= 0, got {self.backbone_lr_mult}")
         if self.grad_accum_steps < 1 or self.batch_size < 1:
             raise ValueError("batch_size and grad_accum_steps must be at least 1")
         if self.max_steps is None and self.epochs < 1:
@@ -103,16 +114,50 @@ def lr_at(step: int, cfg: TrainConfig, total_steps: int) -> float:
     return cfg.eta_min + (cfg.lr - cfg.eta_min) * 0.5 * (1.0 + math.cos(math.pi * progress))
 
 
+def make_optimizer(model: torch.nn.Module, cfg: TrainConfig) -> torch.optim.Optimizer:
+    """The neck, pooling and head at ``lr`` (the first group, whose lr the metrics report), the backbone at
+    ``lr * backbone_lr_mult``; frozen parameters (BatchNorm under ``freeze_bn``) are left out."""
+    backbone = getattr(model, "backbone", None)
+    backbone_ids = {id(p) for p in backbone.parameters()} if backbone is not None else set()
+    if cfg.backbone_lr_mult == 0 and backbone is not None:
+        backbone.requires_grad_(False)  # a linear probe: only the neck and head learn
+    trainable = [p for p in model.parameters() if p.requires_grad]
+    groups = [{"params": [p for p in trainable if id(p) not in backbone_ids]}]
+    backbone_params = [p for p in trainable if id(p) in backbone_ids]
+    if backbone_params:
+        groups.append({"params": backbone_params, "lr": cfg.lr * cfg.backbone_lr_mult})
+    if cfg.optimizer == "sgd":
+        return torch.optim.SGD(groups, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
+    return torch.optim.AdamW(groups, lr=cfg.lr, weight_decay=cfg.weight_decay)
+
+
 def make_scheduler(optimizer: torch.optim.Optimizer, cfg: TrainConfig, total_steps: int):
+    """One schedule for every parameter group, as a factor of each group's own starting lr."""
     base = cfg.lr
     return torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: lr_at(step, cfg, total_steps) / base)
 
 
-def make_optimizer(model: torch.nn.Module, cfg: TrainConfig) -> torch.optim.Optimizer:
-    params = [p for p in model.parameters() if p.requires_grad]
-    if cfg.optimizer == "sgd":
-        return torch.optim.SGD(params, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
-    return torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+@torch.no_grad()
+def imprint_head(model: LandmarkNet, manifest: TrainingManifest, image_size: int, device: torch.device) -> None:
+    """Set every class centre of a margin head to the normalised mean descriptor of that class's images
+    (un-augmented, eval mode); classes without images keep their random centre. Sub-centres each get it."""
+    weight = getattr(model.head, "weight", None)
+    if weight is None or isinstance(model.head, torch.nn.Linear):
+        raise ValueError("head_init='imprint' needs a margin head (arcface, cosface, adacos, subcenter_arcface)")
+    was_training = model.training
+    model.eval()
+    loader = DataLoader(ManifestDataset(manifest, [(image_size, image_size)], "none"), batch_size=16)
+    sums = torch.zeros(manifest.num_classes, model.embedding_dim, device=device)
+    for x, y in loader:
+        emb = F.normalize(model(x.to(device)).float(), dim=1)
+        sums.index_add_(0, y.to(device), emb)
+    seen = sums.norm(dim=1) > 0
+    centres = F.normalize(sums, dim=1)
+    k = weight.shape[0] // manifest.num_classes  # sub-centres per class (1 for the plain heads)
+    for j in range(k):
+        rows = torch.arange(manifest.num_classes, device=device) * k + j
+        weight.data[rows[seen]] = centres[seen].to(weight.dtype)
+    model.train(was_training)
 
 
 # --- one optimizer step --------------------------------------------------------------------------------
@@ -228,13 +273,20 @@ def train(
 
     _seed_everything(cfg.seed)
     model = create_model(model_config).to(device)
+    if cfg.freeze_bn:
+        freeze_batchnorm(model)
+    if cfg.head_init == "imprint" and not cfg.resume_from:
+        if not isinstance(manifest_or_dataset, TrainingManifest):
+            raise ValueError("head_init='imprint' needs a training manifest (tar shards are read only once)")
+        imprint_head(model, manifest_or_dataset, cfg.image_size, device)
     batches = _Batches(manifest_or_dataset, cfg)
     if batches.estimated_batches < cfg.grad_accum_steps:
         raise ValueError(f"too little data: {batches.estimated_batches} batch(es) of {cfg.batch_size} per epoch, "
                          f"fewer than grad_accum_steps={cfg.grad_accum_steps}")
     steps_per_epoch = batches.estimated_batches / cfg.grad_accum_steps
-    total_steps = cfg.max_steps or int(cfg.epochs * batches.estimated_batches) // cfg.grad_accum_steps
-    last_epoch = math.ceil(total_steps / steps_per_epoch) - 1
+    total_steps = (cfg.max_steps if cfg.max_steps is not None
+                   else int(cfg.epochs * batches.estimated_batches) // cfg.grad_accum_steps)
+    last_epoch = max(0, math.ceil(total_steps / steps_per_epoch) - 1)
 
     optimizer = make_optimizer(model, cfg)
     scheduler = make_scheduler(optimizer, cfg, total_steps)

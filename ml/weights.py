@@ -179,13 +179,9 @@ def create_off_the_shelf(backbone: str) -> LandmarkNet:
         num_classes=0,
         embedding_dim=backbone_width(backbone),
         pretrained="packaged",
+        neck_init="identity",
     )
-    model = create_model(cfg)
-    with torch.no_grad():
-        model.fc.weight.copy_(torch.eye(cfg.embedding_dim))
-        model.fc.bias.zero_()
-    # A fresh BatchNorm1d (mean 0, var 1, weight 1, bias 0) is already the identity up to its eps.
-    return model
+    return create_model(cfg)
 
 
 def backbone_width(name: str) -> int:

@@ -170,3 +170,58 @@ def test_checkpoint_rng_state_restores_every_generator(tmp_path):
     set_rng_state(saved)
     again = (torch.rand(3), np.random.rand(3), [random.random() for _ in range(3)])
     assert torch.equal(first[0], again[0]) and np.array_equal(first[1], again[1]) and first[2] == again[2]
+
+
+def test_few_shot_options_imprint_identity_neck_frozen_bn_and_lr_groups(tmp_path):
+    import torch.nn.functional as F
+
+    from ml.data import ManifestDataset
+    from ml.train import imprint_head, make_optimizer
+
+    manifest = _manifest(3, 3)
+    width = create_model(_model_config(head=None)).backbone.num_features
+    mcfg = ModelConfig(backbone=BACKBONE, pretrained=None, embedding_dim=width, head="arcface", num_classes=3,
+                       neck_init="identity")
+    model = create_model(mcfg).eval()
+    x = torch.randn(2, 3, 64, 64)
+    with torch.no_grad():  # the identity neck: the descriptor is the pooled backbone vector itself
+        assert torch.allclose(model(x), model.forward_pooled(x), atol=1e-4)
+
+    # Imprinting: each class centre is the normalised mean descriptor of that class's (un-augmented) images.
+    imprint_head(model, manifest, 64, torch.device("cpu"))
+    images = ManifestDataset(manifest, [(64, 64)], "none")
+    with torch.no_grad():
+        first = [F.normalize(model(images[i][0][None]), dim=1)[0] for i in range(len(manifest))
+                 if manifest[i].label == 0]
+    assert torch.allclose(model.head.weight[0], F.normalize(torch.stack(first).mean(0), dim=0), atol=1e-5)
+
+    # lr groups: neck + head at lr, backbone at lr * mult; frozen BatchNorm leaves the optimizer.
+    cfg = _train_config(lr=0.01, backbone_lr_mult=0.1, freeze_bn=True, optimizer="adamw")
+    frozen = freeze_batchnorm(model)
+    opt = make_optimizer(model, cfg)
+    assert frozen > 0 and [g["lr"] for g in opt.param_groups] == pytest.approx([0.01, 0.001])
+    in_opt = {id(p) for g in opt.param_groups for p in g["params"]}
+    bn_params = [p for m in model.modules() if isinstance(m, torch.nn.BatchNorm2d) for p in m.parameters()]
+    assert bn_params and not any(id(p) in in_opt for p in bn_params)
+    probe = make_optimizer(create_model(mcfg), _train_config(backbone_lr_mult=0.0))
+    assert len(probe.param_groups) == 1  # a linear probe: the backbone is not trained at all
+
+    # End to end: BN statistics stay as they were, and the run trains.
+    stats = [k for k in model.state_dict() if "running_mean" in k or "running_var" in k]
+    result = train(mcfg, _train_config(
+        max_steps=3, batch_size=3, freeze_bn=True, head_init="imprint", backbone_lr_mult=0.1), manifest,
+        tmp_path)
+    after = read_checkpoint(result.checkpoint)["model"]
+    fresh = create_model(mcfg).state_dict()
+    assert stats and all(torch.equal(after[k], fresh[k]) for k in stats)
+    assert result.steps == 3
+
+
+def test_few_shot_options_are_checked(tmp_path):
+    with pytest.raises(ValueError, match="head_init"):
+        TrainConfig(head_init="mean")
+    with pytest.raises(ValueError, match="neck_init='identity' needs embedding_dim"):
+        create_model(ModelConfig(backbone=BACKBONE, pretrained=None, embedding_dim=7, neck_init="identity"))
+    with pytest.raises(ValueError, match="margin head"):
+        train(_model_config(head="softmax"), _train_config(max_steps=1, head_init="imprint"), _manifest(2, 2),
+              tmp_path)
