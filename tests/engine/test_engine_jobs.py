@@ -38,3 +38,15 @@ def test_train_records_a_model_version_that_becomes_active(imported_mini, client
     assert "<svg" in html and "polyline" in html and "loss" in html
     call_command("embed", "--splits", "query", "--image-size", "96")
     assert EmbeddingSet.objects.get().model_version == mv
+
+
+def test_train_few_shot_starts_from_the_imagenet_descriptor(imported_mini):
+    call_command("train", "--splits", "index", "--max-steps", "2", "--batch-size", "8", "--image-size", "96",
+                 "--name", "few", "--augmentation", "none", "--few-shot", "--optimizer", "adamw")
+    job = Job.objects.get(kind=Job.Kind.TRAIN)
+    assert job.state == Job.State.SUCCEEDED
+    assert job.params["model"]["neck_init"] == "identity" and job.params["model"]["embedding_dim"] == 1280
+    assert job.params["train"]["head_init"] == "imprint" and job.params["train"]["freeze_bn"] is True
+    mv = ModelVersion.objects.get(name="few")
+    call_command("embed", "--splits", "query", "--image-size", "96")
+    assert EmbeddingSet.objects.get().model_version == mv and EmbeddingSet.objects.get().dim == 1280

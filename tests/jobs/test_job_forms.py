@@ -38,3 +38,15 @@ def test_every_kind_has_a_form_and_viewers_cannot_start(client, viewer_user, adm
     client.force_login(viewer_user)
     assert client.get(reverse("job-new")).status_code == 403
     assert client.post(reverse("job-new"), {"kind": "build_index"}).status_code == 403
+
+
+def test_train_form_few_shot_recipe(client, admin_user_role):
+    client.force_login(admin_user_role)
+    response = client.post(reverse("job-new"), {
+        "kind": "train", "train-backbone": "tf_efficientnet_lite0", "train-head": "arcface", "train-epochs": "10",
+        "train-batch_size": "16", "train-image_size": "384", "train-few_shot": "on"})
+    params = Job.objects.get().params
+    assert response.status_code == 302
+    assert params["model"] == {"backbone": "tf_efficientnet_lite0", "head": "arcface", "neck_init": "identity",
+                               "embedding_dim": 1280}
+    assert params["train"]["head_init"] == "imprint" and params["train"]["optimizer"] == "adamw"

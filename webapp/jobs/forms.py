@@ -9,6 +9,7 @@ from django import forms
 from django.conf import settings
 
 from ml.pipeline import DEFAULT_PIPELINE, list_pipelines
+from ml.train import few_shot_settings
 from webapp.catalog.models import Image
 from webapp.jobs.models import Job
 
@@ -47,11 +48,20 @@ class TrainForm(forms.Form):
     epochs = forms.IntegerField(min_value=1, max_value=100, initial=5)
     batch_size = forms.IntegerField(min_value=1, max_value=1024, initial=32)
     image_size = forms.IntegerField(min_value=64, max_value=1024, initial=512)
+    few_shot = forms.BooleanField(
+        required=False, label="Few photos per landmark",
+        help_text="Start from the ImageNet descriptor, imprint the class centres, freeze BatchNorm "
+                  "(with AdamW; measured best at 10 epochs, 384 px, batch 16).")
 
     def params(self) -> dict:
         d = self.cleaned_data
-        return {"model": {"backbone": d["backbone"], "head": d["head"]},
-                "train": {"epochs": d["epochs"], "batch_size": d["batch_size"], "image_size": d["image_size"]}}
+        params = {"model": {"backbone": d["backbone"], "head": d["head"]},
+                  "train": {"epochs": d["epochs"], "batch_size": d["batch_size"], "image_size": d["image_size"]}}
+        if d["few_shot"]:
+            model_extra, train_extra = few_shot_settings(d["backbone"])
+            params["model"].update(model_extra)
+            params["train"].update(train_extra, optimizer="adamw", lr=1e-3, warmup_steps=5)
+        return params
 
 
 class EmbedForm(forms.Form):

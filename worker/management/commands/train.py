@@ -1,5 +1,6 @@
 """python manage.py train [--backbone B] [--head H] [--epochs N | --max-steps N] ... [--queue]"""
 
+from ml.train import few_shot_settings
 from webapp.catalog.models import Image
 from webapp.jobs.models import Job
 from worker.management.jobcommand import JobCommand
@@ -18,6 +19,13 @@ class Command(JobCommand):
         parser.add_argument("--head", default="arcface",
                             choices=["softmax", "arcface", "cosface", "adacos", "subcenter_arcface"])
         parser.add_argument("--embedding-dim", type=int, default=512)
+        parser.add_argument("--few-shot", action="store_true",
+                            help="For a few photos per landmark: identity neck (the descriptor starts as the "
+                                 "ImageNet one), ArcFace centres imprinted from class means, BatchNorm frozen. "
+                                 "Measured with --optimizer adamw --lr 1e-3 --epochs 10 --image-size 384 "
+                                 "--warmup-steps 5 --batch-size 16 (docs/benchmarks.md).")
+        parser.add_argument("--backbone-lr-mult", type=float, default=1.0,
+                            help="The backbone's lr as a fraction of --lr (0 = train the neck and head only).")
         parser.add_argument("--margin", type=float, default=0.3)
         parser.add_argument("--scale", type=float, default=30.0)
         parser.add_argument("--pretrained", default="packaged",
@@ -50,6 +58,11 @@ class Command(JobCommand):
                       "warmup_steps": o["warmup_steps"], "image_size": o["image_size"], "template": o["template"],
                       "augmentation": o["augmentation"], "amp": o["amp"], "checkpoint_every": o["checkpoint_every"],
                       "resume_from": o["resume"], "freeze_bn_last_epoch": o["freeze_bn_last_epoch"],
-                      "seed": o["seed"], "device": o["device"], "num_workers": o["num_workers"]},
+                      "seed": o["seed"], "device": o["device"], "num_workers": o["num_workers"],
+                      "backbone_lr_mult": o["backbone_lr_mult"]},
         }
+        if o["few_shot"]:
+            model_extra, train_extra = few_shot_settings(o["backbone"])
+            params["model"].update(model_extra)
+            params["train"].update(train_extra)
         self.run_job(params, o)
