@@ -21,6 +21,19 @@ On disk, one folder per index version (``build_index`` refuses to overwrite one)
 Everything is written into a hidden temporary sibling folder that is renamed into place at the end, so a
 crash mid-build leaves no folder that ``load_index`` would accept. Indexes built in shards (one folder
 each) are searched with ``search_sharded``, whose per-shard answers are combined by ``merge_topk``.
+
+A sharded index is one folder of shard folders (each a complete index as above) plus a manifest::
+
+    meta.json         format, kind "sharded", count, dim, the shards (name, count, kind), recall   (last)
+    shard-00000/      an index folder over rows [0, shard_size)
+    shard-00001/      ...
+
+``build_shards`` writes shard folders one by one (a shard already there is kept, so a resumed build only
+builds what is missing; shards may be built by different processes), ``publish_sharded`` measures the
+recall of approximate shards against exact search, writes the manifest and renames the folder into
+place. ``load_index`` opens either kind of folder; a sharded one comes back as a ``ShardedIndex``, which
+searches every shard and k-way merges (the same answer one index over all the vectors gives) and reads
+vector rows from the shards' memory-mapped files by global position.
 """
 
 from __future__ import annotations
@@ -45,6 +58,8 @@ Progress = Callable[[int, int], None]
 FORMAT_VERSION = 1
 KINDS = ("auto", "exact", "ivfpq", "hnsw")
 META, IDS, VECTORS, FAISS_FILE = "meta.json", "ids.txt", "vectors.npy", "index.faiss"
+SHARDED = "sharded"  # meta.json "kind" of a folder of shard folders
+RECALL_QUERIES, RECALL_K = 200, 100  # approximate indexes: recall@100 measured on 200 database vectors
 
 
 class IndexFolderError(ValueError):
@@ -322,8 +337,11 @@ def _build_faiss(vectors: np.ndarray, kind: str, config: IndexConfig, progress: 
 # --------------------------------------------------------------------------------------------------- load
 
 
-def load_index(directory: str | os.PathLike, config: IndexConfig | None = None, mmap: bool = True) -> LoadedIndex:
-    """Open a published index folder; ``config`` overrides search-time settings (nprobe, GPU, ...)."""
+def load_index(
+    directory: str | os.PathLike, config: IndexConfig | None = None, mmap: bool = True
+) -> LoadedIndex | ShardedIndex:
+    """Open a published index folder, single or sharded; ``config`` overrides search-time settings
+    (nprobe, GPU, ...)."""
     directory = Path(directory)
     meta_path = directory / META
     if not meta_path.is_file():
@@ -331,6 +349,8 @@ def load_index(directory: str | os.PathLike, config: IndexConfig | None = None, 
     meta = json.loads(meta_path.read_text())
     if meta.get("format") != FORMAT_VERSION:
         raise IndexFolderError(f"{directory}: index format {meta.get('format')} is not {FORMAT_VERSION}")
+    if meta.get("kind") == SHARDED:
+        return _load_sharded(directory, meta, config, mmap)
     ids = (directory / IDS).read_text().splitlines()
     vectors = np.load(directory / VECTORS, mmap_mode="r" if mmap else None)
     if len(ids) != meta["count"] or vectors.shape != (meta["count"], meta["dim"]):
@@ -389,3 +409,250 @@ def search_sharded(
         raise ValueError("search_sharded needs at least one shard")
     answers = [search(shard, queries, k) for shard in shards]
     return merge_topk([a[0] for a in answers], [a[1] for a in answers], k)
+
+
+# ------------------------------------------------------------------------------------------------ shards
+
+
+class RowConcat:
+    """The rows of several (memory-mapped) (n_i, D) arrays read as one (N, D) float32 array.
+
+    Supports what search code does with ``LoadedIndex.vectors``: ``len``, ``shape``, and reading rows by an
+    integer, a slice, or a list / array of positions (any order, repeats allowed). Nothing is copied up
+    front; each read touches only the rows asked for.
+    """
+
+    ndim = 2
+    dtype = np.dtype(np.float32)
+
+    def __init__(self, parts: Sequence[np.ndarray]):
+        if not parts:
+            raise ValueError("RowConcat needs at least one array")
+        dims = {int(np.shape(p)[1]) for p in parts}
+        if len(dims) != 1:
+            raise ValueError(f"arrays of different widths: {sorted(dims)}")
+        self.parts = list(parts)
+        self.offsets = np.cumsum([0] + [len(p) for p in parts]).astype(np.int64)
+        self.shape = (int(self.offsets[-1]), dims.pop())
+
+    def __len__(self) -> int:
+        return self.shape[0]
+
+    def __getitem__(self, key) -> np.ndarray:
+        if isinstance(key, tuple):
+            raise TypeError("RowConcat reads whole rows: index it with positions or a slice only")
+        if isinstance(key, slice):
+            return self.rows(np.arange(*key.indices(len(self))))
+        if np.isscalar(key):
+            return self.rows(np.asarray([key]))[0]
+        key = np.asarray(key)
+        if key.dtype == bool:
+            key = np.flatnonzero(key)
+        return self.rows(key)
+
+    def rows(self, positions: np.ndarray) -> np.ndarray:
+        positions = np.asarray(positions, dtype=np.int64).reshape(-1)
+        n = len(self)
+        positions = np.where(positions < 0, positions + n, positions)
+        if positions.size and (positions.min() < 0 or positions.max() >= n):
+            raise IndexError(f"row positions out of range for {n} rows")
+        out = np.empty((len(positions), self.shape[1]), np.float32)
+        part = np.searchsorted(self.offsets, positions, side="right") - 1
+        for p in np.unique(part):
+            mask = part == p
+            out[mask] = self.parts[p][positions[mask] - self.offsets[p]]
+        return out
+
+    def __array__(self, dtype=None, copy=None) -> np.ndarray:
+        whole = np.concatenate([np.asarray(p, dtype=np.float32) for p in self.parts])
+        return whole if dtype is None else whole.astype(dtype)
+
+
+@dataclass
+class ShardedIndex:
+    """Several indexes searched as one: global position = shard offset + position in the shard.
+
+    Quacks like ``LoadedIndex`` (``ids``, ``vectors``, ``count``, ``dim``, ``kind``, ``search_positions``),
+    so the retrieval pipeline and the web app use it without knowing. Exact shards give exactly the answer
+    of one exact index over all the vectors (ties broken by position either way).
+    """
+
+    path: Path | None
+    shards: list[LoadedIndex]
+    meta: dict = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if not self.shards:
+            raise ValueError("a sharded index needs at least one shard")
+        self.ids: list[str] = [i for shard in self.shards for i in shard.ids]
+        self.offsets = np.cumsum([0] + [s.count for s in self.shards[:-1]]).astype(np.int64)
+        # One shard: its memmap as is; several: rows read across the shards' memmaps.
+        self.vectors = self.shards[0].vectors if len(self.shards) == 1 else RowConcat([s.vectors for s in self.shards])
+        kinds = {s.kind for s in self.shards}
+        self.kind = kinds.pop() if len(kinds) == 1 else "mixed"
+        self.config = self.shards[0].config
+
+    @property
+    def count(self) -> int:
+        return len(self.ids)
+
+    @property
+    def dim(self) -> int:
+        return self.shards[0].dim
+
+    @property
+    def exact(self) -> bool:
+        return all(s.kind == "exact" for s in self.shards)
+
+    def search_positions(self, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+        """(scores, global positions) (nq, k') with k' = min(k, count): every shard's top k, k-way merged."""
+        queries = _as_queries(queries, self.dim)
+        k = min(k, self.count)
+        if k <= 0 or len(queries) == 0:
+            return np.zeros((len(queries), 0), np.float32), np.zeros((len(queries), 0), np.int64)
+        scores, positions = [], []
+        for offset, shard in zip(self.offsets, self.shards, strict=True):
+            s, p = shard.search_positions(queries, k)
+            scores.append(s)
+            positions.append(np.where(p >= 0, p + offset, -1))
+        return merge_topk(scores, positions, k)
+
+    def exact_positions(self, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+        """Brute force over every shard's vectors, merged: the reference approximate shards are measured by."""
+        queries = _as_queries(queries, self.dim)
+        k = min(k, self.count)
+        scores, positions = [], []
+        for offset, shard in zip(self.offsets, self.shards, strict=True):
+            s, p = exact_search(shard.vectors, queries, k, shard.config.chunk_rows)
+            scores.append(s)
+            positions.append(p + offset)
+        return merge_topk(scores, positions, k)
+
+
+def shard_bounds(count: int, shard_size: int) -> list[tuple[int, int]]:
+    """Row ranges [lo, hi) of the shards of ``count`` vectors; at least one shard (count 0 gives none)."""
+    if shard_size < 1:
+        raise ValueError(f"shard_size must be at least 1, got {shard_size}")
+    return [(lo, min(lo + shard_size, count)) for lo in range(0, count, shard_size)]
+
+
+def shard_name(i: int) -> str:
+    return f"shard-{i:05d}"
+
+
+def shard_complete(folder: str | os.PathLike) -> bool:
+    """A shard folder is complete when it exists: ``build_index`` publishes it by rename, meta.json last."""
+    return (Path(folder) / META).is_file()
+
+
+def build_shard(
+    vectors: np.ndarray,
+    ids: Sequence[str],
+    folder: str | os.PathLike,
+    config: IndexConfig,
+    progress: Progress | None = None,
+) -> bool:
+    """Build one shard folder unless it is already complete; True when this call built it.
+
+    Safe to run twice at once (a task delivered again): one rename wins, the other build is dropped.
+    """
+    folder = Path(folder)
+    if shard_complete(folder):
+        return False
+    try:
+        build_index(vectors, ids, folder, config, progress)
+    except OSError:
+        if shard_complete(folder):  # another process published the same shard first
+            return False
+        raise
+    return True
+
+
+def build_shards(
+    vectors: np.ndarray,
+    ids: Sequence[str],
+    building: str | os.PathLike,
+    config: IndexConfig,
+    shard_size: int,
+    progress: Progress | None = None,
+) -> list[int]:
+    """Build, in turn, every shard of ``vectors`` missing from the folder ``building``; the shards built.
+
+    ``config.kind`` should be resolved on the whole count first (``resolved_kind``), so all shards share
+    one kind whatever their sizes.
+    """
+    _check_inputs(vectors, ids)
+    building = Path(building)
+    building.mkdir(parents=True, exist_ok=True)
+    built = []
+    for i, (lo, hi) in enumerate(shard_bounds(len(ids), shard_size)):
+        if build_shard(vectors[lo:hi], ids[lo:hi], building / shard_name(i), config):
+            built.append(i)
+        if progress is not None:
+            progress(hi, len(ids))
+    return built
+
+
+def measure_recall(
+    index: ShardedIndex | LoadedIndex, queries: int = RECALL_QUERIES, k: int = RECALL_K, seed: int = 1234
+) -> dict:
+    """recall@k of the index's own search against exact search over the same vectors, with a sample of the
+    database vectors as queries: ``{"recall", "k", "queries"}`` (recall 1.0 for an exact index)."""
+    k = min(k, index.count)
+    rng = np.random.default_rng(seed)
+    rows = np.sort(rng.choice(index.count, size=min(queries, index.count), replace=False))
+    q = np.asarray(index.vectors[rows], dtype=np.float32)
+    _, approx = index.search_positions(q, k)
+    if isinstance(index, ShardedIndex):
+        _, exact = index.exact_positions(q, k)
+    else:
+        _, exact = exact_search(index.vectors, q, k, index.config.chunk_rows)
+    hits = [len(set(a[a >= 0].tolist()) & set(e.tolist())) for a, e in zip(approx, exact, strict=True)]
+    return {"recall": round(float(np.mean(hits)) / k, 4) if k else 1.0, "k": int(k), "queries": int(len(rows))}
+
+
+def publish_sharded(
+    building: str | os.PathLike,
+    out_dir: str | os.PathLike,
+    recall_queries: int = RECALL_QUERIES,
+    extra: dict | None = None,
+) -> ShardedIndex:
+    """Turn a folder of complete shard folders into a published sharded index at ``out_dir``.
+
+    Measures recall@100 against exact search when a shard is approximate, writes the manifest (last) and
+    renames the folder into place, so ``out_dir`` appears complete or not at all.
+    """
+    building, out_dir = Path(building), Path(out_dir)
+    if out_dir.exists():
+        raise FileExistsError(f"index folder already exists (versions are immutable): {out_dir}")
+    names = sorted(p.name for p in building.glob("shard-*") if p.is_dir())
+    incomplete = [n for n in names if not shard_complete(building / n)]
+    if not names or incomplete:
+        raise IndexFolderError(f"{building}: no shards, or shards without {META}: {incomplete[:5]}")
+    index = ShardedIndex(building, [load_index(building / n) for n in names])
+    recall = None if index.exact else measure_recall(index, recall_queries)
+    meta = {
+        "format": FORMAT_VERSION,
+        "kind": SHARDED,
+        "shard_kind": index.kind,
+        "count": index.count,
+        "dim": index.dim,
+        "shards": [{"name": n, "count": s.count, "kind": s.kind} for n, s in zip(names, index.shards, strict=True)],
+        "recall": recall,
+        "faiss_version": faiss.__version__,
+        "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        **(extra or {}),
+    }
+    (building / META).write_text(json.dumps(meta, indent=1))  # last: the folder is complete from here on
+    out_dir.parent.mkdir(parents=True, exist_ok=True)
+    os.rename(building, out_dir)
+    return load_index(out_dir)
+
+
+def _load_sharded(directory: Path, meta: dict, config: IndexConfig | None, mmap: bool) -> ShardedIndex:
+    shards = [load_index(directory / s["name"], config, mmap) for s in meta["shards"]]
+    for entry, shard in zip(meta["shards"], shards, strict=True):
+        if shard.count != entry["count"] or shard.dim != meta["dim"]:
+            raise IndexFolderError(f"{directory / entry['name']}: {shard.count} x {shard.dim} vectors but the "
+                                   f"manifest says {entry['count']} x {meta['dim']}")
+    return ShardedIndex(directory, shards, meta)

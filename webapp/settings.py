@@ -146,6 +146,9 @@ CACHES = {"default": env.cache("CACHE_URL", default="locmemcache://")}
 # Folders the web forms may import or evaluate from (server paths; nothing outside them).
 IMPORT_ROOTS = env.list("IMPORT_ROOTS", default=[str(BASE_DIR.parent)])
 
+# --- Index builds: vectors per shard; each shard is indexed by its own task (a small collection is one shard).
+INDEX_SHARD_SIZE = env.int("INDEX_SHARD_SIZE", default=250_000)
+
 # --- Image limits: what import and upload accept.
 IMAGE_MAX_BYTES = env.int("IMAGE_MAX_BYTES", default=50 * 1024 * 1024)
 IMAGE_MAX_PIXELS = env.int("IMAGE_MAX_PIXELS", default=64_000_000)

@@ -1,32 +1,44 @@
-"""The build_index job: embed the searchable images with the pipeline's models, augment, index, extract
-local features for verification, and publish a new active IndexVersion atomically."""
+"""The build_index job: embed the searchable images with the pipeline's models (or take the vectors of an
+EmbeddingSet), augment, extract local features for verification, then index in shards (worker/shards.py:
+a Celery chord on the workers, one shard after another in the foreground) and publish a new active
+IndexVersion atomically."""
 
 from __future__ import annotations
 
+import json
 import uuid
+from dataclasses import asdict, replace
 from pathlib import Path
 
+import numpy as np
 from django.conf import settings
-from django.db import transaction
 from django.utils import timezone
 
-from ml.embed import write_embedding_shards
+from ml.embed import read_embedding_shards, write_embedding_shards
+from ml.index import RECALL_QUERIES, IndexConfig
 from ml.pipeline import (
     DEFAULT_PIPELINE,
     embed_database,
     get_pipeline,
     load_models,
-    prepare_database,
     with_models,
 )
+from ml.rerank import database_augmentation
+from ml.spatial import LocalFeatureStore
+from ml.whitening import learn_whitening
 from webapp.catalog.models import Image
 from webapp.jobs.models import Job
+from webapp.search.engine import labels_of
 from webapp.search.models import EmbeddingSet, IndexVersion, ModelVersion
-from webapp.search.services import active_model_version, image_file_path, packaged_model_version
-from worker.runner import JobContext, job_function
+from webapp.search.services import active_model_version, image_file_path, model_spec, packaged_model_version
+from worker import shards
+from worker.chunks import _write_atomic
+from worker.params import config_from
+from worker.runner import TRANSIENT_ERRORS, JobContext, JobDeferred, job_function
 
 # The collection users search: every image but the evaluation queries and test photos.
 DEFAULT_INDEX_SPLITS = [Image.Split.TRAIN, Image.Split.INDEX]
+WRITE_BATCH = 65_536  # rows converted to float32 at a time when the input vectors are written
 
 
 def index_pipeline(params: dict, mv: ModelVersion):
@@ -35,46 +47,147 @@ def index_pipeline(params: dict, mv: ModelVersion):
     return with_models(pipeline, mv.checkpoint) if mv.checkpoint else pipeline
 
 
+def embeddings_pipeline(params: dict, es: EmbeddingSet):
+    """The preset named in ``params`` with the models and embedding settings ``es`` was made with, so queries
+    are embedded the way its vectors were."""
+    pipeline = get_pipeline(params.get("pipeline") or DEFAULT_PIPELINE)
+    models = es.params.get("models") or [model_spec(es.model_version)]
+    size = es.params.get("image_size") or es.params.get("embed", {}).get("image_size") or pipeline.image_size
+    return replace(with_models(pipeline, "+".join(models)), image_size=int(size),
+                   scales=tuple(es.scales) if es.scales else pipeline.scales)
+
+
 def feature_dir() -> Path:
     return Path(settings.ARTIFACTS_ROOT) / "local-features"
 
 
 @job_function(Job.Kind.BUILD_INDEX)
 def run_build_index(job: Job, ctx: JobContext) -> dict:
+    """Prepare once (the plan), then build the shards not on disk yet and publish. A resumed job (its
+    worker died) skips what it finished: the plan, and every shard already built."""
+    done = IndexVersion.objects.filter(job=job).first()
+    if done is not None:  # published before the worker died, only the job row was not closed
+        return shards.result_of(done)
+    try:
+        return _build(job, ctx)
+    except (JobDeferred, *TRANSIENT_ERRORS):
+        raise  # the shards are on the workers / the task retries and resumes
+    except Exception:
+        shards.discard(job)  # failed or cancelled: nothing will resume it (a retry is a new job)
+        raise
+
+
+def _build(job: Job, ctx: JobContext) -> dict:
+    from celery import chord
+
+    from webapp.celery_app import app
+
+    p = plan(job, ctx)
+    pending = shards.pending_shards(job, p)
+    count, n_shards = len(p["ids"]), len(shards.bounds(p))
+    shards.report(job, p, f"indexing {count} vectors in {n_shards} shard(s)")
+    if job.queued and len(pending) > 1:
+        header = [app.signature("worker.index_shard", args=(job.pk, i), queue="cpu") for i in pending]
+        chord(header)(app.signature("worker.finish_index", args=(job.pk,), queue="cpu"))
+        raise JobDeferred(f"{len(pending)} index shards sent to the workers")
+    for i in pending:
+        shards.build(job, p, i)
+        ctx.progress(shards.report(job, p, f"indexed shard {i + 1} of {n_shards}"), count)
+    ctx.progress(count, count, "publishing the index")
+    return shards.result_of(shards.publish(job, p))
+
+
+def plan(job: Job, ctx: JobContext) -> dict:
+    """The job's fixed plan: vectors to index (embedded and augmented), their ids, the index settings.
+
+    Written once (vectors first, plan.json last, each by rename), so every resume and every shard task
+    sees the same one."""
+    path = shards.plan_path(job)
+    if path.is_file():
+        return json.loads(path.read_text())
     params = job.params
+    es, ids, vectors, pipeline, paths = _embeddings(job, ctx)
+    if pipeline.uses_local_features:
+        if paths is None:
+            found = {im.external_id: image_file_path(im) for im in Image.objects.filter(external_id__in=ids)}
+            missing = [i for i in ids if i not in found]
+            if missing:
+                raise ValueError(f"{len(missing)} embedded images are not in the catalogue (e.g. {missing[:3]}); "
+                                 f"pipeline {pipeline.name} needs their files for local features")
+            paths = [found[i] for i in ids]
+        store = LocalFeatureStore(feature_dir(), pipeline.local_features)
+        store.ensure(list(zip(ids, paths, strict=True)),
+                     progress=lambda d, t: ctx.progress(d, t, "local features"))
+    vectors = _whiten(job, ids, vectors, pipeline)
+    if pipeline.dba.k > 1:
+        ctx.progress(0, None, "database-side augmentation")
+        vectors = database_augmentation(vectors, pipeline.dba)
+    _write_vectors(shards.vectors_path(job), vectors)
+    index_cfg = config_from(IndexConfig, {**asdict(pipeline.index), **(params.get("index") or {})})
+    kind = index_cfg.resolved_kind(len(ids))  # on the whole count: every shard has the same kind
+    data = {
+        "stamp": f"{timezone.now():%Y%m%d-%H%M%S}-{uuid.uuid4().hex[:6]}", "embedding_set": es.pk,
+        "pipeline": pipeline.name, "models": list(pipeline.models), "image_size": pipeline.image_size,
+        "scales": list(pipeline.scales), "feature_dir": str(feature_dir()), "kind": kind,
+        "index": asdict(replace(index_cfg, kind=kind)),
+        "shard_size": int(params.get("shard_size") or settings.INDEX_SHARD_SIZE),
+        "recall_queries": int(params.get("recall_queries") or RECALL_QUERIES),
+        "ids": ids,
+    }
+    _write_atomic(path, json.dumps(data).encode())
+    return data
+
+
+def _whiten(job: Job, ids: list[str], vectors: np.ndarray, pipeline) -> np.ndarray:
+    """Whitening learned from the current labels, when the pipeline asks for it: applied to the vectors to
+    index and saved in the index folder (it moves with the shards into place), so queries get it too."""
+    if pipeline.whitening.method == "none":
+        return vectors
+    whitening = learn_whitening(vectors, labels_of(ids), pipeline.whitening)
+    if whitening is None:
+        return vectors
+    shards.building_dir(job).mkdir(parents=True, exist_ok=True)
+    whitening.save(shards.building_dir(job))
+    return whitening.apply(vectors)
+
+
+def _embeddings(job: Job, ctx: JobContext):
+    """(EmbeddingSet, ids, vectors, pipeline, image paths or None): the set named in the params, the one
+    this job made before its worker died, or a new one embedded here."""
+    params = job.params
+    es_pk = params.get("embedding_set")
+    es = (EmbeddingSet.objects.select_related("model_version").get(pk=es_pk) if es_pk
+          else EmbeddingSet.objects.select_related("model_version").filter(job=job).first())
+    if es is not None:
+        ids, vectors = read_embedding_shards(es.path)
+        return es, ids, vectors, embeddings_pipeline(params, es), None
     mv = ModelVersion.objects.get(pk=params["model_version"]) if params.get("model_version") else active_model_version()
     pipeline = index_pipeline(params, mv)
     if not mv.checkpoint:  # untrained: the pipeline's own packaged models are what embeds
         mv = packaged_model_version("+".join(pipeline.models))
-    images = list(Image.objects.filter(split__in=params.get("splits") or DEFAULT_INDEX_SPLITS)
-                  .select_related("landmark").order_by("pk"))
+    images = list(Image.objects.filter(split__in=params.get("splits") or DEFAULT_INDEX_SPLITS).order_by("pk"))
     if not images:
         raise ValueError("no images to index (import a data set first, or check --splits)")
     ids = [im.external_id for im in images]
     paths = [image_file_path(im) for im in images]
     models = load_models(pipeline)
-    total = len(images) * (len(models) + (1 if pipeline.uses_local_features else 0))
-    vectors = embed_database(models, paths, pipeline, progress=lambda d, _t: ctx.progress(d, total, "embedding"))
-    root = Path(settings.ARTIFACTS_ROOT)
-    stamp = f"{timezone.now():%Y%m%d-%H%M%S}-{uuid.uuid4().hex[:6]}"
-    emb_dir = write_embedding_shards(root / "embeddings" / stamp, ids, vectors)
+    vectors = embed_database(models, paths, pipeline, progress=lambda d, t: ctx.progress(d, t, "embedding"))
+    out = Path(settings.ARTIFACTS_ROOT) / "embeddings" / f"{timezone.now():%Y%m%d-%H%M%S}-{uuid.uuid4().hex[:6]}"
+    emb_dir = write_embedding_shards(out, ids, vectors)
     es = EmbeddingSet.objects.create(model_version=mv, path=str(emb_dir), dim=vectors.shape[1], image_count=len(ids),
                                      scales=list(pipeline.scales), job=job,
                                      image_filter={"splits": params.get("splits") or DEFAULT_INDEX_SPLITS},
                                      params={"models": list(pipeline.models), "image_size": pipeline.image_size})
-    offset = len(images) * len(models)
-    prepare_database(models, list(zip(ids, paths, strict=True)), pipeline, labels=None, feature_dir=feature_dir(),
-                     index_dir=root / "indexes" / stamp, vectors=vectors,
-                     progress=lambda d, _t: ctx.progress(offset + d, total, "local features"))
-    iv = publish_index(es, pipeline, root / "indexes" / stamp, len(ids), job)
-    return {"index_version": iv.pk, "embedding_set": es.pk, "images": len(ids), "pipeline": pipeline.name}
+    return es, ids, vectors, pipeline, paths
 
 
-def publish_index(es: EmbeddingSet, pipeline, path: Path, size: int, job: Job | None) -> IndexVersion:
-    """Record the index and make it the active one in one transaction: searches switch over atomically."""
-    with transaction.atomic():
-        IndexVersion.objects.filter(is_active=True).update(is_active=False)
-        return IndexVersion.objects.create(
-            embedding_set=es, kind={"exact": "flat"}.get(k := pipeline.index.resolved_kind(size), k),
-            path=str(path), size=size, is_active=True, published_at=timezone.now(), job=job,
-            params={"pipeline": pipeline.name, "models": list(pipeline.models), "feature_dir": str(feature_dir())})
+def _write_vectors(path: Path, vectors: np.ndarray) -> None:
+    """float32 .npy written in batches to a temp file, then renamed (fp16 sets are never copied whole)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex}.tmp")
+    out = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.float32, shape=tuple(np.shape(vectors)))
+    for start in range(0, len(out), WRITE_BATCH):
+        out[start:start + WRITE_BATCH] = np.asarray(vectors[start:start + WRITE_BATCH], dtype=np.float32)
+    out.flush()
+    del out
+    tmp.rename(path)

@@ -8,7 +8,7 @@ from celery import shared_task
 from django.db import DatabaseError, close_old_connections, connection
 
 import worker.registry  # noqa: F401 - registers the job functions
-from worker import chunks
+from worker import chunks, shards
 from worker.runner import TRANSIENT_ERRORS, execute_job
 from worker.watchdog import recover_jobs
 
@@ -62,6 +62,22 @@ def finish_embed(_results, job_id: int) -> str:
     """The chord's callback: publish the chunks as one EmbeddingSet and close the job."""
     close_old_connections()
     return chunks.finish_job(job_id)
+
+
+@shared_task(name="worker.index_shard", acks_late=True, reject_on_worker_lost=True, ignore_result=False,
+             autoretry_for=TRANSIENT_ERRORS, retry_backoff=5, retry_backoff_max=300, max_retries=20)
+def index_shard(job_id: int, shard: int) -> int:
+    """One shard of a build_index job (idempotent: a shard already on disk is not built again)."""
+    close_old_connections()
+    return wait_out_database_errors(shards.run_shard, job_id, shard)
+
+
+@shared_task(name="worker.finish_index", acks_late=True, autoretry_for=TRANSIENT_ERRORS, retry_backoff=5,
+             max_retries=20)
+def finish_index(_results, job_id: int) -> str:
+    """The chord's callback: manifest, recall, rename into place, publish the IndexVersion, close the job."""
+    close_old_connections()
+    return shards.finish_job(job_id)
 
 
 @shared_task(name="worker.watchdog")

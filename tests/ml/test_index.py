@@ -13,10 +13,15 @@ import pytest
 from ml.index import (
     IndexConfig,
     IndexFolderError,
+    RowConcat,
+    ShardedIndex,
     build_index,
+    build_shards,
     exact_search,
     load_index,
+    measure_recall,
     merge_topk,
+    publish_sharded,
     search,
     search_sharded,
 )
@@ -158,3 +163,49 @@ def test_merge_topk_orders_and_puts_missing_last():
     scores, ids = merge_topk([s1, s2], [i1, i2], 4)
     assert ids.tolist() == [["a", "c", "d", "b"]]
     np.testing.assert_allclose(scores, [[0.9, 0.7, 0.6, 0.5]])
+
+
+def test_sharded_folder_loads_as_one_index_with_the_same_answers(tmp_path):
+    n = 1000
+    x, q, ids = _clustered(n, 16), _clustered(12, 16, seed=4), _ids(n)
+    x[7] = x[400]  # a tie across shards: broken by position, as one index does
+    whole = build_index(x, ids, tmp_path / "whole", IndexConfig(kind="exact"))
+    assert build_shards(x, ids, tmp_path / "building", IndexConfig(kind="exact"), 300) == [0, 1, 2, 3]
+    assert build_shards(x, ids, tmp_path / "building", IndexConfig(kind="exact"), 300) == []  # all on disk
+    publish_sharded(tmp_path / "building", tmp_path / "sharded")
+    sharded = load_index(tmp_path / "sharded")
+    assert isinstance(sharded, ShardedIndex) and len(sharded.shards) == 4 and sharded.meta["recall"] is None
+    assert sharded.ids == ids and sharded.count == n and isinstance(sharded.shards[2].vectors, np.memmap)
+    for k in (1, 10, 100, 2000):
+        s_whole, p_whole = whole.search_positions(q, k)
+        s_shard, p_shard = sharded.search_positions(q, k)
+        assert (p_shard == p_whole).all()
+        np.testing.assert_allclose(s_shard, s_whole, rtol=1e-6, atol=1e-7)
+    np.testing.assert_array_equal(sharded.vectors[[999, 0, 301, 301]], x[[999, 0, 301, 301]])
+    assert measure_recall(sharded, 50)["recall"] == 1.0
+
+
+def test_row_concat_reads_rows_like_one_array():
+    x = np.arange(40, dtype=np.float32).reshape(10, 4)
+    rc = RowConcat([x[:3], x[3:4], x[4:]])
+    assert rc.shape == (10, 4) and len(rc) == 10
+    np.testing.assert_array_equal(rc[[9, 0, 3, 3, -1]], x[[9, 0, 3, 3, -1]])
+    np.testing.assert_array_equal(rc[2:8:2], x[2:8:2])
+    np.testing.assert_array_equal(rc[np.int64(5)], x[5])
+    np.testing.assert_array_equal(np.asarray(rc), x)
+    assert rc[np.zeros(0, np.int64)].shape == (0, 4)
+    with pytest.raises(IndexError):
+        rc[[10]]
+
+
+def test_recall_of_approximate_shards_is_measured_and_stored(tmp_path):
+    n, dim = 3000, 32
+    x = _clustered(n, dim)
+    cfg = IndexConfig(kind="ivfpq", pq_m=8, pq_nbits=6, nlist=16, nprobe=4, refine_factor=0)
+    build_shards(x, _ids(n), tmp_path / "b", cfg, 1500)
+    index = publish_sharded(tmp_path / "b", tmp_path / "ivf", recall_queries=100)
+    recall = index.meta["recall"]
+    assert recall["k"] == 100 and recall["queries"] == 100 and 0.3 < recall["recall"] < 1.0
+    assert load_index(tmp_path / "ivf").meta["recall"] == recall
+    # Measured the same way from outside: the same figure.
+    assert measure_recall(load_index(tmp_path / "ivf"), 100) == recall

@@ -14,6 +14,7 @@ from PIL import Image as PILImage
 from ml.index import load_index
 from ml.pipeline import SearchDatabase, get_pipeline, load_models, search_one, with_models
 from ml.spatial import LocalFeatureStore
+from ml.whitening import Whitening
 from webapp.catalog.models import CatalogRevision, Image
 from webapp.search.models import IndexVersion
 
@@ -31,6 +32,7 @@ class _Engine:
     models: list
     database: SearchDatabase
     labels_stamp: int
+    decode_side: int | None = None  # the largest image side the pipeline looks at (see decode_side())
 
 
 @dataclass
@@ -62,7 +64,7 @@ def _labels_stamp() -> int:
     return CatalogRevision.current()
 
 
-def _labels(ids: list[str]) -> list[str | None]:
+def labels_of(ids: list[str]) -> list[str | None]:
     """Current labels by index position; deleted and taken-down images vote for nothing."""
     current: dict[str, str | None] = {}
     for start in range(0, len(ids), 5000):
@@ -82,10 +84,17 @@ def _load(iv: IndexVersion) -> _Engine:
     pipeline = get_pipeline(iv.params.get("pipeline"))
     models_spec = "+".join(iv.params.get("models", []))
     pipeline = with_models(pipeline, models_spec) if models_spec else pipeline
-    index = load_index(iv.path)
+    if iv.params.get("image_size"):  # queries are embedded the way the indexed vectors were
+        pipeline = replace(pipeline, image_size=int(iv.params["image_size"]),
+                           scales=tuple(iv.params.get("scales") or pipeline.scales))
+    index = load_index(iv.path)  # a single or a sharded folder: vectors memory-mapped either way
     features = LocalFeatureStore(iv.params["feature_dir"], pipeline.local_features) if pipeline.uses_local_features else None
-    database = SearchDatabase(index, pipeline, _labels(index.ids), features)
-    return _Engine(iv, load_models(pipeline), database, _labels_stamp())
+    # Learned whitening, when the build used it: the indexed vectors have it, each query gets it too.
+    database = SearchDatabase(index, pipeline, labels_of(index.ids), features, Whitening.load(iv.path))
+    side = round(pipeline.image_size * max(pipeline.scales))
+    if pipeline.uses_local_features:
+        side = max(side, pipeline.local_features.max_side)
+    return _Engine(iv, load_models(pipeline), database, _labels_stamp(), side)
 
 
 def current_engine() -> _Engine:
@@ -99,9 +108,19 @@ def current_engine() -> _Engine:
         else:
             stamp = _labels_stamp()
             if stamp != _loaded.labels_stamp:
-                _loaded.database.labels = _labels(_loaded.database.ids)
+                _loaded.database.labels = labels_of(_loaded.database.ids)
                 _loaded.labels_stamp = stamp
         return _loaded
+
+
+def decode_side() -> int | None:
+    """How large an upload must be decoded for the loaded pipeline (global descriptor at its largest scale,
+    local features), so a large JPEG can be decoded at reduced scale; None before this process has
+    loaded an index (no query: the first upload is decoded whole). After a switch to another index the
+    next upload may still be sized for the previous one, which changes its resolution a little, never
+    what can be searched."""
+    loaded = _loaded
+    return loaded.decode_side if loaded is not None else None
 
 
 def search_photo(image: PILImage.Image, top_k: int = 100, options: Options | None = None) -> Outcome:

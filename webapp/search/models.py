@@ -59,6 +59,10 @@ class IndexVersion(models.Model):
     job = models.ForeignKey("jobs.Job", null=True, blank=True, on_delete=models.SET_NULL)
     created_at = models.DateTimeField(auto_now_add=True)
     published_at = models.DateTimeField(null=True, blank=True)
+    recall = models.FloatField(null=True, blank=True, help_text="Approximate indexes: recall@100 of their "
+                               "search against exact search, measured when built; null for exact ones.")
+    recall_queries = models.PositiveIntegerField(null=True, blank=True,
+                                                 help_text="Database vectors used as queries to measure recall.")
 
     class Meta:
         ordering = ["-created_at", "-id"]
@@ -69,6 +73,16 @@ class IndexVersion(models.Model):
 
     def __str__(self) -> str:
         return f"Index #{self.pk} ({self.kind}, {self.size} vectors)"
+
+    @property
+    def recall_summary(self) -> str:
+        """What the index pages say about search quality: "exact", or the measured recall."""
+        if self.kind == self.Kind.FLAT:
+            return "exact"
+        if self.recall is None:
+            return "recall not measured"
+        k = self.params.get("recall_k") or 100
+        return f"recall@{k} vs exact: {self.recall:.2f} ({self.recall_queries} sampled queries)"
 
 
 class SearchQuery(models.Model):

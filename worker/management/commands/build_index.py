@@ -1,5 +1,7 @@
-"""python manage.py build_index [--pipeline NAME] [--model-version ID] [--splits ...] [--queue]"""
+"""python manage.py build_index [--pipeline NAME] [--model-version ID | --embedding-set ID] [--splits ...]
+[--shard-size N] [--index-kind KIND] [--queue]"""
 
+from ml.index import KINDS
 from ml.pipeline import DEFAULT_PIPELINE, list_pipelines
 from webapp.catalog.models import Image
 from webapp.jobs.models import Job
@@ -17,6 +19,19 @@ class Command(JobCommand):
         parser.add_argument("--model-version", type=int, help="ModelVersion id (default: the active model).")
         parser.add_argument("--splits", nargs="+", choices=Image.Split.values,
                             help="Images to index (default: train and index; queries and tests stay out).")
+        parser.add_argument("--embedding-set", type=int,
+                            help="Index the vectors of this EmbeddingSet (from `embed`) instead of embedding here.")
+        parser.add_argument("--shard-size", type=int,
+                            help="Vectors per index shard, each built by its own task (default: INDEX_SHARD_SIZE).")
+        parser.add_argument("--index-kind", choices=KINDS,
+                            help="exact, ivfpq, hnsw, or auto (exact up to 200k vectors; the pipeline's default).")
 
     def handle(self, *args, **o):
-        self.run_job({"pipeline": o["pipeline"], "model_version": o["model_version"], "splits": o["splits"]}, o)
+        params = {"pipeline": o["pipeline"], "model_version": o["model_version"], "splits": o["splits"]}
+        if o["embedding_set"]:
+            params["embedding_set"] = o["embedding_set"]
+        if o["shard_size"]:
+            params["shard_size"] = o["shard_size"]
+        if o["index_kind"]:
+            params["index"] = {"kind": o["index_kind"]}
+        self.run_job(params, o)

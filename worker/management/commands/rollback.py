@@ -20,7 +20,8 @@ class Command(BaseCommand):
         if o["list"]:
             for iv in IndexVersion.objects.select_related("embedding_set__model_version"):
                 mark = "*" if iv.is_active else " "
-                self.stdout.write(f"{mark} index #{iv.pk} {iv.kind} {iv.size} images, {iv.params.get('pipeline')}, "
+                self.stdout.write(f"{mark} index #{iv.pk} {iv.kind} {iv.size} images, {iv.recall_summary}, "
+                                  f"{iv.params.get('pipeline')}, "
                                   f"model {iv.embedding_set.model_version}, {iv.published_at:%Y-%m-%d %H:%M}")
             active = active_model_version()
             for mv in ModelVersion.objects.all():

@@ -1,0 +1,167 @@
+"""Index builds in shards: built in turn in the foreground or by a chord on a real worker, searched as one
+index (k-way merge, the same top-k as one exact index), resumed without rebuilding finished shards, and
+the recall of approximate indexes on the index versions page."""
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+from django.core.management import call_command
+from django.urls import reverse
+
+from ml.embed import read_embedding_shards, write_embedding_shards
+from ml.index import IndexConfig, ShardedIndex, build_index, load_index
+from tests.conftest import wait_for
+from webapp.jobs.models import Job
+from webapp.jobs.services import create_job, start_job
+from webapp.search.engine import current_engine
+from webapp.search.models import EmbeddingSet, IndexVersion
+from webapp.search.services import packaged_model_version
+from worker import indexing, shards
+from worker.runner import JobContext, execute_job
+
+pytestmark = pytest.mark.django_db
+PIPELINE = "baseline-lite0"  # no DBA, no verification: the index holds the embedding set's vectors as they are
+
+
+def _vectors(n: int, dim: int, seed: int = 0) -> np.ndarray:
+    """Unit vectors around 20 centres: neighbourhoods like real descriptors have."""
+    rng = np.random.default_rng(seed)
+    x = rng.standard_normal((20, dim))[rng.integers(0, 20, n)] + 0.6 * rng.standard_normal((n, dim))
+    return (x / np.linalg.norm(x, axis=1, keepdims=True)).astype(np.float32)
+
+
+def _embedding_set(tmp_path: Path, n: int, dim: int) -> tuple[EmbeddingSet, list[str], np.ndarray]:
+    """An EmbeddingSet of synthetic vectors, as `embed` would leave one; returns it with its float32 rows."""
+    ids = [f"img{i:05d}" for i in range(n)]
+    path = write_embedding_shards(tmp_path / f"emb-{n}-{dim}", ids, _vectors(n, dim))
+    es = EmbeddingSet.objects.create(model_version=packaged_model_version("tf_efficientnet_lite0"), path=str(path),
+                                     dim=dim, image_count=n, scales=[1.0],
+                                     params={"models": ["tf_efficientnet_lite0"], "image_size": 128})
+    return es, ids, read_embedding_shards(path, dtype=np.float32)[1]
+
+
+def test_foreground_shards_give_the_top_k_of_one_exact_index(tmp_path, settings):
+    es, ids, x = _embedding_set(tmp_path, 300, 16)
+    call_command("build_index", "--pipeline", PIPELINE, "--embedding-set", str(es.pk), "--shard-size", "70")
+    iv = IndexVersion.objects.get(is_active=True)
+    assert iv.kind == IndexVersion.Kind.FLAT and iv.size == 300 and iv.params["shards"] == 5
+    assert iv.recall is None and iv.recall_summary == "exact"
+    assert iv.job.result["shards"] == 5 and iv.job.state == Job.State.SUCCEEDED
+    assert not (Path(settings.ARTIFACTS_ROOT) / "work").exists() or not any((Path(settings.ARTIFACTS_ROOT) / "work").iterdir())
+
+    single = build_index(x, ids, tmp_path / "single", IndexConfig(kind="exact"))
+    sharded = load_index(iv.path)
+    assert isinstance(sharded, ShardedIndex) and len(sharded.shards) == 5
+    assert [s.count for s in sharded.shards] == [70, 70, 70, 70, 20]
+    queries = np.concatenate([_vectors(10, 16, seed=9), x[[0, 69, 70, 299]]])
+    for k in (1, 5, 100, 300):
+        s_single, p_single = single.search_positions(queries, k)
+        s_shard, p_shard = sharded.search_positions(queries, k)
+        assert (p_shard == p_single).all(), k
+        np.testing.assert_allclose(s_shard, s_single, rtol=1e-6, atol=1e-6)
+    # The web app's engine loads the same folder, transparently, with memory-mapped shard vectors.
+    database = current_engine().database
+    assert isinstance(database.index, ShardedIndex) and database.ids == ids
+    assert all(isinstance(s.vectors, np.memmap) for s in database.index.shards)
+    assert (database.index.search_positions(queries, 20)[1] == single.search_positions(queries, 20)[1]).all()
+    np.testing.assert_array_equal(database.index.vectors[[299, 3, 140]], x[[299, 3, 140]])
+
+
+def test_a_shard_already_built_is_not_built_again_on_resume(tmp_path):
+    es, ids, x = _embedding_set(tmp_path, 200, 8)
+    job = create_job(Job.Kind.BUILD_INDEX, {"pipeline": PIPELINE, "embedding_set": es.pk, "shard_size": 50})
+    # The first run got as far as shards 0 and 2, then its worker died.
+    Job.objects.filter(pk=job.pk).update(state=Job.State.RUNNING)
+    job.refresh_from_db()
+    plan = indexing.plan(job, JobContext(job, show_bar=False))
+    assert shards.pending_shards(job, plan) == [0, 1, 2, 3]
+    assert shards.build(job, plan, 0) and shards.build(job, plan, 2)
+    assert not shards.build(job, plan, 0)  # on disk: skipped
+    before = {i: (shards.shard_path(job, i) / "meta.json").stat() for i in (0, 2)}
+    assert shards.pending_shards(job, plan) == [1, 3]
+
+    job = execute_job(job.pk, foreground=True)  # resumed
+    assert job.state == Job.State.SUCCEEDED, job.error
+    iv = IndexVersion.objects.get(job=job)
+    for i, stat in before.items():  # moved into the published folder, never rewritten
+        after = (Path(iv.path) / f"shard-{i:05d}" / "meta.json").stat()
+        assert (after.st_ino, after.st_mtime_ns) == (stat.st_ino, stat.st_mtime_ns)
+    index = load_index(iv.path)
+    assert index.ids == ids and (index.search_positions(x[:5], 1)[1][:, 0] == np.arange(5)).all()
+    assert execute_job(job.pk).state == Job.State.SUCCEEDED and IndexVersion.objects.count() == 1  # nothing twice
+
+
+def test_recall_of_an_approximate_index_is_on_the_versions_page(tmp_path, client, viewer_user):
+    es, ids, x = _embedding_set(tmp_path, 2000, 32)
+    call_command("build_index", "--pipeline", PIPELINE, "--embedding-set", str(es.pk))
+    exact = IndexVersion.objects.get(is_active=True)
+    ivf_params = {"kind": "ivfpq", "pq_m": 8, "pq_nbits": 6, "nlist": 16, "nprobe": 2, "refine_factor": 0}
+    job = create_job(Job.Kind.BUILD_INDEX, {"pipeline": PIPELINE, "embedding_set": es.pk, "shard_size": 1000,
+                                            "index": ivf_params})
+    assert execute_job(job.pk, foreground=True).state == Job.State.SUCCEEDED
+    ivf = IndexVersion.objects.get(is_active=True)
+    assert ivf.kind == IndexVersion.Kind.IVFPQ and ivf.params["shards"] == 2 and ivf.recall_queries == 200
+    assert 0.2 < ivf.recall < 1.0  # few probes, no re-scoring: visibly approximate
+    assert load_index(ivf.path).meta["recall"]["recall"] == ivf.recall
+
+    client.force_login(viewer_user)
+    html = client.get(reverse("model-list")).content.decode()
+    assert f"recall@100 vs exact: {ivf.recall:.2f} (200 sampled queries)" in html
+    assert f"#{exact.pk} Exact (flat inner product)" in html and "<td>exact" in html
+
+
+@pytest.mark.worker
+@pytest.mark.django_db(transaction=True)
+def test_queued_build_runs_its_shards_as_a_chord_and_publishes(celery_worker_process, tmp_path):
+    es, ids, x = _embedding_set(tmp_path, 300, 16)
+    job = start_job(Job.Kind.BUILD_INDEX, {"pipeline": PIPELINE, "embedding_set": es.pk, "shard_size": 60})
+    assert wait_for(lambda: Job.objects.get(pk=job.pk).is_finished, 120)
+    job.refresh_from_db()
+    assert job.state == Job.State.SUCCEEDED, job.error
+    assert job.result["shards"] == 5 and job.worker.endswith(f":{celery_worker_process.pid}")
+    log = (tmp_path / "worker.log").read_text()
+    assert log.count("worker.index_shard") >= 5 and "worker.finish_index" in log
+
+    iv = IndexVersion.objects.get(is_active=True)
+    assert iv.job_id == job.pk and iv.params["shards"] == 5
+    queries = _vectors(8, 16, seed=5)
+    reference = build_index(x, ids, tmp_path / "single", IndexConfig(kind="exact"))
+    database = current_engine().database
+    assert isinstance(database.index, ShardedIndex)
+    assert (database.index.search_positions(queries, 10)[1] == reference.search_positions(queries, 10)[1]).all()
+
+    # A shard that cannot be built fails the job with the reason (not left running for the watchdog to send
+    # again forever); the published index keeps serving and the failed job's work is dropped.
+    bad = start_job(Job.Kind.BUILD_INDEX, {"pipeline": PIPELINE, "embedding_set": es.pk, "shard_size": 60,
+                                           "index": {"kind": "ivfpq", "pq_m": 64}})
+    assert wait_for(lambda: Job.objects.get(pk=bad.pk).is_finished, 120)
+    bad.refresh_from_db()
+    assert bad.state == Job.State.FAILED and "must divide the dimension 16" in bad.message
+    assert bad.message.startswith("shard ") and IndexVersion.objects.get(is_active=True) == iv
+    assert wait_for(lambda: not shards.work_dir(bad).exists(), 30)
+
+
+def test_whitening_pipeline_is_learned_from_the_catalogue_labels_and_applied_to_queries(imported_mini, tmp_path):
+    from ml.pipeline import rank
+    from ml.whitening import Whitening
+    from webapp.catalog.models import Image
+
+    images = list(Image.objects.filter(split=Image.Split.INDEX).order_by("pk"))
+    ids = [im.external_id for im in images]
+    x = _vectors(len(ids), 16, seed=3)
+    path = write_embedding_shards(tmp_path / "emb-lw", ids, x)
+    es = EmbeddingSet.objects.create(model_version=packaged_model_version("tf_efficientnet_lite0"), path=str(path),
+                                     dim=16, image_count=len(ids), scales=[1.0],
+                                     params={"models": ["tf_efficientnet_lite0"], "image_size": 128})
+    call_command("build_index", "--pipeline", "lite2-ms-lw", "--embedding-set", str(es.pk), "--shard-size", "60")
+    iv = IndexVersion.objects.get(is_active=True)
+    whitening = Whitening.load(iv.path)
+    assert whitening is not None and whitening.projection.shape == (16, 16)
+    engine = current_engine()
+    assert engine.database.whitening is not None
+    x16 = read_embedding_shards(path, dtype=np.float32)[1]
+    assert np.allclose(engine.database.index.vectors[:], whitening.apply(x16), atol=1e-5)
+    # A query is whitened the same way: a database vector, whitened, finds itself first.
+    hit = rank(engine.database, whitening.apply(x16[7]), None, depth=1).hits[0]
+    assert hit.image_id == ids[7]

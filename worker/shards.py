@@ -1,0 +1,201 @@
+"""Index building in shards: the prepared vectors of a build_index job are cut into shards of
+INDEX_SHARD_SIZE rows, each shard is indexed by its own task (a Celery chord on the workers, one after
+another in the foreground), written to a temporary folder and published by rename, so a shard already on
+disk is never built again and a job whose worker died resumes where it stopped. The chord's callback
+measures recall (approximate shards), writes the manifest, renames the whole index into place and
+publishes the IndexVersion in one transaction: the previous version answers searches until then.
+
+Files of job J (created at T)::
+
+    ARTIFACTS_ROOT/work/index-J-T/plan.json      the fixed plan (ids, index settings, ...), written once
+                                 vectors.npy     float32 rows to index (after DBA), written once
+                                 index/shard-NNNNN/   one complete index folder per finished shard
+    ARTIFACTS_ROOT/indexes/<stamp>/              the published index (work/index-J-T/index renamed)
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import shutil
+import time
+import traceback
+from pathlib import Path
+
+import numpy as np
+from django.conf import settings
+from django.db import transaction
+from django.utils import timezone
+
+from ml.index import (
+    META,
+    IndexConfig,
+    build_shard,
+    publish_sharded,
+    shard_bounds,
+    shard_complete,
+    shard_name,
+)
+from webapp.jobs.models import Job
+from webapp.search.models import IndexVersion
+from worker.runner import TRANSIENT_ERRORS
+
+log = logging.getLogger(__name__)
+HEARTBEAT_SECONDS = 10.0  # a long shard build still tells the watchdog its worker is alive
+
+
+def work_dir(job: Job) -> Path:
+    """The job's folder; the creation time makes it unique even where ids are reused."""
+    return Path(settings.ARTIFACTS_ROOT) / "work" / f"index-{job.pk}-{job.created_at:%Y%m%dT%H%M%S%f}"
+
+
+def plan_path(job: Job) -> Path:
+    return work_dir(job) / "plan.json"
+
+
+def vectors_path(job: Job) -> Path:
+    return work_dir(job) / "vectors.npy"
+
+
+def building_dir(job: Job) -> Path:
+    return work_dir(job) / "index"
+
+
+def final_dir(p: dict) -> Path:
+    return Path(settings.ARTIFACTS_ROOT) / "indexes" / p["stamp"]
+
+
+def read_plan(job: Job) -> dict:
+    return json.loads(plan_path(job).read_text())
+
+
+def bounds(p: dict) -> list[tuple[int, int]]:
+    return shard_bounds(len(p["ids"]), p["shard_size"])
+
+
+def shard_path(job: Job, i: int) -> Path:
+    return building_dir(job) / shard_name(i)
+
+
+def pending_shards(job: Job, p: dict) -> list[int]:
+    if shard_complete(final_dir(p)):  # already renamed into place: nothing left to build
+        return []
+    return [i for i in range(len(bounds(p))) if not shard_complete(shard_path(job, i))]
+
+
+def build(job: Job, p: dict, i: int) -> bool:
+    """Index shard ``i`` unless it is on disk already; True when this call built it."""
+    lo, hi = bounds(p)[i]
+    vectors = np.load(vectors_path(job), mmap_mode="r")
+    return build_shard(vectors[lo:hi], p["ids"][lo:hi], shard_path(job, i), IndexConfig(**p["index"]),
+                       progress=_heartbeat(job))
+
+
+def _heartbeat(job: Job):
+    last = [time.monotonic()]
+
+    def beat(_done: int, _total: int) -> None:
+        if time.monotonic() - last[0] >= HEARTBEAT_SECONDS:
+            last[0] = time.monotonic()
+            Job.objects.filter(pk=job.pk, state=Job.State.RUNNING).update(heartbeat_at=timezone.now())
+    return beat
+
+
+def report(job: Job, p: dict, message: str) -> int:
+    """Progress of a sharded build = the vectors in shards on disk (whoever built them)."""
+    pending = set(pending_shards(job, p))
+    done = len(p["ids"]) - sum(hi - lo for i, (lo, hi) in enumerate(bounds(p)) if i in pending)
+    Job.objects.filter(pk=job.pk, state=Job.State.RUNNING).update(
+        progress_done=done, progress_total=len(p["ids"]), message=message, heartbeat_at=timezone.now())
+    return done
+
+
+def run_shard(job_id: int, i: int) -> int:
+    """One shard task. A shard that cannot be built (bad settings, unreadable vectors) fails the job with
+    the reason, rather than leaving it running for the watchdog to send again and again."""
+    job = Job.objects.get(pk=job_id)
+    if job.state != Job.State.RUNNING:
+        return i  # cancelled, failed or finished: nothing to do
+    p = read_plan(job)
+    try:
+        build(job, p, i)
+    except TRANSIENT_ERRORS:
+        raise
+    except Exception as exc:
+        log.exception("job %s: shard %s failed", job_id, i)
+        fail(job, exc, f"shard {i}")
+        return i
+    report(job, p, f"indexed shard {i + 1} of {len(bounds(p))}")
+    return i
+
+
+def fail(job: Job, exc: Exception, where: str) -> None:
+    Job.objects.filter(pk=job.pk, state=Job.State.RUNNING).update(
+        state=Job.State.FAILED, message=f"{where}: {exc}"[:500], finished_at=timezone.now(),
+        error=f"{type(exc).__name__} in {where}: {exc}\n\n{traceback.format_exc()}"[-20_000:])
+
+
+def finish_job(job_id: int) -> str:
+    """The chord's callback: publish the shards and close the job (idempotent: a second call does nothing)."""
+    job = Job.objects.get(pk=job_id)
+    if job.state != Job.State.RUNNING:
+        if job.state in (Job.State.FAILED, Job.State.CANCELLED):
+            discard(job)  # nothing resumes a failed or cancelled job (a retry is a new job)
+        return job.state
+    iv = IndexVersion.objects.filter(job=job).first()
+    if iv is None:
+        p = read_plan(job)
+        missing = pending_shards(job, p)
+        if missing:  # a shard task died for good: leave the job running for the watchdog to resume
+            return f"waiting for shards {missing[:5]}"
+        try:
+            iv = publish(job, p)
+        except TRANSIENT_ERRORS:
+            raise
+        except Exception as exc:
+            log.exception("job %s: publishing the index failed", job_id)
+            fail(job, exc, "publishing")
+            return Job.State.FAILED
+    Job.objects.filter(pk=job.pk, state=Job.State.RUNNING).update(
+        state=Job.State.SUCCEEDED, result=result_of(iv), message="done", finished_at=timezone.now(),
+        progress_done=iv.size, progress_total=iv.size)
+    return Job.State.SUCCEEDED
+
+
+def publish(job: Job, p: dict) -> IndexVersion:
+    """Manifest, rename into place, then the IndexVersion made active in one transaction (idempotent)."""
+    out = final_dir(p)
+    if not shard_complete(out):
+        try:
+            publish_sharded(building_dir(job), out, p["recall_queries"],
+                            extra={"shard_size": p["shard_size"], "job": job.pk})
+        except (OSError, ValueError):
+            if not shard_complete(out):  # not a twin callback that got there first
+                raise
+    meta = json.loads((out / META).read_text())
+    recall = meta.get("recall") or {}
+    with transaction.atomic():
+        Job.objects.select_for_update().filter(pk=job.pk).first()  # one publisher per job at a time
+        iv = IndexVersion.objects.filter(job=job).first()
+        if iv is None:
+            IndexVersion.objects.filter(is_active=True).update(is_active=False)
+            iv = IndexVersion.objects.create(
+                embedding_set_id=p["embedding_set"], kind={"exact": "flat"}.get(p["kind"], p["kind"]),
+                path=str(out), size=meta["count"], is_active=True, published_at=timezone.now(), job=job,
+                recall=recall.get("recall"), recall_queries=recall.get("queries"),
+                params={"pipeline": p["pipeline"], "models": p["models"], "image_size": p["image_size"],
+                        "scales": p["scales"], "feature_dir": p["feature_dir"], "shards": len(meta["shards"]),
+                        "shard_size": p["shard_size"], "recall_k": recall.get("k")})
+    discard(job)  # the plan and input vectors are not needed any more
+    return iv
+
+
+def discard(job: Job) -> None:
+    """Drop the job's unpublished work (plan, input vectors, shards)."""
+    shutil.rmtree(work_dir(job), ignore_errors=True)
+
+
+def result_of(iv: IndexVersion) -> dict:
+    return {"index_version": iv.pk, "embedding_set": iv.embedding_set_id, "images": iv.size,
+            "pipeline": iv.params.get("pipeline"), "shards": iv.params.get("shards"), "kind": iv.kind,
+            "recall_at_100": iv.recall}
