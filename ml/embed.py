@@ -122,6 +122,28 @@ class ImageItems(Dataset):
         return i, prepare_image(img, self.image_size)
 
 
+EXIF_ORIENTATION = 0x0112
+
+
+def shape_order(items: Sequence[Any], image_size: int) -> list[int]:
+    """Positions of ``items`` sorted by the shape they will be embedded at, read from file headers (EXIF
+    rotation included), so each batch mostly holds one shape: full forward passes instead of a few images
+    of each shape, and on CUDA fewer distinct shapes to select kernels for (the first fp16 pass over many
+    shapes ran 30x slower than the next one, docs/benchmarks.md). Unreadable files sort first; loading
+    them reports the error as before."""
+    def key(i: int) -> tuple[int, int, int]:
+        try:
+            with Image.open(items[i]) as img:
+                w, h = img.size
+                if img.getexif().get(EXIF_ORIENTATION, 1) in (5, 6, 7, 8):
+                    w, h = h, w
+        except Exception:
+            return (0, 0, i)
+        return (*target_size(w, h, image_size), i)
+
+    return sorted(range(len(items)), key=key)
+
+
 def _collate(batch: list[tuple[int, torch.Tensor]]) -> list[tuple[int, torch.Tensor]]:
     return batch  # images differ in shape; grouped by shape in the main process
 
@@ -228,9 +250,12 @@ def embed_images(
     if len(items) == 0:
         return out
     workers = _num_workers(items, cfg)
+    paths = all(isinstance(item, str | os.PathLike) for item in items)
+    order = shape_order(items, cfg.image_size) if cfg.batch_size > 1 and paths else None
     loader = DataLoader(
         ImageItems(items, cfg.image_size),
         batch_size=cfg.batch_size,
+        sampler=order,
         num_workers=workers,
         collate_fn=_collate,
         worker_init_fn=_worker_init if workers else None,

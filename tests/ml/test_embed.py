@@ -56,6 +56,28 @@ def test_embed_images_unit_vectors_in_order_with_progress(model, photos):
     assert len({tuple(np.round(v[:4], 4)) for v in vecs}) == 6  # different photos, different vectors
 
 
+def test_batches_are_grouped_by_shape(photos, tmp_path):
+    from ml.embed import shape_order
+
+    # A portrait copy (EXIF-rotated landscape) between landscape photos: grouped with its real shape.
+    with Image.open(photos[0]) as img:
+        exif = img.getexif()
+        exif[0x0112] = 6  # rotate 90 degrees on display
+        img.save(tmp_path / "rotated.jpg", exif=exif)
+    items = [photos[0], tmp_path / "rotated.jpg", photos[1], tmp_path / "missing.jpg", photos[2]]
+    order = shape_order(items, 128)
+    assert sorted(order) == list(range(len(items))) and order[0] == 3  # the unreadable file sorts first
+    shapes = []
+    for i in order[1:]:
+        with Image.open(items[i]) as img:
+            w, h = img.size
+            rotated = img.getexif().get(0x0112, 1) in (5, 6, 7, 8)
+        shapes.append(target_size(*((h, w) if rotated else (w, h)), 128))
+    # Each shape appears in one contiguous run.
+    runs = [s for n, s in enumerate(shapes) if n == 0 or shapes[n - 1] != s]
+    assert len(runs) == len(set(shapes))
+
+
 def test_embed_images_restores_training_mode_and_handles_empty_input(model):
     model.train()
     try:
