@@ -46,6 +46,8 @@ VARIANTS = [
     ("lite2-ms-qe-sv-ly3", True),
     ("lite2-ms-qe-sv-mk", True),
     ("lite2-ms-qe-sv-bridged", True),
+    ("web-fast", False),
+    ("web-fast", True),
 ]
 NON_LANDMARKS = ("coffee.png", "chelsea.png", "astronaut.png", "rocket.jpg")
 

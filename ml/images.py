@@ -105,15 +105,22 @@ def load_rgb(path_or_file, max_side: int | None = None) -> Image.Image:
     return img
 
 
-def decode_upload(data: bytes, limits: ImageLimits = ImageLimits()) -> Image.Image:
+def decode_upload(data: bytes, limits: ImageLimits = ImageLimits(), max_side: int | None = None) -> Image.Image:
     """An uploaded file as an RGB image ready to embed, or BadImage saying why not.
 
     The content decides, never the file name: SVG, HTML or text posing as a JPEG is refused because
     Pillow does not recognise it. Accepted oddities are normalised: EXIF rotation applied, CMYK and 16-bit
     converted, transparency composited onto white, animations reduced to their first frame.
+
+    ``max_side``: the largest size the caller looks at. A JPEG at least twice that on its short side is
+    decoded at 1/2, 1/4 or 1/8 scale (libjpeg's DCT scaling, as ``load_rgb`` does for database images),
+    still at least ``max_side`` on both sides: a 12 MP phone photo decodes ~4x faster and every later
+    step (resizing, SIFT's grey image, storing the query) handles a quarter or less of the pixels.
     """
     inspect_image_bytes(data, limits)  # limits, bombs, truncation: refused before any full decode
     img = Image.open(io.BytesIO(data))
+    if max_side and img.format == "JPEG":
+        img.draft("RGB", (max_side, max_side))
     if getattr(img, "is_animated", False):
         img.seek(0)
     img = ImageOps.exif_transpose(img)

@@ -28,6 +28,20 @@ def test_real_photo_decodes_to_rgb():
     assert img.mode == "RGB" and img.size == (767, 1024)
 
 
+def test_large_jpeg_decodes_no_larger_than_needed():
+    big = encode(Image.new("RGB", (4000, 3000), (90, 120, 150)), "JPEG")
+    assert decode_upload(big).size == (4000, 3000)
+    img = decode_upload(big, max_side=512)  # 1/4 scale: the largest that keeps both sides >= 512
+    assert img.mode == "RGB" and img.size == (1000, 750)
+    assert decode_upload(big, max_side=1024).size == (2000, 1500)
+    assert decode_upload(PHOTO_BYTES, max_side=512).size == (767, 1024)  # not twice as large: whole
+    exif = Image.Exif()
+    exif[0x0112] = 6  # rotated: the decoded size is the upright one
+    assert decode_upload(encode(Image.new("RGB", (4000, 3000)), "JPEG", exif=exif), max_side=512).size == (750, 1000)
+    png = encode(Image.new("RGB", (2000, 1500)), "PNG")
+    assert decode_upload(png, max_side=512).size == (2000, 1500)  # only JPEG has cheap reduced decoding
+
+
 def test_cmyk_jpeg_is_converted():
     cmyk = Image.new("CMYK", (64, 48), (0, 255, 255, 0))  # pure red in CMYK
     img = decode_upload(encode(cmyk, "JPEG"))

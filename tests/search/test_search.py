@@ -122,6 +122,40 @@ def test_api_search_with_token(client, active_index, viewer_user):
     assert body["query_url"].startswith("http://testserver/search/")
 
 
+def test_api_phone_sized_upload_is_decoded_no_larger_than_the_search_needs(client, active_index, viewer_user):
+    import io
+
+    from PIL import Image as PILImage
+
+    from webapp.search import engine
+
+    engine.current_engine()  # loaded: the process knows the sizes its pipeline looks at
+    side = engine.decode_side()
+    photo = PILImage.open(QUERY)
+    big = photo.resize((photo.width * 4, photo.height * 4))  # 3068 x 4096, like a phone's 12 MP
+    buf = io.BytesIO()
+    big.save(buf, "JPEG", quality=90)
+    buf.seek(0)
+    buf.name = "phone.jpg"
+    key = ApiToken.issue(viewer_user)
+    body = client.post("/api/search", {"image": buf}, HTTP_AUTHORIZATION=f"Token {key}").json()
+    assert body["landmark"]["name"] == "london_bridge"
+    with SearchQuery.objects.get().photo.open("rb") as f:
+        stored = PILImage.open(f).size
+    assert side <= min(stored) and max(stored) < 4096  # decoded at reduced scale, still covering the pipeline
+
+
+def test_api_token_last_used_is_written_once_a_minute(client, active_index, viewer_user, django_assert_num_queries):
+    key = ApiToken.issue(viewer_user)
+    auth = {"HTTP_AUTHORIZATION": f"Token {key}"}
+    client.get("/api/landmarks/1", **auth)
+    first = ApiToken.objects.get().last_used_at
+    assert first is not None
+    with django_assert_num_queries(3):  # the token with its user, the landmark, its image count: no write
+        assert client.get("/api/landmarks/1", **auth).status_code == 200
+    assert ApiToken.objects.get().last_used_at == first
+
+
 def test_api_refuses_missing_or_bad_tokens_and_bad_k(client, active_index, viewer_user, settings):
     assert client.post("/api/search").status_code == 401
     assert client.post("/api/search", HTTP_AUTHORIZATION="Token nope").status_code == 401

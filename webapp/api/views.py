@@ -3,6 +3,8 @@
 
 from __future__ import annotations
 
+from datetime import timedelta
+
 from django.conf import settings
 from django.contrib.auth.decorators import login_not_required
 from django.http import JsonResponse
@@ -20,6 +22,7 @@ from webapp.search.querying import run_search
 from webapp.search.ratelimit import allow_upload
 
 DEFAULT_K, MAX_K = 20, 100
+LAST_USED_PRECISION = timedelta(minutes=1)
 
 
 def _error(status: int, message: str) -> JsonResponse:
@@ -33,7 +36,11 @@ def _token_user(request):
     token = ApiToken.objects.select_related("user").filter(key_hash=hash_key(header[6:].strip())).first()
     if token is None or not token.user.is_active:
         return None
-    ApiToken.objects.filter(pk=token.pk).update(last_used_at=timezone.now())
+    now = timezone.now()
+    # "Last used" is shown to the minute: one write a minute per key, not a write (and, on SQLite, the
+    # database's write lock) per request.
+    if token.last_used_at is None or now - token.last_used_at >= LAST_USED_PRECISION:
+        ApiToken.objects.filter(pk=token.pk).update(last_used_at=now)
     return token.user
 
 

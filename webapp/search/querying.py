@@ -14,7 +14,7 @@ from PIL import Image as PILImage
 from ml.images import decode_upload
 from webapp.catalog.limits import image_limits
 from webapp.catalog.models import Image, Landmark
-from webapp.search.engine import Options, search_photo
+from webapp.search.engine import Options, decode_side, search_photo
 from webapp.search.models import SearchQuery, SearchResult
 
 MAX_RESULTS = 100
@@ -22,7 +22,7 @@ MAX_RESULTS = 100
 
 def run_search(data: bytes, name: str, user, options: Options | None = None) -> SearchQuery:
     """Search for the uploaded bytes; raises ml.images.BadImage for anything that is not a usable photo."""
-    image = decode_upload(data, image_limits())
+    image = decode_upload(data, image_limits(), max_side=decode_side())  # no larger than the search needs
     return _search_and_store(image, name, user, options or Options())
 
 
