@@ -408,19 +408,40 @@ def build_evidence(
     t0 = time.perf_counter()
     sims, nbrs = knn_graph(vectors, config.k, config, progress)
     t_graph = time.perf_counter() - t0
-    inliers = np.full(nbrs.shape, -1, np.int32)
-    pairs = np.zeros((0, 2), np.int64)
+    pairs = values = None
     if local_features is not None:
         pairs = pairs_to_verify(nbrs, labels, config)
         known = None
         if reuse is not None:
             known = {(reuse.ids[a], reuse.ids[b]): v for (a, b), v in reuse.pair_inliers().items()}
         values = verify_pairs(pairs, ids, local_features, known, config.workers, progress)
-        inliers = _scatter_inliers(nbrs, pairs, values)
-    meta = {"graph_seconds": round(t_graph, 3), "verify_seconds": round(time.perf_counter() - t0 - t_graph, 3),
-            "pairs_verified": len(pairs), "spatial": local_features is not None,
+    timings = {"graph_seconds": round(t_graph, 3), "verify_seconds": round(time.perf_counter() - t0 - t_graph, 3)}
+    return assemble_evidence(ids, labels, sims, nbrs, config, pairs, values, timings)
+
+
+def assemble_evidence(
+    ids: Sequence[str],
+    labels: Sequence[Hashable],
+    similarities: np.ndarray,
+    neighbours: np.ndarray,
+    config: EvidenceConfig,
+    pairs: np.ndarray | None = None,
+    values: np.ndarray | None = None,
+    meta: dict | None = None,
+) -> CleaningEvidence:
+    """The evidence of a kNN graph (``knn_graph``) and the inliers ``values`` of its ``pairs``
+    (``pairs_to_verify``; None = no spatial verification): what ``build_evidence`` returns, for callers that
+    verify the pairs elsewhere (in chunks, on several workers)."""
+    if pairs is None:
+        inliers = np.full(neighbours.shape, -1, np.int32)
+    else:
+        if values is None or len(values) != len(pairs):
+            raise ValueError(f"{len(pairs)} pairs but {None if values is None else len(values)} inlier counts")
+        inliers = _scatter_inliers(neighbours, pairs, values)
+    meta = {**(meta or {}), "pairs_verified": 0 if pairs is None else len(pairs), "spatial": pairs is not None,
             "graph": "exact" if len(ids) <= config.exact_below else "ivf-flat"}
-    return CleaningEvidence(ids, labels, nbrs, sims, inliers, config, meta)
+    return CleaningEvidence([str(i) for i in ids], [str(x) for x in labels], neighbours, similarities, inliers,
+                            config, meta)
 
 
 # ------------------------------------------------------------------------------------------------- decide

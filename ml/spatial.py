@@ -19,6 +19,7 @@ from __future__ import annotations
 import logging
 import os
 import uuid
+import zipfile
 from collections import OrderedDict
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -168,8 +169,15 @@ class LocalFeatureStore:
         if image_id in self._memory:
             self._memory.move_to_end(image_id)
             return self._memory[image_id]
-        with np.load(self.path(image_id)) as data:
-            feats = LocalFeatures(data["keypoints"], data["descriptors"], tuple(int(v) for v in data["image_size"]))
+        path = self.path(image_id)
+        try:
+            with np.load(path) as data:
+                feats = LocalFeatures(data["keypoints"], data["descriptors"],
+                                      tuple(int(v) for v in data["image_size"]))
+        except FileNotFoundError:
+            raise
+        except (OSError, ValueError, KeyError, zipfile.BadZipFile) as exc:  # cut short, overwritten, not ours
+            raise ValueError(f"unreadable local features of {image_id} ({path}): {exc}") from exc
         self._remember(image_id, feats)
         return feats
 

@@ -148,6 +148,9 @@ IMPORT_ROOTS = env.list("IMPORT_ROOTS", default=[str(BASE_DIR.parent)])
 
 # --- Index builds: vectors per shard; each shard is indexed by its own task (a small collection is one shard).
 INDEX_SHARD_SIZE = env.int("INDEX_SHARD_SIZE", default=250_000)
+# --- Cleaning: kNN pairs spatially verified per task (RootSIFT + MAGSAC, ~10 ms a pair on one core); a clean
+# job with more pairs than this verifies them in chunks, one task each, on every cpu worker.
+CLEAN_CHUNK_PAIRS = env.int("CLEAN_CHUNK_PAIRS", default=2000)
 
 # --- Image limits: what import and upload accept.
 IMAGE_MAX_BYTES = env.int("IMAGE_MAX_BYTES", default=50 * 1024 * 1024)

@@ -27,9 +27,14 @@ DEFAULT_CHUNK = 512
 _models: dict[str, object] = {}  # one loaded model per spec per worker process
 
 
+def job_work_dir(job: Job, kind: str) -> Path:
+    """A job's folder of intermediate files; the creation time makes it unique even where ids are reused."""
+    return Path(settings.ARTIFACTS_ROOT) / "work" / f"{kind}-{job.pk}-{job.created_at:%Y%m%dT%H%M%S%f}"
+
+
 def work_dir(job: Job) -> Path:
-    """The job's chunk folder; the creation time makes it unique even where ids are reused."""
-    return Path(settings.ARTIFACTS_ROOT) / "work" / f"embed-{job.pk}-{job.created_at:%Y%m%dT%H%M%S%f}"
+    """The job's chunk folder."""
+    return job_work_dir(job, "embed")
 
 
 def plan(job: Job) -> dict:

@@ -1,16 +1,23 @@
 """The clean job: kNN graph + spatial verification evidence (cached), verdicts, noise clusters, stored as
-a CleaningRun for review. Re-running with other thresholds reuses the cached evidence."""
+a CleaningRun for review. Re-running with other thresholds reuses the cached evidence.
+
+Verification (the expensive part) runs in chunks (worker/clean_chunks.py): on the workers as a Celery chord
+whose callback (``finish_job``) merges the chunks into the evidence and stores the run, in the foreground one
+chunk after another. Either way a resumed job skips its plan and every chunk already on disk."""
 
 from __future__ import annotations
 
 import hashlib
 import json
-from dataclasses import asdict
+import logging
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
 from django.conf import settings
 from django.db import transaction
+from django.db.models import F
+from django.utils import timezone
 
 from ml.clean import (
     NOT_A_LANDMARK,
@@ -31,13 +38,45 @@ from webapp.curation.models import CleaningRun, NoiseCluster, Verdict
 from webapp.jobs.models import Job
 from webapp.search.models import EmbeddingSet
 from webapp.search.services import active_model_version, image_file_path, model_spec
+from worker import clean_chunks
 from worker.indexing import feature_dir
 from worker.params import config_from
-from worker.runner import JobContext, job_function
+from worker.runner import TRANSIENT_ERRORS, JobContext, JobDeferred, job_function
+from worker.shards import fail
+
+log = logging.getLogger(__name__)
 
 
 @job_function(Job.Kind.CLEAN)
 def run_clean(job: Job, ctx: JobContext) -> dict:
+    done = CleaningRun.objects.filter(job=job).first()
+    if done is not None:  # stored before the worker died, only the job row was not closed
+        return result_of(done)
+    try:
+        return _clean(job, ctx)
+    except (JobDeferred, *TRANSIENT_ERRORS):
+        raise  # the chunks are on the workers / the task retries and resumes
+    except Exception:
+        clean_chunks.discard(job)  # failed or cancelled: nothing will resume it (a retry is a new job)
+        raise
+
+
+@dataclass
+class _Inputs:
+    """What a clean job works on, read when it starts: the labelled images, their vectors, the settings."""
+
+    images: list[Image]
+    ids: list[str]
+    labels: list[str]
+    pks: dict[str, int]
+    es: EmbeddingSet
+    vectors: np.ndarray
+    config: EvidenceConfig
+    verify: bool
+    folder: Path  # the evidence cache folder
+
+
+def _inputs(job: Job, ctx: JobContext) -> _Inputs:
     params = job.params
     images = Image.objects.filter(landmark__isnull=False).select_related("landmark").order_by("pk")
     if params.get("splits"):
@@ -46,26 +85,120 @@ def run_clean(job: Job, ctx: JobContext) -> dict:
     if len(images) < 2:
         raise ValueError("cleaning needs at least two labelled images")
     ids = [im.external_id for im in images]
-    labels = [im.landmark.external_id for im in images]
     ctx.progress(0, None, "embeddings")
     es, vectors = _embeddings(images, job, ctx)
-    evidence_cfg = config_from(EvidenceConfig, params.get("evidence", {}))
+    config = config_from(EvidenceConfig, params.get("evidence", {}))
     verify = params.get("verify", True)
-    store = _local_features(images, ctx) if verify else None
-    folder = _evidence_folder(es, ids, evidence_cfg, verify)
-    evidence = _cached_evidence(folder, ids)
-    if evidence is None:
-        evidence = build_evidence(vectors, ids, labels, evidence_cfg, local_features=store,
-                                  progress=lambda d, t: ctx.progress(d, t, "kNN graph and verification"))
-        evidence.save(folder)
+    return _Inputs(images, ids, [im.landmark.external_id for im in images], {im.external_id: im.pk for im in images},
+                   es, vectors, config, verify, _evidence_folder(es, ids, config, verify))
+
+
+def plan(job: Job, ctx: JobContext, inputs: _Inputs | None = None) -> dict:
+    """The job's verification plan (kNN graph, pairs, ids, labels, evidence folder), made once with the
+    local features it needs; a resumed job and every chunk task read the same one back."""
+    p = clean_chunks.read_plan(job)
+    if p is not None:
+        return p
+    inp = inputs or _inputs(job, ctx)
+    _local_features(inp.images, ctx)
+    return clean_chunks.write_plan(
+        job, inp.vectors, inp.ids, inp.labels, inp.config,
+        int(job.params.get("chunk_pairs") or settings.CLEAN_CHUNK_PAIRS),
+        progress=lambda d, t: ctx.progress(d, t, "kNN graph"), pks=[inp.pks[i] for i in inp.ids],
+        embedding_set=inp.es.pk, folder=str(inp.folder), features=str(feature_dir()))
+
+
+def _clean(job: Job, ctx: JobContext) -> dict:
+    from celery import chord
+
+    from webapp.celery_app import app
+
+    p = clean_chunks.read_plan(job)
+    if p is None:
+        inp = _inputs(job, ctx)
+        evidence = _cached_evidence(inp.folder, inp.ids)
+        if evidence is not None:
+            ctx.note(f"reused cached evidence {inp.folder}")
+            return conclude(job, inp.es, inp.folder, evidence, inp.labels, inp.pks)
+        if not inp.verify:  # descriptors only: the graph is all there is to compute
+            evidence = build_evidence(inp.vectors, inp.ids, inp.labels, inp.config,
+                                      progress=lambda d, t: ctx.progress(d, t, "kNN graph"))
+            evidence.save(inp.folder)
+            return conclude(job, inp.es, inp.folder, evidence, inp.labels, inp.pks)
+        p = plan(job, ctx, inp)
+    pending = clean_chunks.pending_chunks(job, p)
+    n_chunks = len(clean_chunks.bounds(p))
+    if len(pending) < n_chunks:
+        ctx.note(f"resumed: {n_chunks - len(pending)} of {n_chunks} verification chunks already on disk")
+    clean_chunks.report(job, p, f"verifying {p['pairs']} pairs in {n_chunks} chunk(s)")
+    if job.queued and len(pending) > 1:
+        ctx.flush()
+        header = [app.signature("worker.clean_chunk", args=(job.pk, i), queue="cpu") for i in pending]
+        chord(header)(app.signature("worker.finish_clean", args=(job.pk,), queue="cpu"))
+        raise JobDeferred(f"{len(pending)} verification chunks sent to the workers")
+    for i in pending:
+        before = clean_chunks.report(job, p, f"verifying chunk {i + 1} of {n_chunks}")
+        clean_chunks.compute_chunk(job, p, i, progress=lambda d, t, b=before: ctx.progress(b + d, p["pairs"]))
+    ctx.progress(p["pairs"], p["pairs"], "deciding")
+    return _finish(job, p)
+
+
+def finish_job(job_id: int) -> str:
+    """The chord's callback: merge the chunks into the evidence, store the run and close the job
+    (idempotent: a second call does nothing)."""
+    job = Job.objects.get(pk=job_id)
+    if job.state != Job.State.RUNNING:
+        if job.state in (Job.State.FAILED, Job.State.CANCELLED):
+            clean_chunks.discard(job)  # nothing resumes a failed or cancelled job (a retry is a new job)
+        return job.state
+    run = CleaningRun.objects.filter(job=job).first()
+    if run is not None:
+        result = result_of(run)
     else:
-        ctx.note(f"reused cached evidence {folder}")
+        p = clean_chunks.read_plan(job)
+        missing = clean_chunks.pending_chunks(job, p) if p is not None else ["plan"]
+        if missing:  # a chunk task died for good: leave the job running for the watchdog to resume
+            return f"waiting for chunks {missing[:5]}"
+        try:
+            result = _finish(job, p)
+        except TRANSIENT_ERRORS:
+            raise
+        except Exception as exc:
+            log.exception("job %s: finishing the clean failed", job_id)
+            fail(job, exc, "merging the verification chunks")
+            clean_chunks.discard(job)
+            return Job.State.FAILED
+    Job.objects.filter(pk=job.pk, state=Job.State.RUNNING).update(
+        state=Job.State.SUCCEEDED, result=result, message="done", finished_at=timezone.now(),
+        progress_done=F("progress_total"))
+    return Job.State.SUCCEEDED
+
+
+def _finish(job: Job, p: dict) -> dict:
+    """Evidence from the chunks (saved in its cache folder), then the verdicts; the work folder goes."""
+    evidence = clean_chunks.evidence(job, p)
+    folder = Path(p["folder"])
+    evidence.save(folder)
+    es = EmbeddingSet.objects.get(pk=p["embedding_set"])
+    result = conclude(job, es, folder, evidence, p["labels"], dict(zip(p["ids"], p["pks"], strict=True)))
+    clean_chunks.discard(job)
+    return result
+
+
+def conclude(job: Job, es: EmbeddingSet, folder: Path, evidence: CleaningEvidence, labels: list[str],
+             pks: dict[str, int]) -> dict:
+    """What follows the evidence: verdicts under the job's thresholds, clusters, the stored run, the report."""
+    params = job.params
     thresholds = config_from(Thresholds, params.get("thresholds", {}))
     verdicts = decide(evidence, labels, thresholds)
     clusters = cluster_suspects(verdicts, evidence, thresholds)
-    run = _store(job, es, folder, params, verdicts, clusters, images)
+    run = _store(job, es, folder, params, verdicts, clusters, pks)
     if params.get("report"):
         write_report_csv(verdicts, params["report"])
+    return result_of(run)
+
+
+def result_of(run: CleaningRun) -> dict:
     return {"cleaning_run": run.pk, **run.stats}
 
 
@@ -86,7 +219,8 @@ def _embeddings(images: list[Image], job: Job, ctx: JobContext) -> tuple[Embeddi
     out = write_embedding_shards(Path(settings.ARTIFACTS_ROOT) / "embeddings" / f"clean-{job.pk}", wanted, vectors)
     es = EmbeddingSet.objects.create(model_version=mv, path=str(out), dim=vectors.shape[1], image_count=len(wanted),
                                      scales=[1.0], image_filter={"labelled": True}, job=job)
-    return es, vectors
+    # The vectors as stored (float16): a later run that reads the set back builds the very same kNN graph.
+    return es, np.asarray(vectors, dtype=np.float16).astype(np.float32)
 
 
 def _local_features(images: list[Image], ctx: JobContext) -> LocalFeatureStore:
@@ -110,15 +244,22 @@ def _cached_evidence(folder: Path, ids: list[str]) -> CleaningEvidence | None:
     return evidence if evidence.ids == ids else None
 
 
-def _store(job, es, folder, params, verdicts, clusters, images) -> CleaningRun:
-    by_ext = {im.external_id: im for im in images}
+def _store(job, es, folder, params, verdicts, clusters, pks: dict[str, int]) -> CleaningRun:
+    """The run with its verdicts and clusters, once per job (a twin chord callback finds it stored)."""
+    alive = _existing(pks.values())  # an image deleted since the job started gets no verdict
+    pks = {i: pk for i, pk in pks.items() if pk in alive}
+    verdicts = [v for v in verdicts if v.id in pks]
     landmarks = {lm.external_id: lm for lm in Landmark.objects.all()}
     counts = {k: sum(v.verdict == k for v in verdicts) for k in ("keep", "suspect", "drop")}
     with transaction.atomic():
+        Job.objects.select_for_update().filter(pk=job.pk).first()  # one writer per job at a time
+        run = CleaningRun.objects.filter(job=job).first()
+        if run is not None:
+            return run
         run = CleaningRun.objects.create(embedding_set=es, params=params, evidence_path=str(folder), job=job,
                                          stats={**counts, "clusters": len(clusters)})
         Verdict.objects.bulk_create([
-            Verdict(run=run, image=by_ext[v.id], verdict=v.verdict, label=landmarks.get(v.label),
+            Verdict(run=run, image_id=pks[v.id], verdict=v.verdict, label=landmarks.get(v.label),
                     suggested_landmark=landmarks.get(v.suggested_label) if v.suggested_label else None,
                     suggest_not_landmark=v.suggested_label == NOT_A_LANDMARK, score=v.score,
                     evidence={"reason": v.reason, "neighbours": [
@@ -130,5 +271,14 @@ def _store(job, es, folder, params, verdicts, clusters, images) -> CleaningRun:
             cluster = NoiseCluster.objects.create(
                 run=run, kind=c.kind, target_landmark=target, suggested_action=c.action[:200],
                 confidence=c.confidence, benefit=c.expected_benefit, size=c.size)
-            cluster.images.set([by_ext[i].pk for i in c.image_ids if i in by_ext])
+            cluster.images.set([pks[i] for i in c.image_ids if i in pks])
     return run
+
+
+def _existing(pks, batch: int = 5000) -> set[int]:
+    """The image primary keys among ``pks`` that still exist (in batches: a query has a parameter limit)."""
+    pks = list(pks)
+    found: set[int] = set()
+    for start in range(0, len(pks), batch):
+        found.update(Image.objects.filter(pk__in=pks[start:start + batch]).values_list("pk", flat=True))
+    return found

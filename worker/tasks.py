@@ -8,7 +8,7 @@ from celery import shared_task
 from django.db import DatabaseError, close_old_connections, connection
 
 import worker.registry  # noqa: F401 - registers the job functions
-from worker import chunks, shards
+from worker import chunks, clean_chunks, cleaning, shards
 from worker.runner import TRANSIENT_ERRORS, execute_job
 from worker.watchdog import recover_jobs
 
@@ -78,6 +78,22 @@ def finish_index(_results, job_id: int) -> str:
     """The chord's callback: manifest, recall, rename into place, publish the IndexVersion, close the job."""
     close_old_connections()
     return shards.finish_job(job_id)
+
+
+@shared_task(name="worker.clean_chunk", acks_late=True, reject_on_worker_lost=True, ignore_result=False,
+             autoretry_for=TRANSIENT_ERRORS, retry_backoff=5, retry_backoff_max=300, max_retries=20)
+def clean_chunk(job_id: int, chunk: int) -> int:
+    """One chunk of a clean job's spatial verification (idempotent: a chunk on disk is not verified again)."""
+    close_old_connections()
+    return wait_out_database_errors(clean_chunks.run_chunk, job_id, chunk)
+
+
+@shared_task(name="worker.finish_clean", acks_late=True, autoretry_for=TRANSIENT_ERRORS, retry_backoff=5,
+             max_retries=20)
+def finish_clean(_results, job_id: int) -> str:
+    """The chord's callback: merge the chunks into the evidence, store the CleaningRun, close the job."""
+    close_old_connections()
+    return cleaning.finish_job(job_id)
 
 
 @shared_task(name="worker.watchdog")

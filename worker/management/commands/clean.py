@@ -1,4 +1,5 @@
-"""python manage.py clean [--splits ...] [--no-verify] [--verify-thresh N] [--freq-thresh N] [--report PATH]"""
+"""python manage.py clean [--splits ...] [--no-verify] [--verify-thresh N] [--freq-thresh N] [--report PATH]
+[--chunk-pairs N]"""
 
 from pathlib import Path
 
@@ -21,8 +22,11 @@ class Command(JobCommand):
         parser.add_argument("--verify-thresh", type=int, default=20, help="Inliers for a pair to be the same place.")
         parser.add_argument("--freq-thresh", type=int, default=1, help="Verified label-mates to confirm a label.")
         parser.add_argument("--report", type=Path, help="Also write the verdicts as CSV.")
+        parser.add_argument("--chunk-pairs", type=int, help="Pairs verified per chunk (one task each on the "
+                            "workers; default CLEAN_CHUNK_PAIRS).")
 
     def handle(self, *args, **o):
         self.run_job({"splits": o["splits"], "verify": not o["no_verify"], "evidence": {"k": o["k"]},
                       "thresholds": {"verify_thresh": o["verify_thresh"], "freq_thresh": o["freq_thresh"]},
-                      "report": str(o["report"].resolve()) if o["report"] else None}, o)
+                      "report": str(o["report"].resolve()) if o["report"] else None,
+                      "chunk_pairs": o["chunk_pairs"]}, o)

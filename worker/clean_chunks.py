@@ -1,0 +1,157 @@
+"""Spatial verification of a clean job in chunks: the kNN pairs to verify (``ml.clean.pairs_to_verify``) are
+cut into chunks of CLEAN_CHUNK_PAIRS pairs, each chunk is verified by its own task (a Celery chord on the
+workers, one after another in the foreground) and its inlier counts are written to a temp file and
+published by rename, so a chunk already on disk is never verified again and a job whose worker died resumes
+where it stopped. Merged, the chunks give the evidence ``build_evidence`` gives (``assemble_evidence``).
+
+Files of job J (created at T)::
+
+    ARTIFACTS_ROOT/work/clean-J-T/neighbours.npy      the kNN graph (int64 positions), written once
+                                  similarities.npy    its cosine similarities (float32), written once
+                                  pairs.npy           (P, 2) position pairs to verify, sorted, written once
+                                  plan.json           ids, labels, settings, evidence folder; written last
+                                  chunk-NNNNNN.npy    int32 inliers of one chunk's pairs
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import shutil
+import time
+from dataclasses import asdict
+from pathlib import Path
+
+import numpy as np
+from django.utils import timezone
+
+from ml.clean import (
+    CleaningEvidence,
+    EvidenceConfig,
+    assemble_evidence,
+    knn_graph,
+    pairs_to_verify,
+    verify_pairs,
+)
+from ml.index import shard_bounds
+from ml.spatial import LocalFeatureStore
+from webapp.jobs.models import Job
+from worker.chunks import _npy_bytes, _write_atomic, job_work_dir
+from worker.runner import TRANSIENT_ERRORS
+from worker.shards import _heartbeat, fail
+
+log = logging.getLogger(__name__)
+GRAPH_FILES = ("neighbours", "similarities", "pairs")
+
+
+def work_dir(job: Job) -> Path:
+    return job_work_dir(job, "clean")
+
+
+def plan_path(job: Job) -> Path:
+    return work_dir(job) / "plan.json"
+
+
+def read_plan(job: Job) -> dict | None:
+    """The job's plan, or None when none was written (or it was discarded)."""
+    try:
+        return json.loads(plan_path(job).read_text())
+    except FileNotFoundError:
+        return None
+
+
+def write_plan(job: Job, vectors: np.ndarray, ids: list[str], labels: list[str], config: EvidenceConfig,
+               chunk: int, progress=None, **extra) -> dict:
+    """The kNN graph and the pairs to verify, computed once: arrays first, plan.json last, each by rename, so
+    every resume and every chunk task sees the same plan. ``extra`` (JSON) is kept in the plan."""
+    if chunk < 1:
+        raise ValueError(f"chunk_pairs must be at least 1, got {chunk}")
+    t0 = time.perf_counter()
+    sims, nbrs = knn_graph(vectors, config.k, config, progress)
+    pairs = pairs_to_verify(nbrs, labels, config)
+    for name, array in zip(GRAPH_FILES, (nbrs.astype(np.int64), sims.astype(np.float32), pairs.astype(np.int64)),
+                           strict=True):
+        _write_atomic(work_dir(job) / f"{name}.npy", _npy_bytes(array))
+    data = {**extra, "ids": ids, "labels": labels, "evidence": asdict(config), "chunk": chunk, "pairs": len(pairs),
+            "graph_seconds": round(time.perf_counter() - t0, 3), "planned_at": time.time()}
+    _write_atomic(plan_path(job), json.dumps(data).encode())
+    return data
+
+
+def load(job: Job, name: str) -> np.ndarray:
+    return np.load(work_dir(job) / f"{name}.npy", mmap_mode="r")
+
+
+def bounds(p: dict) -> list[tuple[int, int]]:
+    """Pair ranges [lo, hi) of the chunks (none when there is nothing to verify)."""
+    return shard_bounds(p["pairs"], p["chunk"])
+
+
+def chunk_path(job: Job, i: int) -> Path:
+    return work_dir(job) / f"chunk-{i:06d}.npy"
+
+
+def pending_chunks(job: Job, p: dict) -> list[int]:
+    return [i for i in range(len(bounds(p))) if not chunk_path(job, i).exists()]
+
+
+def compute_chunk(job: Job, p: dict, i: int, progress=None) -> bool:
+    """Verify the pairs of chunk ``i`` unless it is on disk already; True when this call verified them."""
+    path = chunk_path(job, i)
+    if path.exists():
+        return False
+    lo, hi = bounds(p)[i]
+    store = LocalFeatureStore(p["features"])  # cached by the job before the plan was written
+    values = verify_pairs(np.asarray(load(job, "pairs")[lo:hi]), p["ids"], store,
+                          workers=p["evidence"]["workers"], progress=progress)
+    _write_atomic(path, _npy_bytes(values.astype(np.int32)))
+    return True
+
+
+def report(job: Job, p: dict, message: str) -> int:
+    """Progress of a chunked clean = the pairs in chunks on disk (whoever verified them)."""
+    pending = set(pending_chunks(job, p))
+    done = p["pairs"] - sum(hi - lo for i, (lo, hi) in enumerate(bounds(p)) if i in pending)
+    Job.objects.filter(pk=job.pk, state=Job.State.RUNNING).update(
+        progress_done=done, progress_total=p["pairs"], message=message, heartbeat_at=timezone.now())
+    return done
+
+
+def run_chunk(job_id: int, i: int) -> int:
+    """One chunk task. A chunk that cannot be verified (a local-feature file missing or unreadable) fails the
+    job with the reason, rather than leaving it running for the watchdog to send again and again."""
+    job = Job.objects.get(pk=job_id)
+    if job.state != Job.State.RUNNING:
+        return i  # cancelled, failed or finished: nothing to do
+    p = read_plan(job)
+    if p is None:
+        return i  # discarded by a twin callback that finished the job
+    try:
+        compute_chunk(job, p, i, progress=_heartbeat(job))
+    except TRANSIENT_ERRORS:
+        raise
+    except Exception as exc:
+        log.exception("job %s: verification chunk %s failed", job_id, i)
+        fail(job, exc, f"verification chunk {i}")
+        return i
+    report(job, p, f"verified chunk {i + 1} of {len(bounds(p))}")
+    return i
+
+
+def evidence(job: Job, p: dict) -> CleaningEvidence:
+    """The chunks merged with the graph into the evidence ``build_evidence`` would have given."""
+    values = [np.load(chunk_path(job, i)) for i in range(len(bounds(p)))]
+    for i, (lo, hi) in enumerate(bounds(p)):
+        if len(values[i]) != hi - lo:
+            raise ValueError(f"chunk {i} holds {len(values[i])} inlier counts for {hi - lo} pairs")
+    merged = np.concatenate(values) if values else np.zeros(0, np.int32)
+    meta = {"graph_seconds": p["graph_seconds"], "verify_seconds": round(time.time() - p["planned_at"], 3),
+            "chunks": len(values)}
+    return assemble_evidence(p["ids"], p["labels"], np.array(load(job, "similarities")),
+                             np.array(load(job, "neighbours")), EvidenceConfig(**p["evidence"]),
+                             np.array(load(job, "pairs")), merged, meta)
+
+
+def discard(job: Job) -> None:
+    """Drop the job's plan, graph and chunks (the evidence folder keeps what is needed)."""
+    shutil.rmtree(work_dir(job), ignore_errors=True)
