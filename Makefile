@@ -30,7 +30,7 @@ worker: $(VENV)/.installed
 
 web: $(VENV)/.installed
 	$(BIN)/python manage.py migrate --noinput
-	$(BIN)/python -m gunicorn webapp.wsgi --bind 127.0.0.1:$(PORT) --workers 2 --threads 4
+	$(BIN)/python -m gunicorn webapp.wsgi --bind 127.0.0.1:$(PORT) --workers $${WEB_CONCURRENCY:-2} --threads $${WEB_THREADS:-1}
 
 # Browser tests use Debian's chromium (Playwright cannot download browsers here).
 chromium:

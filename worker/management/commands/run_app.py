@@ -24,6 +24,10 @@ class Command(BaseCommand):
         parser.add_argument("--host", default=os.environ.get("HOST", "127.0.0.1"))
         parser.add_argument("--port", type=int, default=int(os.environ.get("PORT", "8000")))
         parser.add_argument("--web-workers", type=int, default=int(os.environ.get("WEB_CONCURRENCY", "2")))
+        # One request at a time per process by default: the processes then share one queue (the listen
+        # socket), so searches are served in order; with 4 threads each process queued its own share and
+        # searches time-sliced, and p95 at 10 clients rose from 0.93 s to 1.24 s (docs/benchmarks.md).
+        parser.add_argument("--web-threads", type=int, default=int(os.environ.get("WEB_THREADS", "1")))
 
     def handle(self, *args, **opts):
         call_command("migrate", interactive=False, verbosity=0)
@@ -54,7 +58,7 @@ class Command(BaseCommand):
 
     def start_web(self, opts) -> subprocess.Popen:
         cmd = [sys.executable, "-m", "gunicorn", "webapp.wsgi", "--bind", f"{opts['host']}:{opts['port']}",
-               "--workers", str(opts["web_workers"]), "--threads", "4", "--timeout", "120",
+               "--workers", str(opts["web_workers"]), "--threads", str(opts["web_threads"]), "--timeout", "120",
                "--access-logfile", "-"]
         return subprocess.Popen(cmd)
 
