@@ -15,7 +15,8 @@ import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
 SHARED_DATA = Path(os.environ.get("LANDMARKS_SHARED_DATA", ROOT.parent / "shared" / "data"))
-MINI = SHARED_DATA / "landmarks-mini"
+# Resolved: the app stores resolved paths, so a ../shared that is a symbolic link compares equal too.
+MINI = (SHARED_DATA / "landmarks-mini").resolve()
 
 
 def mini_rows() -> list[dict]:
