@@ -16,7 +16,6 @@ Files of job J (created at T)::
 from __future__ import annotations
 
 import json
-import logging
 import shutil
 import time
 from dataclasses import asdict
@@ -37,10 +36,8 @@ from ml.index import shard_bounds
 from ml.spatial import LocalFeatureStore
 from webapp.jobs.models import Job
 from worker.chunks import _npy_bytes, _write_atomic, job_work_dir
-from worker.runner import TRANSIENT_ERRORS
-from worker.shards import _heartbeat, fail
+from worker.shards import _heartbeat, run_part
 
-log = logging.getLogger(__name__)
 GRAPH_FILES = ("neighbours", "similarities", "pairs")
 
 
@@ -118,24 +115,15 @@ def report(job: Job, p: dict, message: str) -> int:
 
 
 def run_chunk(job_id: int, i: int) -> int:
-    """One chunk task. A chunk that cannot be verified (a local-feature file missing or unreadable) fails the
-    job with the reason, rather than leaving it running for the watchdog to send again and again."""
-    job = Job.objects.get(pk=job_id)
-    if job.state != Job.State.RUNNING:
-        return i  # cancelled, failed or finished: nothing to do
-    p = read_plan(job)
-    if p is None:
-        return i  # discarded by a twin callback that finished the job
-    try:
+    """One chunk task (idempotent: a chunk on disk is not verified again). A chunk that cannot be verified
+    (a local-feature file missing or unreadable) fails the job with the reason."""
+    def work(job: Job) -> None:
+        p = read_plan(job)
+        if p is None:
+            return  # discarded by a twin callback that finished the job
         compute_chunk(job, p, i, progress=_heartbeat(job))
-    except TRANSIENT_ERRORS:
-        raise
-    except Exception as exc:
-        log.exception("job %s: verification chunk %s failed", job_id, i)
-        fail(job, exc, f"verification chunk {i}")
-        return i
-    report(job, p, f"verified chunk {i + 1} of {len(bounds(p))}")
-    return i
+        report(job, p, f"verified chunk {i + 1} of {len(bounds(p))}")
+    return run_part(job_id, i, "verification chunk", work)
 
 
 def evidence(job: Job, p: dict) -> CleaningEvidence:

@@ -20,6 +20,7 @@ import logging
 import shutil
 import time
 import traceback
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -110,23 +111,30 @@ def report(job: Job, p: dict, message: str) -> int:
     return done
 
 
-def run_shard(job_id: int, i: int) -> int:
-    """One shard task. A shard that cannot be built (bad settings, unreadable vectors) fails the job with
-    the reason, rather than leaving it running for the watchdog to send again and again."""
+def run_part(job_id: int, i: int, what: str, work: Callable[[Job], None]) -> int:
+    """One part task of a chord (an index shard, a verification chunk): ``work(job)`` unless the job has
+    ended. A part that cannot be done (bad settings, unreadable input) fails the job with the reason, rather
+    than leaving it running for the watchdog to send again and again; transient errors propagate."""
     job = Job.objects.get(pk=job_id)
     if job.state != Job.State.RUNNING:
         return i  # cancelled, failed or finished: nothing to do
-    p = read_plan(job)
     try:
-        build(job, p, i)
+        work(job)
     except TRANSIENT_ERRORS:
         raise
     except Exception as exc:
-        log.exception("job %s: shard %s failed", job_id, i)
-        fail(job, exc, f"shard {i}")
-        return i
-    report(job, p, f"indexed shard {i + 1} of {len(bounds(p))}")
+        log.exception("job %s: %s %s failed", job_id, what, i)
+        fail(job, exc, f"{what} {i}")
     return i
+
+
+def run_shard(job_id: int, i: int) -> int:
+    """One shard task (idempotent: a shard already on disk is not built again)."""
+    def work(job: Job) -> None:
+        p = read_plan(job)
+        build(job, p, i)
+        report(job, p, f"indexed shard {i + 1} of {len(bounds(p))}")
+    return run_part(job_id, i, "shard", work)
 
 
 def fail(job: Job, exc: Exception, where: str) -> None:

@@ -15,6 +15,12 @@ from worker.watchdog import recover_jobs
 log = logging.getLogger(__name__)
 # How long a chunk task waits in place for its database to come back before it gives up.
 DB_WAIT_SECONDS = 600
+# One part of a chord (an embedding chunk, an index shard, a verification chunk): redelivered when its
+# worker dies, its result kept for the chord to count.
+CHORD_PART = dict(acks_late=True, reject_on_worker_lost=True, ignore_result=False, autoretry_for=TRANSIENT_ERRORS,
+                  retry_backoff=5, retry_backoff_max=300, max_retries=20)
+# A chord's callback, which publishes the parts and closes the job.
+CHORD_CALLBACK = dict(acks_late=True, autoretry_for=TRANSIENT_ERRORS, retry_backoff=5, max_retries=20)
 
 
 @shared_task(name="worker.run_job", acks_late=True, reject_on_worker_lost=True,
@@ -27,8 +33,7 @@ def run_job(job_id: int) -> str:
         close_old_connections()
 
 
-@shared_task(name="worker.embed_chunk", acks_late=True, reject_on_worker_lost=True, ignore_result=False,
-             autoretry_for=TRANSIENT_ERRORS, retry_backoff=5, retry_backoff_max=300, max_retries=20)
+@shared_task(name="worker.embed_chunk", **CHORD_PART)
 def embed_chunk(job_id: int, chunk: int) -> int:
     """One chunk of an embedding job (idempotent: a chunk already on disk is not computed again)."""
     close_old_connections()
@@ -56,40 +61,35 @@ def wait_out_database_errors(fn, *args):
             delay = min(delay * 2, 30)
 
 
-@shared_task(name="worker.finish_embed", acks_late=True, autoretry_for=TRANSIENT_ERRORS, retry_backoff=5,
-             max_retries=20)
+@shared_task(name="worker.finish_embed", **CHORD_CALLBACK)
 def finish_embed(_results, job_id: int) -> str:
     """The chord's callback: publish the chunks as one EmbeddingSet and close the job."""
     close_old_connections()
     return chunks.finish_job(job_id)
 
 
-@shared_task(name="worker.index_shard", acks_late=True, reject_on_worker_lost=True, ignore_result=False,
-             autoretry_for=TRANSIENT_ERRORS, retry_backoff=5, retry_backoff_max=300, max_retries=20)
+@shared_task(name="worker.index_shard", **CHORD_PART)
 def index_shard(job_id: int, shard: int) -> int:
     """One shard of a build_index job (idempotent: a shard already on disk is not built again)."""
     close_old_connections()
     return wait_out_database_errors(shards.run_shard, job_id, shard)
 
 
-@shared_task(name="worker.finish_index", acks_late=True, autoretry_for=TRANSIENT_ERRORS, retry_backoff=5,
-             max_retries=20)
+@shared_task(name="worker.finish_index", **CHORD_CALLBACK)
 def finish_index(_results, job_id: int) -> str:
     """The chord's callback: manifest, recall, rename into place, publish the IndexVersion, close the job."""
     close_old_connections()
     return shards.finish_job(job_id)
 
 
-@shared_task(name="worker.clean_chunk", acks_late=True, reject_on_worker_lost=True, ignore_result=False,
-             autoretry_for=TRANSIENT_ERRORS, retry_backoff=5, retry_backoff_max=300, max_retries=20)
+@shared_task(name="worker.clean_chunk", **CHORD_PART)
 def clean_chunk(job_id: int, chunk: int) -> int:
     """One chunk of a clean job's spatial verification (idempotent: a chunk on disk is not verified again)."""
     close_old_connections()
     return wait_out_database_errors(clean_chunks.run_chunk, job_id, chunk)
 
 
-@shared_task(name="worker.finish_clean", acks_late=True, autoretry_for=TRANSIENT_ERRORS, retry_backoff=5,
-             max_retries=20)
+@shared_task(name="worker.finish_clean", **CHORD_CALLBACK)
 def finish_clean(_results, job_id: int) -> str:
     """The chord's callback: merge the chunks into the evidence, store the CleaningRun, close the job."""
     close_old_connections()
