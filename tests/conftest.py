@@ -11,6 +11,7 @@ import sys
 import time
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -147,6 +148,30 @@ def wait_for(condition, timeout: float, interval: float = 0.1) -> bool:
             return True
         time.sleep(interval)
     return bool(condition())
+
+
+# --- synthetic embeddings (index builds that need no model) ----------------------------------------
+
+def clustered_vectors(n: int, dim: int, seed: int = 0) -> np.ndarray:
+    """Unit vectors around 20 centres: neighbourhoods like real descriptors have."""
+    rng = np.random.default_rng(seed)
+    x = rng.standard_normal((20, dim))[rng.integers(0, 20, n)] + 0.6 * rng.standard_normal((n, dim))
+    return (x / np.linalg.norm(x, axis=1, keepdims=True)).astype(np.float32)
+
+
+def synthetic_embedding_set(folder: Path, n: int, dim: int):
+    """An EmbeddingSet of ``clustered_vectors``, as `embed` would leave one; returns it, its ids and its
+    float32 rows (as stored: float16)."""
+    from ml.embed import read_embedding_shards, write_embedding_shards
+    from webapp.search.models import EmbeddingSet
+    from webapp.search.services import packaged_model_version
+
+    ids = [f"img{i:05d}" for i in range(n)]
+    path = write_embedding_shards(folder / f"emb-{n}-{dim}", ids, clustered_vectors(n, dim))
+    es = EmbeddingSet.objects.create(model_version=packaged_model_version("tf_efficientnet_lite0"), path=str(path),
+                                     dim=dim, image_count=n, scales=[1.0],
+                                     params={"models": ["tf_efficientnet_lite0"], "image_size": 128})
+    return es, ids, read_embedding_shards(path, dtype=np.float32)[1]
 
 
 # --- a search index over landmarks-mini (built once per session; rows made per test) ------------------

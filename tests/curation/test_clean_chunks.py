@@ -10,10 +10,10 @@ import numpy as np
 import pytest
 from django.core.management import call_command
 
-from ml.clean import CleaningEvidence, build_evidence
-from ml.embed import read_embedding_shards
+from ml.clean import CleaningEvidence
 from ml.spatial import LocalFeatureStore
 from tests.conftest import wait_for
+from tests.curation.evidence import assert_same_evidence, single_task_evidence, verdict_rows
 from webapp.curation.models import CleaningRun, Verdict
 from webapp.jobs.models import Job
 from webapp.jobs.services import create_job, start_job
@@ -23,28 +23,6 @@ from worker.runner import JobContext, execute_job
 
 pytestmark = pytest.mark.django_db
 SPLITS = ["query"]
-
-
-def single_task_evidence(run: CleaningRun, like: CleaningEvidence) -> CleaningEvidence:
-    """build_evidence in one call over the run's vectors, labels and cached local features."""
-    ids, vectors = read_embedding_shards(run.embedding_set.path)
-    pos = {i: n for n, i in enumerate(ids)}
-    x = np.asarray(vectors[[pos[i] for i in like.ids]], dtype=np.float32)
-    return build_evidence(x, like.ids, like.labels, like.config, local_features=LocalFeatureStore(feature_dir()))
-
-
-def assert_same_evidence(a: CleaningEvidence, b: CleaningEvidence) -> None:
-    assert a.ids == b.ids and a.labels == b.labels and a.config == b.config
-    np.testing.assert_array_equal(a.neighbours, b.neighbours)
-    np.testing.assert_array_equal(a.similarities, b.similarities)
-    np.testing.assert_array_equal(a.inliers, b.inliers)  # every pair: the same inlier count
-    assert a.meta["pairs_verified"] == b.meta["pairs_verified"] and a.meta["spatial"] and b.meta["spatial"]
-
-
-def verdict_rows(run: CleaningRun) -> dict:
-    return {v.image.external_id: (v.verdict, v.label_id, v.suggested_landmark_id, v.suggest_not_landmark, v.score,
-                                  v.evidence)
-            for v in Verdict.objects.filter(run=run).select_related("image")}
 
 
 def test_chunked_evidence_equals_the_single_task_evidence(imported_mini, settings):

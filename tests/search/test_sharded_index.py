@@ -11,7 +11,7 @@ from django.urls import reverse
 
 from ml.embed import read_embedding_shards, write_embedding_shards
 from ml.index import IndexConfig, ShardedIndex, build_index, load_index
-from tests.conftest import wait_for
+from tests.conftest import clustered_vectors, synthetic_embedding_set, wait_for
 from webapp.jobs.models import Job
 from webapp.jobs.services import create_job, start_job
 from webapp.search.engine import current_engine
@@ -24,25 +24,8 @@ pytestmark = pytest.mark.django_db
 PIPELINE = "baseline-lite0"  # no DBA, no verification: the index holds the embedding set's vectors as they are
 
 
-def _vectors(n: int, dim: int, seed: int = 0) -> np.ndarray:
-    """Unit vectors around 20 centres: neighbourhoods like real descriptors have."""
-    rng = np.random.default_rng(seed)
-    x = rng.standard_normal((20, dim))[rng.integers(0, 20, n)] + 0.6 * rng.standard_normal((n, dim))
-    return (x / np.linalg.norm(x, axis=1, keepdims=True)).astype(np.float32)
-
-
-def _embedding_set(tmp_path: Path, n: int, dim: int) -> tuple[EmbeddingSet, list[str], np.ndarray]:
-    """An EmbeddingSet of synthetic vectors, as `embed` would leave one; returns it with its float32 rows."""
-    ids = [f"img{i:05d}" for i in range(n)]
-    path = write_embedding_shards(tmp_path / f"emb-{n}-{dim}", ids, _vectors(n, dim))
-    es = EmbeddingSet.objects.create(model_version=packaged_model_version("tf_efficientnet_lite0"), path=str(path),
-                                     dim=dim, image_count=n, scales=[1.0],
-                                     params={"models": ["tf_efficientnet_lite0"], "image_size": 128})
-    return es, ids, read_embedding_shards(path, dtype=np.float32)[1]
-
-
 def test_foreground_shards_give_the_top_k_of_one_exact_index(tmp_path, settings):
-    es, ids, x = _embedding_set(tmp_path, 300, 16)
+    es, ids, x = synthetic_embedding_set(tmp_path, 300, 16)
     call_command("build_index", "--pipeline", PIPELINE, "--embedding-set", str(es.pk), "--shard-size", "70")
     iv = IndexVersion.objects.get(is_active=True)
     assert iv.kind == IndexVersion.Kind.FLAT and iv.size == 300 and iv.params["shards"] == 5
@@ -54,7 +37,7 @@ def test_foreground_shards_give_the_top_k_of_one_exact_index(tmp_path, settings)
     sharded = load_index(iv.path)
     assert isinstance(sharded, ShardedIndex) and len(sharded.shards) == 5
     assert [s.count for s in sharded.shards] == [70, 70, 70, 70, 20]
-    queries = np.concatenate([_vectors(10, 16, seed=9), x[[0, 69, 70, 299]]])
+    queries = np.concatenate([clustered_vectors(10, 16, seed=9), x[[0, 69, 70, 299]]])
     for k in (1, 5, 100, 300):
         s_single, p_single = single.search_positions(queries, k)
         s_shard, p_shard = sharded.search_positions(queries, k)
@@ -69,7 +52,7 @@ def test_foreground_shards_give_the_top_k_of_one_exact_index(tmp_path, settings)
 
 
 def test_a_shard_already_built_is_not_built_again_on_resume(tmp_path):
-    es, ids, x = _embedding_set(tmp_path, 200, 8)
+    es, ids, x = synthetic_embedding_set(tmp_path, 200, 8)
     job = create_job(Job.Kind.BUILD_INDEX, {"pipeline": PIPELINE, "embedding_set": es.pk, "shard_size": 50})
     # The first run got as far as shards 0 and 2, then its worker died.
     Job.objects.filter(pk=job.pk).update(state=Job.State.RUNNING)
@@ -93,7 +76,7 @@ def test_a_shard_already_built_is_not_built_again_on_resume(tmp_path):
 
 
 def test_recall_of_an_approximate_index_is_on_the_versions_page(tmp_path, client, viewer_user):
-    es, ids, x = _embedding_set(tmp_path, 2000, 32)
+    es, ids, x = synthetic_embedding_set(tmp_path, 2000, 32)
     call_command("build_index", "--pipeline", PIPELINE, "--embedding-set", str(es.pk))
     exact = IndexVersion.objects.get(is_active=True)
     ivf_params = {"kind": "ivfpq", "pq_m": 8, "pq_nbits": 6, "nlist": 16, "nprobe": 2, "refine_factor": 0}
@@ -114,7 +97,7 @@ def test_recall_of_an_approximate_index_is_on_the_versions_page(tmp_path, client
 @pytest.mark.worker
 @pytest.mark.django_db(transaction=True)
 def test_queued_build_runs_its_shards_as_a_chord_and_publishes(celery_worker_process, tmp_path):
-    es, ids, x = _embedding_set(tmp_path, 300, 16)
+    es, ids, x = synthetic_embedding_set(tmp_path, 300, 16)
     job = start_job(Job.Kind.BUILD_INDEX, {"pipeline": PIPELINE, "embedding_set": es.pk, "shard_size": 60})
     assert wait_for(lambda: Job.objects.get(pk=job.pk).is_finished, 120)
     job.refresh_from_db()
@@ -125,7 +108,7 @@ def test_queued_build_runs_its_shards_as_a_chord_and_publishes(celery_worker_pro
 
     iv = IndexVersion.objects.get(is_active=True)
     assert iv.job_id == job.pk and iv.params["shards"] == 5
-    queries = _vectors(8, 16, seed=5)
+    queries = clustered_vectors(8, 16, seed=5)
     reference = build_index(x, ids, tmp_path / "single", IndexConfig(kind="exact"))
     database = current_engine().database
     assert isinstance(database.index, ShardedIndex)
@@ -149,7 +132,7 @@ def test_whitening_pipeline_is_learned_from_the_catalogue_labels_and_applied_to_
 
     images = list(Image.objects.filter(split=Image.Split.INDEX).order_by("pk"))
     ids = [im.external_id for im in images]
-    x = _vectors(len(ids), 16, seed=3)
+    x = clustered_vectors(len(ids), 16, seed=3)
     path = write_embedding_shards(tmp_path / "emb-lw", ids, x)
     es = EmbeddingSet.objects.create(model_version=packaged_model_version("tf_efficientnet_lite0"), path=str(path),
                                      dim=16, image_count=len(ids), scales=[1.0],
