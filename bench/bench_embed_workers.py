@@ -32,8 +32,14 @@ def manage(env: dict, *args: str) -> str:
                           capture_output=True, text=True).stdout
 
 
-def start_workers(env: dict, count: int, logs: Path) -> list[subprocess.Popen]:
+def threads_per_worker(workers: int, asked: int | None) -> int:
+    """Each worker's torch/OpenMP budget: the machine's cores shared out, so workers never oversubscribe."""
+    return asked or max(1, len(os.sched_getaffinity(0)) // workers)
+
+
+def start_workers(env: dict, count: int, logs: Path, threads: int) -> list[subprocess.Popen]:
     procs = []
+    env = {**env, "OMP_NUM_THREADS": str(threads)}
     for n in range(count):
         log = logs / f"worker-{count}-{n}.log"
         cmd = [sys.executable, "-m", "celery", "-A", "worker.celery", "worker", "-Q", "cpu,gpu", "--pool", "solo",
@@ -65,7 +71,7 @@ def job_state(db: Path, job_id: int) -> tuple[str, str]:
 
 
 def embed_run(env: dict, db: Path, workers: int, args, logs: Path) -> float:
-    procs = start_workers(env, workers, logs)
+    procs = start_workers(env, workers, logs, threads_per_worker(workers, args.threads))
     try:
         start = time.perf_counter()
         out = manage(env, "embed", "--queue", "--chunk-size", str(args.chunk_size), "--image-size",
@@ -88,6 +94,8 @@ def main() -> None:
     parser.add_argument("--image-size", type=int, default=256)
     parser.add_argument("--chunk-size", type=int, default=500)
     parser.add_argument("--workers", type=int, nargs="+", default=[1, 2])
+    parser.add_argument("--threads", type=int, default=None,
+                        help="torch threads per worker (default: the cores divided among the workers)")
     args = parser.parse_args()
     # A SIGTERM (timeout, Ctrl+C from a parent) still runs the finally blocks that stop the workers.
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(1))
@@ -104,13 +112,13 @@ def main() -> None:
         for workers in args.workers:
             seconds = embed_run(env, db, workers, args, tmp)
             base = base or seconds
-            rows.append([workers, f"{args.images:,}", f"{seconds:.0f}", f"{args.images / seconds:.1f}",
+            rows.append([workers, threads_per_worker(workers, args.threads), f"{args.images:,}", f"{seconds:.0f}", f"{args.images / seconds:.1f}",
                          f"{base / seconds:.2f}×", f"{seconds * 10_000 / args.images:.0f}"])
             print(rows[-1], flush=True)
-    body = table(["workers", "images", "seconds", "images/s", "speed-up", "10 k images, s (scaled)"], rows)
+    body = table(["workers", "torch threads each", "images", "seconds", "images/s", "speed-up", "10 k images, s (scaled)"], rows)
     body += (f"\n\nlite0 (packaged weights) at {args.image_size} px long side (not the product's 512, to keep the "
              f"run short), chunks of {args.chunk_size}, DataLoader workers 0, one solo-pool Celery worker "
-             f"process per worker, filesystem broker, SQLite. Timed from `embed --queue` to `succeeded`.")
+             f"process per worker with OMP_NUM_THREADS = its thread budget, filesystem broker, SQLite. Timed from `embed --queue` to `succeeded`.")
     if args.images != 10_000:
         body += (f" Measured on {args.images:,} images; the last column scales that time linearly to 10 k "
                  "(an extrapolation, not a measurement).")

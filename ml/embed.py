@@ -60,13 +60,17 @@ class EmbedConfig:
     fuse_bn: bool = True  # fold BatchNorm into convolutions for batch extraction (same outputs, faster)
     device: str = "auto"  # "auto" = cuda when available, else cpu
     amp: bool = True  # float16 autocast, on cuda only
-    # Torch intra-op threads while extracting; None = one per core not used by a decode worker. On a
-    # busy 2-core machine 2 OpenMP threads ran ~10x slower than 1 (docs/benchmarks.md).
+    # Torch intra-op threads while extracting; None = the process's budget OMP_NUM_THREADS when set (a web
+    # process's SEARCH_THREADS, one of several workers on a machine), else one per core not used by a
+    # decode worker. On a busy 2-core machine 2 OpenMP threads ran ~10x slower than 1 (docs/benchmarks.md).
     torch_threads: int | None = None
 
     def resolved_threads(self) -> int:
         if self.torch_threads:
             return self.torch_threads
+        budget = os.environ.get("OMP_NUM_THREADS", "").strip()
+        if budget.isdigit() and int(budget) > 0:
+            return int(budget)
         cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
         return max(1, cores - max(0, self.num_workers))
 

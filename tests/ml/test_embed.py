@@ -1,6 +1,7 @@
 """Descriptor extraction on real photos, PCA whitening, ensembles and shard files."""
 
 import io
+import os
 from pathlib import Path
 
 import numpy as np
@@ -241,3 +242,15 @@ def test_shard_writer_rejects_bad_input(tmp_path):
     with pytest.raises(ValueError, match="one-line"):
         write_embedding_shards(tmp_path / "x", ["a\nb"], np.zeros((1, 3)))
     assert not (tmp_path / "x").exists()
+
+
+def test_torch_threads_follow_the_process_budget(monkeypatch):
+    # A web process (SEARCH_THREADS) or one of several workers on a machine sets OMP_NUM_THREADS: the
+    # extraction must not take every core behind its back.
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")
+    assert EmbedConfig(num_workers=0).resolved_threads() == 1
+    assert EmbedConfig(num_workers=0, torch_threads=3).resolved_threads() == 3
+    monkeypatch.delenv("OMP_NUM_THREADS")
+    cores = len(os.sched_getaffinity(0))
+    assert EmbedConfig(num_workers=0).resolved_threads() == cores
+    assert EmbedConfig(num_workers=1).resolved_threads() == max(1, cores - 1)
