@@ -170,8 +170,14 @@ if CELERY_BROKER_URL.startswith("filesystem://"):
         "store_processed": False,
     }
 CELERY_TASK_IGNORE_RESULT = True  # Job rows carry state, progress and results ...
-# ... except for the chunk tasks a chord waits on: their results go to the Django database (any backend).
-CELERY_RESULT_BACKEND = env.str("CELERY_RESULT_BACKEND", default="django-db")
+# ... except for the chunk tasks a chord waits on: their results go to the Django database (any backend),
+# through a backend that waits out a database outage instead of ending the worker (worker/results.py):
+# retries with backoff up to 10 s apart, about 10 minutes in all, as long as a chunk waits for the database.
+CELERY_RESULT_BACKEND = env.str("CELERY_RESULT_BACKEND", default="worker.results:PatientDatabaseBackend")
+CELERY_RESULT_BACKEND_ALWAYS_RETRY = True
+CELERY_RESULT_BACKEND_BASE_SLEEP_BETWEEN_RETRIES_MS = 200
+CELERY_RESULT_BACKEND_MAX_SLEEP_BETWEEN_RETRIES_MS = 10_000
+CELERY_RESULT_BACKEND_MAX_RETRIES = 120
 CELERY_RESULT_EXTENDED = True
 CELERY_TASK_TIME_LIMIT = env.int("CELERY_TASK_TIME_LIMIT", default=24 * 3600)  # hard stop for a stuck task
 CELERY_TASK_SOFT_TIME_LIMIT = env.int("CELERY_TASK_SOFT_TIME_LIMIT", default=23 * 3600)

@@ -14,6 +14,8 @@ import json
 import os
 import re
 import signal
+import subprocess
+import sys
 import time
 import urllib.error
 import urllib.parse
@@ -24,7 +26,7 @@ import pytest
 from celery import Celery
 from PIL import Image as PILImage
 
-from tests.conftest import MINI, clear_broker, start_worker, stop_worker, wait_for
+from tests.conftest import MINI, ROOT, clear_broker, start_worker, stop_worker, wait_for
 from tests.faults.private_services import (
     free_port,
     manage,
@@ -137,6 +139,39 @@ def test_database_down_under_a_running_worker_the_job_still_succeeds(pg_site, tm
     assert done == images and sets == str(images)  # one embedding set, every image in it
     assert "database unavailable" in log  # the outage did hit the worker, and the worker carried on
     assert "Unrecoverable error" not in log
+
+
+
+STORE = ("from worker.celery import app; "
+         "app.backend.store_result('outage-result-{n}', 42, 'SUCCESS'); print('stored')")
+
+
+def _store_result(env: dict, n: int) -> subprocess.Popen:
+    """A chord part's last step, alone: Celery storing its result in the database backend."""
+    return subprocess.Popen([sys.executable, str(ROOT / "manage.py"), "shell", "-c", STORE.format(n=n)], cwd=ROOT,
+                            env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+
+
+def test_storing_a_chord_result_waits_out_a_database_outage(pg_site):
+    """The window the chunk task's own wait cannot cover: Celery writes the part's result after the task
+    body returned, and a failure there ends a solo-pool worker. The product's backend waits instead."""
+    pg, env = pg_site
+    pg.stop()
+    try:
+        stock = _store_result({**env, "CELERY_RESULT_BACKEND": "django-db"}, 1)
+        out, _ = stock.communicate(timeout=60)
+        assert stock.returncode != 0 and "OperationalError" in out  # the stock backend gives up at once
+        patient = _store_result(env, 2)
+        time.sleep(4)
+        assert patient.poll() is None  # still waiting for the database, not failed
+    finally:
+        pg.start()
+    out, _ = patient.communicate(timeout=90)
+    assert patient.returncode == 0 and "stored" in out, out[-2000:]
+    assert "Retrying" in out  # it did meet the outage
+    row = pg.psql("SELECT status, result FROM django_celery_results_taskresult WHERE task_id = 'outage-result-2'",
+                  db="landmarks")
+    assert row == "SUCCESS|42"
 
 
 # --- the broker down when a job starts ----------------------------------------------------------------
