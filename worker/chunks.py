@@ -22,6 +22,7 @@ from webapp.jobs.models import Job
 from webapp.search.models import EmbeddingSet, ModelVersion
 from webapp.search.services import active_model_version, image_file_path, model_spec
 from worker.params import config_from, images_in
+from worker.shards import part_lock
 
 DEFAULT_CHUNK = 512
 _models: dict[str, object] = {}  # one loaded model per spec per worker process
@@ -73,14 +74,16 @@ def embed_config(p: dict) -> EmbedConfig:
 
 
 def compute_chunk(job: Job, p: dict, i: int) -> None:
-    if chunk_path(job, i).exists():
-        return
-    if p["spec"] not in _models:
-        _models[p["spec"]] = load_model(p["spec"])
-    lo, hi = i * p["chunk"], min((i + 1) * p["chunk"], len(p["ids"]))
-    vectors = embed_images(_models[p["spec"]], p["paths"][lo:hi], embed_config(p))
-    buf = _npy_bytes(vectors.astype(np.float32))
-    _write_atomic(chunk_path(job, i), buf)
+    """Embed chunk ``i`` unless it is on disk already (a twin task embedding it is waited for, not repeated)."""
+    path = chunk_path(job, i)
+    with part_lock(path.with_suffix(".lock")) as held:
+        if not held or path.exists():
+            return
+        if p["spec"] not in _models:
+            _models[p["spec"]] = load_model(p["spec"])
+        lo, hi = i * p["chunk"], min((i + 1) * p["chunk"], len(p["ids"]))
+        vectors = embed_images(_models[p["spec"]], p["paths"][lo:hi], embed_config(p))
+        _write_atomic(path, _npy_bytes(vectors.astype(np.float32)))
 
 
 def report(job: Job, p: dict, message: str) -> None:

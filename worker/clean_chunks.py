@@ -10,13 +10,17 @@ Files of job J (created at T)::
                                   similarities.npy    its cosine similarities (float32), written once
                                   pairs.npy           (P, 2) position pairs to verify, sorted, written once
                                   plan.json           ids, labels, settings, evidence folder; written last
+                                  chunk-NNNNNN.lock   held by the task verifying that chunk
                                   chunk-NNNNNN.npy    int32 inliers of one chunk's pairs
+
+A job sent again while its chunk tasks are still queued or running is safe and cheap, as for index shards
+(worker/shards.py): a chunk on disk or being verified by a twin task is not verified again.
 """
 
 from __future__ import annotations
 
 import json
-import shutil
+import logging
 import time
 from dataclasses import asdict
 from pathlib import Path
@@ -36,8 +40,9 @@ from ml.index import shard_bounds
 from ml.spatial import LocalFeatureStore
 from webapp.jobs.models import Job
 from worker.chunks import _npy_bytes, _write_atomic, job_work_dir
-from worker.shards import _heartbeat, run_part
+from worker.shards import PLAN, _heartbeat, drop, part_lock, run_part
 
+log = logging.getLogger(__name__)
 GRAPH_FILES = ("neighbours", "similarities", "pairs")
 
 
@@ -46,7 +51,7 @@ def work_dir(job: Job) -> Path:
 
 
 def plan_path(job: Job) -> Path:
-    return work_dir(job) / "plan.json"
+    return work_dir(job) / PLAN
 
 
 def read_plan(job: Job) -> dict | None:
@@ -93,15 +98,18 @@ def pending_chunks(job: Job, p: dict) -> list[int]:
 
 
 def compute_chunk(job: Job, p: dict, i: int, progress=None) -> bool:
-    """Verify the pairs of chunk ``i`` unless it is on disk already; True when this call verified them."""
+    """Verify the pairs of chunk ``i`` unless it is on disk already; True when this call verified them. A
+    twin task verifying the same chunk is waited for, not repeated."""
     path = chunk_path(job, i)
-    if path.exists():
-        return False
-    lo, hi = bounds(p)[i]
-    store = LocalFeatureStore(p["features"])  # cached by the job before the plan was written
-    values = verify_pairs(np.asarray(load(job, "pairs")[lo:hi]), p["ids"], store,
-                          workers=p["evidence"]["workers"], progress=progress)
-    _write_atomic(path, _npy_bytes(values.astype(np.int32)))
+    with part_lock(path.with_suffix(".lock")) as held:
+        if not held or path.exists():
+            return False
+        lo, hi = bounds(p)[i]
+        store = LocalFeatureStore(p["features"])  # cached by the job before the plan was written
+        values = verify_pairs(np.asarray(load(job, "pairs")[lo:hi]), p["ids"], store,
+                              workers=p["evidence"]["workers"], progress=progress)
+        _write_atomic(path, _npy_bytes(values.astype(np.int32)))
+    log.info("job %s: verified chunk %s (%s pairs)", job.pk, i, hi - lo)
     return True
 
 
@@ -123,7 +131,7 @@ def run_chunk(job_id: int, i: int) -> int:
             return  # discarded by a twin callback that finished the job
         compute_chunk(job, p, i, progress=_heartbeat(job))
         report(job, p, f"verified chunk {i + 1} of {len(bounds(p))}")
-    return run_part(job_id, i, "verification chunk", work)
+    return run_part(job_id, i, "verification chunk", work, work_dir)
 
 
 def evidence(job: Job, p: dict) -> CleaningEvidence:
@@ -142,4 +150,4 @@ def evidence(job: Job, p: dict) -> CleaningEvidence:
 
 def discard(job: Job) -> None:
     """Drop the job's plan, graph and chunks (the evidence folder keeps what is needed)."""
-    shutil.rmtree(work_dir(job), ignore_errors=True)
+    drop(work_dir(job))

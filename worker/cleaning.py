@@ -51,6 +51,7 @@ log = logging.getLogger(__name__)
 def run_clean(job: Job, ctx: JobContext) -> dict:
     done = CleaningRun.objects.filter(job=job).first()
     if done is not None:  # stored before the worker died, only the job row was not closed
+        clean_chunks.discard(job)
         return result_of(done)
     try:
         return _clean(job, ctx)
@@ -140,7 +141,9 @@ def _clean(job: Job, ctx: JobContext) -> dict:
         before = clean_chunks.report(job, p, f"verifying chunk {i + 1} of {n_chunks}")
         clean_chunks.compute_chunk(job, p, i, progress=lambda d, t, b=before: ctx.progress(b + d, p["pairs"]))
     ctx.progress(p["pairs"], p["pairs"], "deciding")
-    return _finish(job, p)
+    result = _finish(job, p)
+    clean_chunks.discard(job)
+    return result
 
 
 def finish_job(job_id: int) -> str:
@@ -148,8 +151,7 @@ def finish_job(job_id: int) -> str:
     (idempotent: a second call does nothing)."""
     job = Job.objects.get(pk=job_id)
     if job.state != Job.State.RUNNING:
-        if job.state in (Job.State.FAILED, Job.State.CANCELLED):
-            clean_chunks.discard(job)  # nothing resumes a failed or cancelled job (a retry is a new job)
+        clean_chunks.discard(job)  # nothing resumes an ended job (a retry is a new job); a twin may have left files
         return job.state
     run = CleaningRun.objects.filter(job=job).first()
     if run is not None:
@@ -171,18 +173,18 @@ def finish_job(job_id: int) -> str:
     Job.objects.filter(pk=job.pk, state=Job.State.RUNNING).update(
         state=Job.State.SUCCEEDED, result=result, message="done", finished_at=timezone.now(),
         progress_done=F("progress_total"))
+    clean_chunks.discard(job)  # after closing: a twin chunk task that finishes later drops what it wrote
     return Job.State.SUCCEEDED
 
 
 def _finish(job: Job, p: dict) -> dict:
-    """Evidence from the chunks (saved in its cache folder), then the verdicts; the work folder goes."""
+    """Evidence from the chunks (saved in its cache folder), then the verdicts; the caller discards the work
+    folder."""
     evidence = clean_chunks.evidence(job, p)
     folder = Path(p["folder"])
     evidence.save(folder)
     es = EmbeddingSet.objects.get(pk=p["embedding_set"])
-    result = conclude(job, es, folder, evidence, p["labels"], dict(zip(p["ids"], p["pks"], strict=True)))
-    clean_chunks.discard(job)
-    return result
+    return conclude(job, es, folder, evidence, p["labels"], dict(zip(p["ids"], p["pks"], strict=True)))
 
 
 def conclude(job: Job, es: EmbeddingSet, folder: Path, evidence: CleaningEvidence, labels: list[str],

@@ -67,6 +67,7 @@ def run_build_index(job: Job, ctx: JobContext) -> dict:
     worker died) skips what it finished: the plan, and every shard already built."""
     done = IndexVersion.objects.filter(job=job).first()
     if done is not None:  # published before the worker died, only the job row was not closed
+        shards.discard(job)
         return shards.result_of(done)
     try:
         return _build(job, ctx)
@@ -94,7 +95,9 @@ def _build(job: Job, ctx: JobContext) -> dict:
         shards.build(job, p, i)
         ctx.progress(shards.report(job, p, f"indexed shard {i + 1} of {n_shards}"), count)
     ctx.progress(count, count, "publishing the index")
-    return shards.result_of(shards.publish(job, p))
+    result = shards.result_of(shards.publish(job, p))
+    shards.discard(job)  # the plan and input vectors are not needed any more
+    return result
 
 
 def plan(job: Job, ctx: JobContext) -> dict:

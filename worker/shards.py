@@ -5,22 +5,32 @@ disk is never built again and a job whose worker died resumes where it stopped. 
 measures recall (approximate shards), writes the manifest, renames the whole index into place and
 publishes the IndexVersion in one transaction: the previous version answers searches until then.
 
+A job sent again (the watchdog) while its first chord's parts are still queued or running sends a second
+chord. That is safe and cheap: a part holds a lock file while it is computed, so its twin waits, then finds
+it on disk and skips it; a second callback does nothing; the work folder is deleted once the job is closed,
+by the callback and again by any part task that finds its job ended (a late twin may have written to it).
+The locks are flock(2) locks: the work folder must be on one machine or a file system that honours them.
+
 Files of job J (created at T)::
 
     ARTIFACTS_ROOT/work/index-J-T/plan.json      the fixed plan (ids, index settings, ...), written once
                                  vectors.npy     float32 rows to index (after DBA), written once
+                                 shard-NNNNN.lock     held by the task building that shard
                                  index/shard-NNNNN/   one complete index folder per finished shard
     ARTIFACTS_ROOT/indexes/<stamp>/              the published index (work/index-J-T/index renamed)
 """
 
 from __future__ import annotations
 
+import fcntl
 import json
 import logging
+import os
 import shutil
 import time
 import traceback
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
@@ -43,6 +53,7 @@ from worker.runner import TRANSIENT_ERRORS
 
 log = logging.getLogger(__name__)
 HEARTBEAT_SECONDS = 10.0  # a long shard build still tells the watchdog its worker is alive
+PLAN = "plan.json"  # in every chord job's work folder, written before its parts are sent
 
 
 def work_dir(job: Job) -> Path:
@@ -51,7 +62,7 @@ def work_dir(job: Job) -> Path:
 
 
 def plan_path(job: Job) -> Path:
-    return work_dir(job) / "plan.json"
+    return work_dir(job) / PLAN
 
 
 def vectors_path(job: Job) -> Path:
@@ -66,8 +77,12 @@ def final_dir(p: dict) -> Path:
     return Path(settings.ARTIFACTS_ROOT) / "indexes" / p["stamp"]
 
 
-def read_plan(job: Job) -> dict:
-    return json.loads(plan_path(job).read_text())
+def read_plan(job: Job) -> dict | None:
+    """The job's plan, or None when none was written (or it was discarded)."""
+    try:
+        return json.loads(plan_path(job).read_text())
+    except FileNotFoundError:
+        return None
 
 
 def bounds(p: dict) -> list[tuple[int, int]]:
@@ -85,11 +100,35 @@ def pending_shards(job: Job, p: dict) -> list[int]:
 
 
 def build(job: Job, p: dict, i: int) -> bool:
-    """Index shard ``i`` unless it is on disk already; True when this call built it."""
-    lo, hi = bounds(p)[i]
-    vectors = np.load(vectors_path(job), mmap_mode="r")
-    return build_shard(vectors[lo:hi], p["ids"][lo:hi], shard_path(job, i), IndexConfig(**p["index"]),
-                       progress=_heartbeat(job))
+    """Index shard ``i`` unless it is on disk (or published) already; True when this call built it. A twin
+    task building the same shard is waited for, not repeated."""
+    with part_lock(work_dir(job) / f"{shard_name(i)}.lock") as held:
+        if not held or shard_complete(final_dir(p)):
+            return False
+        lo, hi = bounds(p)[i]
+        vectors = np.load(vectors_path(job), mmap_mode="r")
+        built = build_shard(vectors[lo:hi], p["ids"][lo:hi], shard_path(job, i), IndexConfig(**p["index"]),
+                            progress=_heartbeat(job))
+    if built:
+        log.info("job %s: built shard %s (%s vectors)", job.pk, i, hi - lo)
+    return built
+
+
+@contextmanager
+def part_lock(path: Path) -> Iterator[bool]:
+    """Hold an exclusive lock on ``path`` (a file in the job's work folder) while one part is computed, so a
+    task sent again for the same part waits for the first instead of computing it too. Yields False when
+    the work folder is gone (the job ended). The kernel releases the lock of a process that dies."""
+    try:
+        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+    except FileNotFoundError:
+        yield False
+        return
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield True
+    finally:
+        os.close(fd)  # releases the lock
 
 
 def _heartbeat(job: Job):
@@ -111,20 +150,25 @@ def report(job: Job, p: dict, message: str) -> int:
     return done
 
 
-def run_part(job_id: int, i: int, what: str, work: Callable[[Job], None]) -> int:
+def run_part(job_id: int, i: int, what: str, work: Callable[[Job], None], folder: Callable[[Job], Path]) -> int:
     """One part task of a chord (an index shard, a verification chunk): ``work(job)`` unless the job has
-    ended. A part that cannot be done (bad settings, unreadable input) fails the job with the reason, rather
-    than leaving it running for the watchdog to send again and again; transient errors propagate."""
+    ended or its work ``folder(job)`` was dropped. A part that cannot be done (bad settings, unreadable
+    input) fails the job with the reason, rather than leaving it running for the watchdog to send again and
+    again; transient errors propagate. A part that outlived its job (a twin chord finished it meanwhile)
+    deletes what it may have written: nothing else would."""
     job = Job.objects.get(pk=job_id)
-    if job.state != Job.State.RUNNING:
-        return i  # cancelled, failed or finished: nothing to do
+    plan = folder(job) / PLAN
     try:
-        work(job)
+        if job.state == Job.State.RUNNING and plan.is_file():
+            work(job)
     except TRANSIENT_ERRORS:
         raise
     except Exception as exc:
-        log.exception("job %s: %s %s failed", job_id, what, i)
-        fail(job, exc, f"{what} {i}")
+        if plan.is_file():  # else the job's work was dropped under this task: the job has ended, nothing to fail
+            log.exception("job %s: %s %s failed", job_id, what, i)
+            fail(job, exc, f"{what} {i}")
+    if Job.objects.filter(pk=job_id, state__in=Job.FINISHED_STATES).exists():
+        drop(folder(job))
     return i
 
 
@@ -132,9 +176,11 @@ def run_shard(job_id: int, i: int) -> int:
     """One shard task (idempotent: a shard already on disk is not built again)."""
     def work(job: Job) -> None:
         p = read_plan(job)
+        if p is None:
+            return  # discarded by a twin callback that finished the job
         build(job, p, i)
         report(job, p, f"indexed shard {i + 1} of {len(bounds(p))}")
-    return run_part(job_id, i, "shard", work)
+    return run_part(job_id, i, "shard", work, work_dir)
 
 
 def fail(job: Job, exc: Exception, where: str) -> None:
@@ -147,13 +193,12 @@ def finish_job(job_id: int) -> str:
     """The chord's callback: publish the shards and close the job (idempotent: a second call does nothing)."""
     job = Job.objects.get(pk=job_id)
     if job.state != Job.State.RUNNING:
-        if job.state in (Job.State.FAILED, Job.State.CANCELLED):
-            discard(job)  # nothing resumes a failed or cancelled job (a retry is a new job)
+        discard(job)  # nothing resumes an ended job (a retry is a new job); a twin may have left files
         return job.state
     iv = IndexVersion.objects.filter(job=job).first()
     if iv is None:
         p = read_plan(job)
-        missing = pending_shards(job, p)
+        missing = pending_shards(job, p) if p is not None else ["plan"]
         if missing:  # a shard task died for good: leave the job running for the watchdog to resume
             return f"waiting for shards {missing[:5]}"
         try:
@@ -167,13 +212,17 @@ def finish_job(job_id: int) -> str:
     Job.objects.filter(pk=job.pk, state=Job.State.RUNNING).update(
         state=Job.State.SUCCEEDED, result=result_of(iv), message="done", finished_at=timezone.now(),
         progress_done=iv.size, progress_total=iv.size)
+    discard(job)  # after closing: a twin part that finishes later finds the job ended and drops what it wrote
     return Job.State.SUCCEEDED
 
 
 def publish(job: Job, p: dict) -> IndexVersion:
-    """Manifest, rename into place, then the IndexVersion made active in one transaction (idempotent)."""
+    """Manifest, rename into place, then the IndexVersion made active in one transaction (idempotent).
+    The caller discards the job's work once the job is closed."""
     out = final_dir(p)
     if not shard_complete(out):
+        for stale in building_dir(job).glob(".shard-*.tmp-*"):  # left by a worker killed in a shard build
+            shutil.rmtree(stale, ignore_errors=True)
         try:
             publish_sharded(building_dir(job), out, p["recall_queries"],
                             extra={"shard_size": p["shard_size"], "job": job.pk})
@@ -194,13 +243,19 @@ def publish(job: Job, p: dict) -> IndexVersion:
                 params={"pipeline": p["pipeline"], "models": p["models"], "image_size": p["image_size"],
                         "scales": p["scales"], "feature_dir": p["feature_dir"], "shards": len(meta["shards"]),
                         "shard_size": p["shard_size"], "recall_k": recall.get("k")})
-    discard(job)  # the plan and input vectors are not needed any more
     return iv
 
 
 def discard(job: Job) -> None:
     """Drop the job's unpublished work (plan, input vectors, shards)."""
-    shutil.rmtree(work_dir(job), ignore_errors=True)
+    drop(work_dir(job))
+
+
+def drop(folder: Path) -> None:
+    """Delete a job's work folder, its plan first: a part task that then finds no plan knows the job's work
+    was dropped under it, and neither computes nor fails the job."""
+    (folder / PLAN).unlink(missing_ok=True)
+    shutil.rmtree(folder, ignore_errors=True)
 
 
 def result_of(iv: IndexVersion) -> dict:

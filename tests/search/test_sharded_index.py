@@ -2,15 +2,17 @@
 index (k-way merge, the same top-k as one exact index), resumed without rebuilding finished shards, and
 the recall of approximate indexes on the index versions page."""
 
+import threading
 from pathlib import Path
 
 import numpy as np
 import pytest
 from django.core.management import call_command
+from django.db import connection
 from django.urls import reverse
 
 from ml.embed import read_embedding_shards, write_embedding_shards
-from ml.index import IndexConfig, ShardedIndex, build_index, load_index
+from ml.index import IndexConfig, ShardedIndex, build_index, build_shard, load_index, shard_complete
 from tests.conftest import clustered_vectors, synthetic_embedding_set, wait_for
 from webapp.jobs.models import Job
 from webapp.jobs.services import create_job, start_job
@@ -73,6 +75,41 @@ def test_a_shard_already_built_is_not_built_again_on_resume(tmp_path):
     index = load_index(iv.path)
     assert index.ids == ids and (index.search_positions(x[:5], 1)[1][:, 0] == np.arange(5)).all()
     assert execute_job(job.pk).state == Job.State.SUCCEEDED and IndexVersion.objects.count() == 1  # nothing twice
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_shard_task_sent_again_waits_for_its_twin_and_leaves_nothing_behind(tmp_path):
+    es, ids, x = synthetic_embedding_set(tmp_path, 200, 8)
+    job = create_job(Job.Kind.BUILD_INDEX, {"pipeline": PIPELINE, "embedding_set": es.pk, "shard_size": 50},
+                     queued=True)
+    Job.objects.filter(pk=job.pk).update(state=Job.State.RUNNING)
+    job.refresh_from_db()
+    plan = indexing.plan(job, JobContext(job, show_bar=False))
+    for i in (1, 2, 3):
+        shards.build(job, plan, i)
+
+    def twin() -> None:  # shard 0's task, sent again by the watchdog, on another worker
+        try:
+            shards.run_shard(job.pk, 0)
+        finally:
+            connection.close()
+    resent = threading.Thread(target=twin)
+    with shards.part_lock(shards.work_dir(job) / "shard-00000.lock") as held:  # the first task is building shard 0
+        assert held
+        resent.start()
+        resent.join(1.0)
+        assert resent.is_alive() and not shard_complete(shards.shard_path(job, 0))  # waiting, not building too
+        vectors = np.load(shards.vectors_path(job))
+        build_shard(vectors[:50], ids[:50], shards.shard_path(job, 0), IndexConfig(**plan["index"]))
+        assert shards.finish_job(job.pk) == Job.State.SUCCEEDED  # the first chord publishes and closes the job
+    resent.join(30)
+
+    assert not resent.is_alive()
+    job.refresh_from_db()
+    assert job.state == Job.State.SUCCEEDED and IndexVersion.objects.get().job_id == job.pk
+    assert not shards.work_dir(job).exists()  # the late twin neither rebuilt shard 0 nor left files
+    index = load_index(IndexVersion.objects.get().path)
+    assert index.ids == ids and (index.search_positions(x[:5], 1)[1][:, 0] == np.arange(5)).all()
 
 
 def test_recall_of_an_approximate_index_is_on_the_versions_page(tmp_path, client, viewer_user):
