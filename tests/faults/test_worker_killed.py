@@ -1,23 +1,72 @@
-"""Kill a worker in the middle of an embedding job: the watchdog sends the job again, it resumes from the
-chunks already on disk, and the vectors equal those of an uninterrupted run."""
+"""Kill a worker (SIGKILL, no warm shutdown) in the middle of a chunked job: the watchdog sends the job again
+to a second worker, which resumes from the parts already on disk (not computed again) and ends with what an
+uninterrupted run gives. Embedding chunks, index shards and cleaning verification chunks."""
 
 import os
+import re
+import shutil
 import signal
+import subprocess
+from pathlib import Path
 
 import numpy as np
 import pytest
 from django.core.management import call_command
 
+from ml.clean import CleaningEvidence
 from ml.embed import read_embedding_shards
-from tests.conftest import clear_broker, start_worker, stop_worker, wait_for
+from ml.index import IndexConfig, build_index, shard_complete
+from tests.conftest import (
+    clear_broker,
+    clustered_vectors,
+    start_worker,
+    stop_worker,
+    synthetic_embedding_set,
+    wait_for,
+)
+from tests.curation.evidence import assert_same_evidence, verdict_rows
+from webapp.curation.models import CleaningRun
 from webapp.jobs.models import Job
 from webapp.jobs.services import start_job
-from webapp.search.models import EmbeddingSet
-from worker import chunks
+from webapp.search.engine import current_engine
+from webapp.search.models import EmbeddingSet, IndexVersion
+from worker import chunks, clean_chunks, shards
 from worker.watchdog import recover_jobs
 
 pytestmark = [pytest.mark.worker, pytest.mark.django_db(transaction=True)]
 PARAMS = {"splits": ["index"], "chunk_size": 12, "embed": {"image_size": 96, "scales": [1.0], "num_workers": 0}}
+PIPELINE = "baseline-lite0"  # no DBA, no verification: the index holds the embedding set's vectors as they are
+
+
+def kill_when(worker: subprocess.Popen, condition, log: Path, timeout: float = 300) -> None:
+    """SIGKILL ``worker`` as soon as ``condition`` holds: no warm shutdown, the worker just dies."""
+    try:
+        assert wait_for(condition, timeout), log.read_text()[-3000:]
+        os.kill(worker.pid, signal.SIGKILL)
+        worker.wait()
+    finally:
+        stop_worker(worker)
+
+
+def resume(settings, tmp_path: Path, job: Job) -> str:
+    """A second worker, and the watchdog sending the dead job to it; returns that worker's log once the job
+    has ended."""
+    log = tmp_path / "second.log"
+    second = start_worker(settings, log, "second")
+    try:
+        assert recover_jobs(stale_after=0) == [job.pk]
+        assert wait_for(lambda: Job.objects.get(pk=job.pk).is_finished, 600), log.read_text()[-3000:]
+    finally:
+        stop_worker(second)
+    job.refresh_from_db()
+    assert job.state == Job.State.SUCCEEDED, job.error
+    assert "watchdog: sent again because its worker stopped answering" in job.log
+    return log.read_text()
+
+
+def logged_parts(log: str, job: Job, done: str) -> list[int]:
+    """The parts of ``job`` a worker's log says it computed ('built shard', 'verified chunk')."""
+    return [int(n) for n in re.findall(rf"job {job.pk}: {done} (\d+) ", log)]
 
 
 def test_killed_embedding_resumes_from_finished_chunks(imported_mini, settings, tmp_path):
@@ -28,27 +77,82 @@ def test_killed_embedding_resumes_from_finished_chunks(imported_mini, settings, 
     clear_broker(settings)
     first = start_worker(settings, tmp_path / "first.log", "first")
     job = start_job(Job.Kind.EMBED, PARAMS)
-    try:
-        assert wait_for(lambda: len(list(chunks.work_dir(job).glob("chunk-*.npy"))) >= 3, 300)
-        os.kill(first.pid, signal.SIGKILL)  # no warm shutdown: the worker just dies
-        first.wait()
-    finally:
-        stop_worker(first)
+    kill_when(first, lambda: len(list(chunks.work_dir(job).glob("chunk-*.npy"))) >= 3, tmp_path / "first.log")
     survived = {p.name: p.stat().st_mtime_ns for p in chunks.work_dir(job).glob("chunk-*.npy")}
     job.refresh_from_db()
     assert job.state == Job.State.RUNNING and 0 < len(survived) < 13
 
-    second = start_worker(settings, tmp_path / "second.log", "second")
-    try:
-        assert recover_jobs(stale_after=0) == [job.pk]
-        assert wait_for(lambda: Job.objects.get(pk=job.pk).is_finished, 600), (tmp_path / "second.log").read_text()[-3000:]
-    finally:
-        stop_worker(second)
-    job.refresh_from_db()
-    assert job.state == Job.State.SUCCEEDED, job.error
-    assert "watchdog: sent again because its worker stopped answering" in job.log
+    resume(settings, tmp_path, job)
     for name, mtime in survived.items():  # finished chunks were not computed again
         assert (chunks.work_dir(job) / name).stat().st_mtime_ns == mtime
     ids, vectors = read_embedding_shards(EmbeddingSet.objects.get(job=job).path)
     assert ids == ref_ids
     assert np.allclose(vectors.astype(np.float32), ref_vectors.astype(np.float32), atol=2e-3)
+
+
+def test_killed_sharded_build_resumes_without_rebuilding_finished_shards(settings, tmp_path):
+    es, ids, x = synthetic_embedding_set(tmp_path, 1600, 16)
+    call_command("build_index", "--pipeline", PIPELINE, "--embedding-set", str(es.pk))
+    serving = IndexVersion.objects.get(is_active=True)
+    queries = clustered_vectors(12, 16, seed=5)
+    exact = build_index(x, ids, tmp_path / "exact", IndexConfig(kind="exact")).search_positions(queries, 20)[1]
+
+    clear_broker(settings)
+    first = start_worker(settings, tmp_path / "first.log", "first")
+    job = start_job(Job.Kind.BUILD_INDEX, {"pipeline": PIPELINE, "embedding_set": es.pk, "shard_size": 40})
+
+    def built() -> dict[int, os.stat_result]:
+        return {i: (shards.shard_path(job, i) / "meta.json").stat() for i in range(40)
+                if shard_complete(shards.shard_path(job, i))}
+    kill_when(first, lambda: len(built()) >= 1, tmp_path / "first.log")
+    survived = built()
+    job.refresh_from_db()
+    assert job.state == Job.State.RUNNING and 0 < len(survived) < 40
+    # While the job is dead the index in service is untouched, the only one, and answers searches.
+    assert list(IndexVersion.objects.values_list("pk", "is_active")) == [(serving.pk, True)]
+    engine = current_engine()
+    assert engine.index_version.pk == serving.pk
+    assert (engine.database.index.search_positions(queries, 20)[1] == exact).all()
+
+    log = resume(settings, tmp_path, job)
+    iv = IndexVersion.objects.get(job=job)
+    assert iv.is_active and iv.size == 1600 and iv.params["shards"] == 40 and job.result["index_version"] == iv.pk
+    assert not IndexVersion.objects.get(pk=serving.pk).is_active and IndexVersion.objects.count() == 2
+    rebuilt = logged_parts(log, job, "built shard")
+    assert not set(rebuilt) & set(survived) and sorted(set(rebuilt) | set(survived)) == list(range(40))
+    for i, stat in survived.items():  # moved into the published folder, never rewritten
+        after = (Path(iv.path) / shards.shard_path(job, i).name / "meta.json").stat()
+        assert (after.st_ino, after.st_mtime_ns) == (stat.st_ino, stat.st_mtime_ns)
+    assert not [p.name for p in Path(iv.path).iterdir() if p.name.startswith(".")]  # no half-built shard with it
+    assert not shards.work_dir(job).exists()
+    engine = current_engine()
+    assert engine.index_version.pk == iv.pk
+    assert (engine.database.index.search_positions(queries, 20)[1] == exact).all()
+
+
+def test_killed_clean_resumes_from_finished_chunks(imported_mini, settings, tmp_path):
+    call_command("clean", "--splits", "query")  # the uninterrupted run
+    reference = CleaningRun.objects.get()
+    reference_evidence = CleaningEvidence.load(reference.evidence_path)
+    shutil.rmtree(reference.evidence_path)  # so the queued run verifies every pair again
+
+    clear_broker(settings)
+    first = start_worker(settings, tmp_path / "first.log", "first")
+    job = start_job(Job.Kind.CLEAN, {**reference.job.params, "chunk_pairs": 8})
+
+    def verified() -> set[int]:
+        return {int(p.stem.split("-")[1]) for p in clean_chunks.work_dir(job).glob("chunk-*.npy")}
+    kill_when(first, lambda: len(verified()) >= 1, tmp_path / "first.log")
+    survived = verified()
+    n = len(clean_chunks.bounds(clean_chunks.read_plan(job)))
+    job.refresh_from_db()
+    assert job.state == Job.State.RUNNING and 0 < len(survived) < n
+
+    log = resume(settings, tmp_path, job)
+    again = logged_parts(log, job, "verified chunk")  # the chunks on disk were not verified again
+    assert not set(again) & survived and sorted(set(again) | survived) == list(range(n))
+    run = CleaningRun.objects.get(job=job)
+    assert verdict_rows(run) == verdict_rows(reference) and run.stats == reference.stats
+    evidence = CleaningEvidence.load(run.evidence_path)
+    assert_same_evidence(evidence, reference_evidence)
+    assert evidence.meta["chunks"] == n and not clean_chunks.work_dir(job).exists()
