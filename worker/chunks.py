@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import io
 import json
+import logging
 import os
 import uuid
 from dataclasses import asdict
@@ -22,8 +23,9 @@ from webapp.jobs.models import Job
 from webapp.search.models import EmbeddingSet, ModelVersion
 from webapp.search.services import active_model_version, image_file_path, model_spec
 from worker.params import config_from, images_in
-from worker.shards import part_lock
+from worker.shards import PLAN, drop, part_lock
 
+log = logging.getLogger(__name__)
 DEFAULT_CHUNK = 512
 _models: dict[str, object] = {}  # one loaded model per spec per worker process
 
@@ -40,7 +42,7 @@ def work_dir(job: Job) -> Path:
 
 def plan(job: Job) -> dict:
     """The job's fixed plan (images, model, settings), written once so every resume sees the same one."""
-    path = work_dir(job) / "plan.json"
+    path = work_dir(job) / PLAN
     if path.exists():
         return json.loads(path.read_text())
     params = job.params
@@ -84,6 +86,7 @@ def compute_chunk(job: Job, p: dict, i: int) -> None:
         lo, hi = i * p["chunk"], min((i + 1) * p["chunk"], len(p["ids"]))
         vectors = embed_images(_models[p["spec"]], p["paths"][lo:hi], embed_config(p))
         _write_atomic(path, _npy_bytes(vectors.astype(np.float32)))
+    log.info("job %s: embedded chunk %s (%s images)", job.pk, i, hi - lo)
 
 
 def report(job: Job, p: dict, message: str) -> None:
@@ -95,12 +98,21 @@ def report(job: Job, p: dict, message: str) -> None:
 
 
 def run_chunk(job_id: int, i: int) -> int:
+    """One chunk task of the chord. The plan was written before the chunks were sent: a task that finds
+    none (its job ended and the folder was dropped) does nothing, and one that outlived its job (a twin
+    chord finished it) deletes what it may have written, as shard and verification parts do."""
     job = Job.objects.get(pk=job_id)
-    if job.state != Job.State.RUNNING:
-        return i  # cancelled or already finished: nothing to do
-    p = plan(job)
-    compute_chunk(job, p, i)
-    report(job, p, f"embedding chunk {i + 1} of {chunk_count(p)}")
+    plan_file = work_dir(job) / PLAN
+    try:
+        if job.state == Job.State.RUNNING and plan_file.is_file():
+            p = plan(job)
+            compute_chunk(job, p, i)
+            report(job, p, f"embedding chunk {i + 1} of {chunk_count(p)}")
+    except Exception:
+        if plan_file.is_file():
+            raise
+    if Job.objects.filter(pk=job_id, state__in=Job.FINISHED_STATES).exists():
+        drop(work_dir(job))
     return i
 
 
@@ -117,6 +129,7 @@ def finish_job(job_id: int) -> str:
     Job.objects.filter(pk=job.pk, state=Job.State.RUNNING).update(
         state=Job.State.SUCCEEDED, result=result, message="done", finished_at=timezone.now(),
         progress_done=len(p["ids"]), progress_total=len(p["ids"]))
+    drop(work_dir(job))  # the chunks are in the EmbeddingSet now; a copy of every vector is not kept
     return Job.State.SUCCEEDED
 
 

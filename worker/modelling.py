@@ -73,6 +73,7 @@ def run_embed(job: Job, ctx: JobContext) -> dict:
 
     from webapp.celery_app import app
     from worker import chunks
+    from worker.shards import drop
 
     plan = chunks.plan(job)
     pending = chunks.pending_chunks(job, plan)
@@ -85,4 +86,6 @@ def run_embed(job: Job, ctx: JobContext) -> dict:
         chunks.compute_chunk(job, plan, i)
         chunks.report(job, plan, f"embedding chunk {i + 1} of {chunks.chunk_count(plan)}")
         ctx.progress(min((i + 1) * plan["chunk"], len(plan["ids"])), len(plan["ids"]))
-    return chunks.publish(job, plan)
+    result = chunks.publish(job, plan)
+    drop(chunks.work_dir(job))
+    return result
