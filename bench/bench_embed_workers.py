@@ -1,7 +1,7 @@
 """Embedding N images with 1 and with 2 real Celery worker processes: the chunked chord of
 `manage.py embed --queue` (chunks of 500) shared between the workers.
 
-    .venv/bin/python bench/bench_embed_workers.py [--images 10000] [--image-size 256] [--workers 1 2]
+    .venv/bin/python bench/bench_embed_workers.py [--images 10000] [--image-size 256] [--runs 1x1 1x2 2x1]
 
 The images are the landmarks-mini photos hard-linked under N GLDv2-style ids (as bench/bench_import.py
 does), imported with --no-thumbnails --no-index into a temporary SQLite var dir. A run is timed from
@@ -32,9 +32,10 @@ def manage(env: dict, *args: str) -> str:
                           capture_output=True, text=True).stdout
 
 
-def threads_per_worker(workers: int, asked: int | None) -> int:
-    """Each worker's torch/OpenMP budget: the machine's cores shared out, so workers never oversubscribe."""
-    return asked or max(1, len(os.sched_getaffinity(0)) // workers)
+def parse_run(text: str) -> tuple[int, int]:
+    """'2x1' -> (2 workers, 1 torch thread each); '2' -> the machine's cores shared out among 2 workers."""
+    workers, _, threads = text.partition("x")
+    return int(workers), int(threads) if threads else max(1, len(os.sched_getaffinity(0)) // int(workers))
 
 
 def start_workers(env: dict, count: int, logs: Path, threads: int) -> list[subprocess.Popen]:
@@ -70,8 +71,8 @@ def job_state(db: Path, job_id: int) -> tuple[str, str]:
         return con.execute("SELECT state, message FROM jobs_job WHERE id = ?", (job_id,)).fetchone()
 
 
-def embed_run(env: dict, db: Path, workers: int, args, logs: Path) -> float:
-    procs = start_workers(env, workers, logs, threads_per_worker(workers, args.threads))
+def embed_run(env: dict, db: Path, workers: int, threads: int, args, logs: Path) -> float:
+    procs = start_workers(env, workers, logs, threads)
     try:
         start = time.perf_counter()
         out = manage(env, "embed", "--queue", "--chunk-size", str(args.chunk_size), "--image-size",
@@ -93,9 +94,9 @@ def main() -> None:
     parser.add_argument("--images", type=int, default=10_000)
     parser.add_argument("--image-size", type=int, default=256)
     parser.add_argument("--chunk-size", type=int, default=500)
-    parser.add_argument("--workers", type=int, nargs="+", default=[1, 2])
-    parser.add_argument("--threads", type=int, default=None,
-                        help="torch threads per worker (default: the cores divided among the workers)")
+    parser.add_argument("--runs", nargs="+", default=["1x1", "1x2", "2x1"],
+                        help="WORKERSxTHREADS each (torch threads per worker process); WORKERS alone shares "
+                             "the cores out among them")
     args = parser.parse_args()
     # A SIGTERM (timeout, Ctrl+C from a parent) still runs the finally blocks that stop the workers.
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(1))
@@ -109,10 +110,10 @@ def main() -> None:
                "CELERY_BROKER_URL": "filesystem://", "LOG_LEVEL": "WARNING"}
         manage(env, "migrate", "--noinput", "-v0")
         manage(env, "import_dataset", str(data), "--no-thumbnails", "--no-index")
-        for workers in args.workers:
-            seconds = embed_run(env, db, workers, args, tmp)
+        for workers, threads in map(parse_run, args.runs):
+            seconds = embed_run(env, db, workers, threads, args, tmp)
             base = base or seconds
-            rows.append([workers, threads_per_worker(workers, args.threads), f"{args.images:,}", f"{seconds:.0f}", f"{args.images / seconds:.1f}",
+            rows.append([workers, threads, f"{args.images:,}", f"{seconds:.0f}", f"{args.images / seconds:.1f}",
                          f"{base / seconds:.2f}×", f"{seconds * 10_000 / args.images:.0f}"])
             print(rows[-1], flush=True)
     body = table(["workers", "torch threads each", "images", "seconds", "images/s", "speed-up", "10 k images, s (scaled)"], rows)
