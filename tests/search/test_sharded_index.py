@@ -65,6 +65,10 @@ def test_a_shard_already_built_is_not_built_again_on_resume(tmp_path):
     assert not shards.build(job, plan, 0)  # on disk: skipped
     before = {i: (shards.shard_path(job, i) / "meta.json").stat() for i in (0, 2)}
     assert shards.pending_shards(job, plan) == [1, 3]
+    # ... in the middle of shard 1: its temporary folder holds a half-written index.
+    half = shards.building_dir(job) / ".shard-00001.tmp-killed"
+    half.mkdir()
+    (half / "vectors.npy").write_bytes(b"\x93NUMPY half-written")
 
     job = execute_job(job.pk, foreground=True)  # resumed
     assert job.state == Job.State.SUCCEEDED, job.error
@@ -72,6 +76,7 @@ def test_a_shard_already_built_is_not_built_again_on_resume(tmp_path):
     for i, stat in before.items():  # moved into the published folder, never rewritten
         after = (Path(iv.path) / f"shard-{i:05d}" / "meta.json").stat()
         assert (after.st_ino, after.st_mtime_ns) == (stat.st_ino, stat.st_mtime_ns)
+    assert not list(Path(iv.path).glob(".*tmp-*"))  # the half-built shard was not published with it
     index = load_index(iv.path)
     assert index.ids == ids and (index.search_positions(x[:5], 1)[1][:, 0] == np.arange(5)).all()
     assert execute_job(job.pk).state == Job.State.SUCCEEDED and IndexVersion.objects.count() == 1  # nothing twice
