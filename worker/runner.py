@@ -12,9 +12,11 @@ import socket
 import time
 import traceback
 from collections.abc import Callable
+from datetime import timedelta
 
+from django.conf import settings
 from django.db import InterfaceError, OperationalError
-from django.db.models import F, Value
+from django.db.models import F, Q, Value
 from django.db.models.functions import Coalesce
 from django.utils import timezone
 from tqdm import tqdm
@@ -109,16 +111,25 @@ class JobContext:
             setattr(self.job, name, value)
 
 
+def claimable(jobs):
+    """The jobs a message may run: queued ones, and running ones whose worker is gone: released by the
+    watchdog (``worker`` cleared) or silent for JOB_STALE_SECONDS. A second message for a job that a live
+    worker is running (the watchdog re-sent it while it waited in a long queue) must not run it again."""
+    stale = timezone.now() - timedelta(seconds=settings.JOB_STALE_SECONDS)
+    return jobs.filter(
+        Q(state=Job.State.QUEUED)
+        | Q(state=Job.State.RUNNING) & (Q(worker="") | Q(heartbeat_at__isnull=True) | Q(heartbeat_at__lt=stale)))
+
+
 def execute_job(job_id: int, foreground: bool = False) -> Job:
     """Run job ``job_id`` to its end and return the row as it finished."""
     worker = f"{socket.gethostname()}:{os.getpid()}"
-    # Queued, or running when a worker died and the watchdog sent it again: the job resumes.
-    claimed = Job.objects.filter(pk=job_id, state__in=[Job.State.QUEUED, Job.State.RUNNING]).update(
+    claimed = claimable(Job.objects.filter(pk=job_id)).update(
         state=Job.State.RUNNING, started_at=Coalesce(F("started_at"), Value(timezone.now())),
         heartbeat_at=timezone.now(), worker=worker, error="")
     job = Job.objects.get(pk=job_id)
     if not claimed:
-        log.info("job %s is %s; nothing to run", job_id, job.state)
+        log.info("job %s is %s (worker %s); nothing to run", job_id, job.state, job.worker or "-")
         return job
     fn = JOB_FUNCTIONS.get(job.kind)
     ctx = JobContext(job, show_bar=foreground)

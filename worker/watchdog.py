@@ -29,8 +29,10 @@ def recover_jobs(stale_after: float | None = None) -> list[int]:
     for job in jobs:
         why = "its worker stopped answering" if job.state == Job.State.RUNNING else "it was never picked up"
         note = f"{timezone.now():%Y-%m-%d %H:%M:%S} watchdog: sent again because {why}\n"
-        # Mark first (heartbeat now): the next watchdog round waits a full period before sending again.
-        Job.objects.filter(pk=job.pk, state=job.state).update(heartbeat_at=timezone.now(), log=job.log + note)
+        # Mark first (heartbeat now): the next watchdog round waits a full period before sending again; and
+        # release the job (no worker), so the message sent now may run it although its heartbeat is fresh.
+        Job.objects.filter(pk=job.pk, state=job.state).update(heartbeat_at=timezone.now(), worker="",
+                                                              log=job.log + note)
         if send_job(job):
             sent.append(job.pk)
             log.warning("job %s: %s", job.pk, note.strip())

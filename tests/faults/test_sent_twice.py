@@ -24,11 +24,20 @@ from webapp.search.engine import current_engine
 from webapp.search.models import IndexVersion
 from worker.watchdog import recover_jobs
 
-pytestmark = [pytest.mark.worker, pytest.mark.django_db(transaction=True)]
+pytestmark = [pytest.mark.worker, pytest.mark.django_db(transaction=True), pytest.mark.usefixtures("stale_at_once")]
+
+
+@pytest.fixture
+def stale_at_once(monkeypatch):
+    monkeypatch.setenv("JOB_STALE_SECONDS", "0")  # read by the worker processes these tests start
 
 
 def sent_twice(settings, kind: str, params: dict) -> Job:
-    """The job started with no worker to take it, then sent again by the watchdog ("never picked up")."""
+    """The job started with no worker to take it, then sent again by the watchdog ("never picked up").
+
+    The worker runs with JOB_STALE_SECONDS=0 (see ``stale_at_once``): the second message finds the job's
+    first run silent, as after a stalled chord, and runs it again, so two chords race for the same parts.
+    (With a live first run the second message does nothing: tests/jobs/test_claims.py.)"""
     clear_broker(settings)
     job = start_job(kind, params)
     assert recover_jobs(stale_after=0) == [job.pk]

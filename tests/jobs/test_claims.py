@@ -1,0 +1,44 @@
+"""Which message may run a job: a second message for a job a live worker is running (the watchdog re-sent
+it while it waited in a long queue) does nothing; once the watchdog releases a job whose worker went
+silent, the next message resumes it."""
+
+import pytest
+from django.utils import timezone
+
+import worker.registry  # noqa: F401 - registers the job functions, as the worker does
+from tests.conftest import synthetic_embedding_set
+from webapp.jobs.models import Job
+from webapp.jobs.services import create_job
+from webapp.search.models import IndexVersion
+from worker.runner import execute_job
+from worker.watchdog import recover_jobs
+
+pytestmark = pytest.mark.django_db
+
+
+def running_elsewhere(folder) -> Job:
+    """A build_index job that a worker on another host claimed and is heartbeating for."""
+    folder.mkdir()
+    es, _, _ = synthetic_embedding_set(folder, 60, 8)
+    job = create_job(Job.Kind.BUILD_INDEX, {"pipeline": "baseline-lite0", "embedding_set": es.pk}, queued=True)
+    Job.objects.filter(pk=job.pk).update(state=Job.State.RUNNING, worker="other-host:4242", heartbeat_at=timezone.now())
+    return job
+
+
+def test_a_second_message_for_a_job_a_live_worker_runs_does_nothing(tmp_path):
+    job = running_elsewhere(tmp_path / "one")
+    again = execute_job(job.pk)
+    assert again.state == Job.State.RUNNING and again.worker == "other-host:4242"
+    assert not IndexVersion.objects.exists()  # the job's function did not run a second time
+
+
+def test_a_job_released_by_the_watchdog_or_silent_too_long_is_resumed(tmp_path, settings):
+    job = running_elsewhere(tmp_path / "one")
+    assert recover_jobs(stale_after=0) == [job.pk]
+    job.refresh_from_db()
+    assert job.worker == "" and job.state == Job.State.RUNNING  # released, its heartbeat fresh again
+    assert execute_job(job.pk).state == Job.State.SUCCEEDED and IndexVersion.objects.get().job_id == job.pk
+
+    job = running_elsewhere(tmp_path / "two")  # a worker silent for longer than JOB_STALE_SECONDS
+    settings.JOB_STALE_SECONDS = 0
+    assert execute_job(job.pk).state == Job.State.SUCCEEDED
