@@ -111,20 +111,24 @@ class JobContext:
             setattr(self.job, name, value)
 
 
-def claimable(jobs):
+def claimable(jobs, retry: bool = False):
     """The jobs a message may run: queued ones, and running ones whose worker is gone: released by the
     watchdog (``worker`` cleared) or silent for JOB_STALE_SECONDS. A second message for a job that a live
-    worker is running (the watchdog re-sent it while it waited in a long queue) must not run it again."""
+    worker is running (the watchdog re-sent it while it waited in a long queue) must not run it again; a
+    ``retry`` of the message that ran it (a transient error stopped it) continues it."""
+    if retry:
+        return jobs.filter(state__in=[Job.State.QUEUED, Job.State.RUNNING])
     stale = timezone.now() - timedelta(seconds=settings.JOB_STALE_SECONDS)
     return jobs.filter(
         Q(state=Job.State.QUEUED)
         | Q(state=Job.State.RUNNING) & (Q(worker="") | Q(heartbeat_at__isnull=True) | Q(heartbeat_at__lt=stale)))
 
 
-def execute_job(job_id: int, foreground: bool = False) -> Job:
-    """Run job ``job_id`` to its end and return the row as it finished."""
+def execute_job(job_id: int, foreground: bool = False, retry: bool = False) -> Job:
+    """Run job ``job_id`` to its end and return the row as it finished. ``retry``: this is Celery retrying
+    the task that ran the job (see ``claimable``)."""
     worker = f"{socket.gethostname()}:{os.getpid()}"
-    claimed = claimable(Job.objects.filter(pk=job_id)).update(
+    claimed = claimable(Job.objects.filter(pk=job_id), retry).update(
         state=Job.State.RUNNING, started_at=Coalesce(F("started_at"), Value(timezone.now())),
         heartbeat_at=timezone.now(), worker=worker, error="")
     job = Job.objects.get(pk=job_id)

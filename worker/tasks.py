@@ -23,12 +23,14 @@ CHORD_PART = dict(acks_late=True, reject_on_worker_lost=True, ignore_result=Fals
 CHORD_CALLBACK = dict(acks_late=True, autoretry_for=TRANSIENT_ERRORS, retry_backoff=5, max_retries=20)
 
 
-@shared_task(name="worker.run_job", acks_late=True, reject_on_worker_lost=True,
+@shared_task(name="worker.run_job", bind=True, acks_late=True, reject_on_worker_lost=True,
              autoretry_for=TRANSIENT_ERRORS, retry_backoff=5, retry_backoff_max=300, max_retries=20)
-def run_job(job_id: int) -> str:
+def run_job(self, job_id: int) -> str:
     close_old_connections()  # a worker lives long: drop connections the database has since closed
     try:
-        return execute_job(job_id).state
+        # A retry continues the job this message was running; a new message never runs a job a live
+        # worker has (a duplicate the watchdog sent while the job waited in the queue).
+        return execute_job(job_id, retry=self.request.retries > 0).state
     finally:
         close_old_connections()
 

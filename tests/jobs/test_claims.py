@@ -42,3 +42,10 @@ def test_a_job_released_by_the_watchdog_or_silent_too_long_is_resumed(tmp_path, 
     job = running_elsewhere(tmp_path / "two")  # a worker silent for longer than JOB_STALE_SECONDS
     settings.JOB_STALE_SECONDS = 0
     assert execute_job(job.pk).state == Job.State.SUCCEEDED
+
+
+def test_a_retry_of_the_message_that_ran_the_job_continues_it(tmp_path):
+    # Celery retrying worker.run_job after a transient error (the database went away) is the same message,
+    # not a duplicate: it must not wait for the watchdog.
+    job = running_elsewhere(tmp_path / "one")
+    assert execute_job(job.pk, retry=True).state == Job.State.SUCCEEDED
