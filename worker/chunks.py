@@ -120,6 +120,7 @@ def finish_job(job_id: int) -> str:
     """Publish the chunks as one EmbeddingSet and mark the job done (idempotent: a second call does nothing)."""
     job = Job.objects.get(pk=job_id)
     if job.state != Job.State.RUNNING:
+        drop(work_dir(job))  # nothing resumes an ended job (a retry is a new job)
         return job.state
     p = plan(job)
     missing = pending_chunks(job, p)

@@ -8,8 +8,10 @@ from django.urls import reverse
 
 from ml.embed import read_embedding_shards
 from webapp.jobs.models import Job
+from webapp.jobs.services import cancel_job, create_job
 from webapp.search.models import EmbeddingSet, ModelVersion
 from webapp.search.services import active_model_version
+from worker import chunks
 
 pytestmark = pytest.mark.django_db
 
@@ -50,3 +52,17 @@ def test_train_few_shot_starts_from_the_imagenet_descriptor(imported_mini):
     mv = ModelVersion.objects.get(name="few")
     call_command("embed", "--splits", "query", "--image-size", "96")
     assert EmbeddingSet.objects.get().model_version == mv and EmbeddingSet.objects.get().dim == 1280
+
+
+def test_a_cancelled_chunked_embedding_leaves_no_work_folder(imported_mini):
+    params = {"splits": ["index"], "chunk_size": 50, "embed": {"image_size": 64, "scales": [1.0], "num_workers": 0}}
+    job = create_job(Job.Kind.EMBED, params, queued=True)
+    Job.objects.filter(pk=job.pk).update(state=Job.State.RUNNING)
+    job.refresh_from_db()
+    p = chunks.plan(job)
+    chunks.compute_chunk(job, p, 0)  # one chunk of three on disk, the others still queued ...
+    assert cancel_job(job)  # ... when the job is cancelled
+    assert chunks.finish_job(job.pk) == Job.State.CANCELLED  # the chord's callback: nothing resumes it
+    assert not chunks.work_dir(job).exists()
+    assert chunks.run_chunk(job.pk, 1) == 1  # a part delivered late computes and leaves nothing
+    assert not chunks.work_dir(job).exists() and not EmbeddingSet.objects.filter(job=job).exists()
