@@ -200,3 +200,22 @@ def test_uploads_are_rate_limited_per_user(viewer_client, active_index, settings
     client.force_login(curator_user)  # another user has their own allowance
     assert upload(client).status_code == 302
     cache.clear()
+
+
+def test_a_burst_across_the_minute_is_still_limited(rf, settings, monkeypatch, viewer_user):
+    from django.core.cache import cache
+
+    from webapp.search import ratelimit
+
+    cache.clear()
+    settings.SEARCH_RATE_LIMIT = 2
+    request = rf.post("/search/")
+    request.user = viewer_user
+    clock = [120 * 60 + 59.0]  # one second before a minute ends
+    monkeypatch.setattr(ratelimit.time, "time", lambda: clock[0])
+    assert ratelimit.allow_upload(request)[0] and ratelimit.allow_upload(request)[0]
+    clock[0] += 2  # the next minute has begun: a fixed window would allow two more here
+    assert not ratelimit.allow_upload(request)[0]
+    clock[0] += 60
+    assert ratelimit.allow_upload(request)[0]
+    cache.clear()

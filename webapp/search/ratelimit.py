@@ -1,5 +1,7 @@
-"""Per-user (or per-address, for anonymous public search) limits on photo uploads: a fixed window
-counter in the Django cache (shared between processes when CACHE_URL points at Redis)."""
+"""Per-user (or per-address, for anonymous public search) limits on photo uploads: a sliding-window
+counter in the Django cache (shared between processes when CACHE_URL points at Redis). The count of the
+current minute plus the previous minute's, weighted by how much of it the last 60 s still cover: a plain
+fixed window let a burst straddling the minute through at twice the limit."""
 
 from __future__ import annotations
 
@@ -21,12 +23,14 @@ def allow_upload(request) -> tuple[bool, int]:
     limit = settings.SEARCH_RATE_LIMIT
     if limit <= 0:
         return True, 0
-    window = int(time.time() // 60)
-    key = f"search-rate:{_who(request)}:{window}"
+    now = time.time()
+    window, into = divmod(now, 60)
+    key = f"search-rate:{_who(request)}:{int(window)}"
     cache.add(key, 0, timeout=120)
     try:
         count = cache.incr(key)
     except ValueError:  # the key expired between add and incr
         cache.set(key, 1, timeout=120)
         count = 1
-    return count <= limit, 60 - int(time.time()) % 60
+    previous = cache.get(f"search-rate:{_who(request)}:{int(window) - 1}", 0)
+    return count + previous * (1 - into / 60) <= limit, 60 - int(into)
