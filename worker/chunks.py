@@ -23,7 +23,7 @@ from webapp.jobs.models import Job
 from webapp.search.models import EmbeddingSet, ModelVersion
 from webapp.search.services import active_model_version, image_file_path, model_spec
 from worker.params import config_from, images_in
-from worker.shards import PLAN, drop, part_lock
+from worker.shards import PLAN, drop, part_lock, run_part
 
 log = logging.getLogger(__name__)
 DEFAULT_CHUNK = 512
@@ -42,9 +42,9 @@ def work_dir(job: Job) -> Path:
 
 def plan(job: Job) -> dict:
     """The job's fixed plan (images, model, settings), written once so every resume sees the same one."""
-    path = work_dir(job) / PLAN
-    if path.exists():
-        return json.loads(path.read_text())
+    written = read_plan(job)
+    if written is not None:
+        return written
     params = job.params
     mv = ModelVersion.objects.get(pk=params["model_version"]) if params.get("model_version") else active_model_version()
     images = list(images_in(params).only("pk", "external_id", "file", "path"))
@@ -55,8 +55,16 @@ def plan(job: Job) -> dict:
     data = {"model_version": mv.pk, "spec": model_spec(mv), "embed": embed,
             "chunk": int(params.get("chunk_size") or DEFAULT_CHUNK),
             "ids": [im.external_id for im in images], "paths": [image_file_path(im) for im in images]}
-    _write_atomic(path, json.dumps(data).encode())
+    _write_atomic(work_dir(job) / PLAN, json.dumps(data).encode())
     return data
+
+
+def read_plan(job: Job) -> dict | None:
+    """The job's plan, or None when none was written (or it was dropped)."""
+    try:
+        return json.loads((work_dir(job) / PLAN).read_text())
+    except FileNotFoundError:
+        return None
 
 
 def chunk_count(p: dict) -> int:
@@ -98,22 +106,15 @@ def report(job: Job, p: dict, message: str) -> None:
 
 
 def run_chunk(job_id: int, i: int) -> int:
-    """One chunk task of the chord. The plan was written before the chunks were sent: a task that finds
-    none (its job ended and the folder was dropped) does nothing, and one that outlived its job (a twin
-    chord finished it) deletes what it may have written, as shard and verification parts do."""
-    job = Job.objects.get(pk=job_id)
-    plan_file = work_dir(job) / PLAN
-    try:
-        if job.state == Job.State.RUNNING and plan_file.is_file():
-            p = plan(job)
-            compute_chunk(job, p, i)
-            report(job, p, f"embedding chunk {i + 1} of {chunk_count(p)}")
-    except Exception:
-        if plan_file.is_file():
-            raise
-    if Job.objects.filter(pk=job_id, state__in=Job.FINISHED_STATES).exists():
-        drop(work_dir(job))
-    return i
+    """One chunk task of the chord (idempotent: a chunk on disk is not computed again). A chunk that cannot
+    be embedded (an image that cannot be read) fails the job with the reason (``shards.run_part``)."""
+    def work(job: Job) -> None:
+        p = read_plan(job)
+        if p is None:
+            return  # dropped by a twin callback that closed the job
+        compute_chunk(job, p, i)
+        report(job, p, f"embedding chunk {i + 1} of {chunk_count(p)}")
+    return run_part(job_id, i, "embedding chunk", work, work_dir)
 
 
 def finish_job(job_id: int) -> str:

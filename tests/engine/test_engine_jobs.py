@@ -1,17 +1,23 @@
 """The engine's jobs from the database side: train records a ModelVersion with its curves, embed writes an
-EmbeddingSet with the active model, and the model page plots the curves."""
+EmbeddingSet with the active model, and the model page plots the curves; a chunked embedding that cannot
+be finished fails its job rather than running for ever."""
 
 import numpy as np
 import pytest
 from django.core.management import call_command
+from django.db import OperationalError
 from django.urls import reverse
 
 from ml.embed import read_embedding_shards
+from tests.badimages import text_as_jpeg
+from tests.conftest import wait_for
+from webapp.catalog.models import Image
 from webapp.jobs.models import Job
-from webapp.jobs.services import cancel_job, create_job
+from webapp.jobs.services import cancel_job, create_job, start_job
 from webapp.search.models import EmbeddingSet, ModelVersion
 from webapp.search.services import active_model_version
 from worker import chunks
+from worker.watchdog import recover_jobs
 
 pytestmark = pytest.mark.django_db
 
@@ -66,3 +72,57 @@ def test_a_cancelled_chunked_embedding_leaves_no_work_folder(imported_mini):
     assert not chunks.work_dir(job).exists()
     assert chunks.run_chunk(job.pk, 1) == 1  # a part delivered late computes and leaves nothing
     assert not chunks.work_dir(job).exists() and not EmbeddingSet.objects.filter(job=job).exists()
+
+
+def test_a_chunk_that_cannot_be_embedded_fails_the_job_and_a_database_error_is_retried(imported_mini, monkeypatch):
+    params = {"splits": ["query"], "chunk_size": 12, "embed": {"image_size": 64, "scales": [1.0], "num_workers": 0}}
+    job = create_job(Job.Kind.EMBED, params, queued=True)
+    Job.objects.filter(pk=job.pk).update(state=Job.State.RUNNING)
+    job.refresh_from_db()
+    chunks.plan(job)
+    monkeypatch.setattr(chunks, "load_model", lambda spec: object())
+
+    def database_down(*args, **kwargs):
+        raise OperationalError("server closed the connection unexpectedly")
+    monkeypatch.setattr(chunks, "embed_images", database_down)
+    with pytest.raises(OperationalError):  # transient: Celery runs the chunk task again later
+        chunks.run_chunk(job.pk, 1)
+    job.refresh_from_db()
+    assert job.state == Job.State.RUNNING and (chunks.work_dir(job) / "plan.json").is_file()
+
+    def broken(*args, **kwargs):
+        raise ValueError("cannot load image 'x.jpg': cannot identify image file 'x.jpg'")
+    monkeypatch.setattr(chunks, "embed_images", broken)
+    assert chunks.run_chunk(job.pk, 1) == 1  # for good: the task ends, so the chord's callback comes
+    job.refresh_from_db()
+    assert job.state == Job.State.FAILED and job.finished_at is not None
+    assert job.message == "embedding chunk 1: cannot load image 'x.jpg': cannot identify image file 'x.jpg'"
+    assert job.error.startswith("ValueError in embedding chunk 1: ")
+    assert not chunks.work_dir(job).exists()
+    assert chunks.finish_job(job.pk) == Job.State.FAILED and not EmbeddingSet.objects.filter(job=job).exists()
+
+
+@pytest.mark.worker
+@pytest.mark.django_db(transaction=True)
+def test_a_photo_broken_under_a_queued_embedding_fails_the_job_at_its_chunk(celery_worker_process, imported_mini,
+                                                                            tmp_path):
+    """The file of the last query photo was replaced after the import by bytes that are no image (the plan
+    does not open the photos: its chunk task is the first to read it): the chunk task fails the job with the
+    chunk and the reason, the chord ends, and neither the watchdog nor anything else runs the job again.
+    Before, the chunk task raised, the chord's callback never came, and the job stayed running for the
+    watchdog to send again for ever."""
+    photo = Image.objects.filter(split="query").order_by("pk").last()
+    bad = text_as_jpeg(tmp_path / "photo.jpg")
+    Image.objects.filter(pk=photo.pk).update(path=str(bad))
+    params = {"splits": ["query"], "chunk_size": 12, "embed": {"image_size": 64, "scales": [1.0], "num_workers": 0}}
+    job = start_job(Job.Kind.EMBED, params)  # 34 photos: chunks 0 and 1 of 12, chunk 2 of 10 with the photo
+
+    assert wait_for(lambda: Job.objects.get(pk=job.pk).is_finished, 120), (tmp_path / "worker.log").read_text()[-3000:]
+    job.refresh_from_db()
+    assert job.state == Job.State.FAILED, (job.state, job.message)
+    assert job.message.startswith(f"embedding chunk 2: cannot load image '{bad}'"), job.message
+    assert "cannot identify image file" in job.message and "ValueError in embedding chunk 2" in job.error
+    assert not EmbeddingSet.objects.filter(job=job).exists()
+    assert wait_for(lambda: "worker.finish_embed" in (tmp_path / "worker.log").read_text(), 60)  # the chord ended
+    assert wait_for(lambda: not chunks.work_dir(job).exists(), 30)
+    assert recover_jobs(stale_after=0) == []  # nothing left for the watchdog to send again
