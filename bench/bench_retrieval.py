@@ -39,9 +39,12 @@ VARIANTS = [
     ("lite2-ms", False),
     ("lite2-ms-qe", False),
     ("lite2-ms-dba-qe", False),
+    ("lite2-ms-regional", False),
     ("lite2-ms-sv", False),
+    ("default-global", False),
     ("default", False),
     ("lite2-ms-lw", True),
+    ("default-global", True),
     ("default", True),
     ("lite2-ms-qe-sv-ly3", True),
     ("lite2-ms-qe-sv-mk", True),
@@ -105,7 +108,8 @@ def main() -> None:
     body += (
         f"\n\n{descriptions}\n\nData set {args.data.name}: 145 labelled database images, 34 queries. s/query = "
         "query embedding + local features + search + re-ranking (database local features precomputed). "
-        "Database s = embeddings + local features + DBA/index, counted once per model configuration and "
+        "Database s = embeddings (+ region descriptors) + local features + DBA/index, counted once per model "
+        "configuration and "
         "repeated for variants that reuse them. The 2 CPU cores were shared with other engineers' jobs, so "
         f"times vary by run. Whole benchmark: {time.perf_counter() - started:.0f} s."
     )

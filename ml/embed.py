@@ -136,16 +136,22 @@ def shape_order(items: Sequence[Any], image_size: int) -> list[int]:
     shapes ran 30x slower than the next one, docs/benchmarks.md). Unreadable files sort first; loading
     them reports the error as before."""
     def key(i: int) -> tuple[int, int, int]:
-        try:
-            with Image.open(items[i]) as img:
-                w, h = img.size
-                if img.getexif().get(EXIF_ORIENTATION, 1) in (5, 6, 7, 8):
-                    w, h = h, w
-        except Exception:
-            return (0, 0, i)
-        return (*target_size(w, h, image_size), i)
+        return (*(embedding_size(items[i], image_size) or (0, 0)), i)
 
     return sorted(range(len(items)), key=key)
+
+
+def embedding_size(item: Any, image_size: int) -> tuple[int, int] | None:
+    """(w, h) the image file ``item`` is embedded at, from its header (EXIF rotation included); None when
+    the header cannot be read (loading the image then reports why)."""
+    try:
+        with Image.open(item) as img:
+            w, h = img.size
+            if img.getexif().get(EXIF_ORIENTATION, 1) in (5, 6, 7, 8):
+                w, h = h, w
+    except Exception:
+        return None
+    return target_size(w, h, image_size)
 
 
 def _collate(batch: list[tuple[int, torch.Tensor]]) -> list[tuple[int, torch.Tensor]]:

@@ -30,6 +30,7 @@ from ml.pipeline import (
     PipelineConfig,
     SearchDatabase,
     SearchResult,
+    database_regions,
     embed_database,
     get_pipeline,
     load_models,
@@ -131,6 +132,7 @@ class EvalCache:
     feature_dir: Path
     models: dict[tuple[str, ...], list[LandmarkNet]] = field(default_factory=dict)
     vectors: dict[tuple, tuple[np.ndarray, float]] = field(default_factory=dict)
+    regions: dict[tuple, tuple[np.ndarray, float]] = field(default_factory=dict)  # (N, R, D), seconds
     feature_seconds: float | None = None  # time the local features of the database took when computed
 
 
@@ -212,11 +214,20 @@ def _prepare(
         vectors = embed_database(models, layout.database_paths, config, progress=report)
         cache.vectors[vkey] = (vectors, time.perf_counter() - started)
     vectors, embed_seconds = cache.vectors[vkey]
+    regions = None
+    if config.regional.enabled:
+        rkey = (*vkey, config.regional.levels, config.regional.overlap)
+        if rkey not in cache.regions:
+            started = time.perf_counter()
+            found = database_regions(models, layout.database_paths, config)
+            cache.regions[rkey] = (found, time.perf_counter() - started)
+        regions, region_seconds = cache.regions[rkey]
+        embed_seconds += region_seconds
     started = time.perf_counter()
     had_features = cache.feature_seconds is not None
     database = prepare_database(
         models, list(zip(layout.database_ids, layout.database_paths, strict=True)), config, layout.labels,
-        feature_dir=cache.feature_dir, vectors=vectors, progress=report,
+        feature_dir=cache.feature_dir, vectors=vectors, progress=report, regions=regions,
     )
     prep_seconds = time.perf_counter() - started
     if config.uses_local_features:

@@ -29,6 +29,14 @@ from ml.embed import EmbedConfig, concat_ensemble, embed_image, embed_images
 from ml.index import IndexConfig, LoadedIndex, build_index, in_memory_index
 from ml.models import LandmarkNet
 from ml.recognize import Recognition, RecognitionConfig, recognize
+from ml.regional import FILE_NAME as REGIONS_FILE
+from ml.regional import (
+    RegionalConfig,
+    concat_regions,
+    embed_database_regions,
+    embed_image_regions,
+    expanded_region_scores,
+)
 from ml.rerank import (
     BridgedConfig,
     ExpansionConfig,
@@ -36,6 +44,7 @@ from ml.rerank import (
     LabelVoteConfig,
     VerificationConfig,
     alpha_query_expansion,
+    alpha_weights,
     bridged_scores,
     database_augmentation,
     discriminative_rerank,
@@ -45,6 +54,7 @@ from ml.rerank import (
     landmark_confidences,
     predict_labels,
     rerank_with_inliers,
+    verified_expansion,
     verified_query_expansion,
 )
 from ml.spatial import (
@@ -78,6 +88,7 @@ class PipelineConfig:
     whitening: WhiteningConfig = field(default_factory=WhiteningConfig)  # learned from labels, when known
     dba: ExpansionConfig = field(default_factory=ExpansionConfig)
     qe: ExpansionConfig = field(default_factory=ExpansionConfig)
+    regional: RegionalConfig = field(default_factory=RegionalConfig)  # re-score the shortlist by regions
     verification: VerificationConfig = field(default_factory=VerificationConfig)
     local_features: LocalFeatureConfig = field(default_factory=LocalFeatureConfig)
     matching: MatchConfig = field(default_factory=MatchConfig)
@@ -86,6 +97,10 @@ class PipelineConfig:
     bridged: BridgedConfig = field(default_factory=BridgedConfig)
     recognition: RecognitionConfig = field(default_factory=RecognitionConfig)
     index: IndexConfig = field(default_factory=IndexConfig)
+
+    def __post_init__(self) -> None:
+        if self.regional.enabled and self.whitening.method != "none":
+            raise ValueError(f"pipeline {self.name}: regional re-scoring does not support learned whitening yet")
 
     def embed_config(self) -> EmbedConfig:
         return EmbedConfig(image_size=self.image_size, scales=tuple(self.scales))
@@ -121,6 +136,9 @@ _LABELS = {
     "recognition": RecognitionConfig(vote=LabelVoteConfig(k=1), threshold=0.25),
 }
 _LITE2_MS = {"models": ("tf_efficientnet_lite2",), "scales": MULTI_SCALE}
+# R-MAC regions at 3 levels (about 21 per photo), compared pair by pair: global-only mAP 61.8 -> 67.0 on
+# landmarks-mini (docs/benchmarks.md); the shortlist is as deep as SuperGlobal's re-ranking (400).
+_REGIONS = RegionalConfig(levels=3, shortlist=400)
 _ENSEMBLE = ("tf_efficientnet_lite0", "tf_efficientnet_lite2")
 
 PIPELINES: dict[str, PipelineConfig] = {
@@ -137,6 +155,8 @@ PIPELINES: dict[str, PipelineConfig] = {
                 qe=ExpansionConfig(k=2), **_LITE2_MS),
         _preset("lite2-ms-dba-qe", "lite2-ms + DBA k=2 + alpha-QE k=2",
                 dba=ExpansionConfig(k=2), qe=ExpansionConfig(k=2), **_LITE2_MS),
+        _preset("lite2-ms-regional", "lite2-ms + R-MAC regional re-scoring of the top 400 (best region pair)",
+                regional=_REGIONS, **_LITE2_MS),
         _preset("lite2-ms-sv", "lite2-ms + spatial verification of the top 50 + QE over verified, verify again",
                 verification=_VERIFY, **_LITE2_MS),
         _preset("lite2-ms-qe-sv", "lite2-ms-qe + spatial verification + QE over verified (no label steps)",
@@ -150,9 +170,14 @@ PIPELINES: dict[str, PipelineConfig] = {
         _preset("lite2-ms-qe-sv-ly3", "lite2-ms-qe-sv + discriminative re-ranking with LY's 3-NN vote",
                 qe=ExpansionConfig(k=2), verification=_VERIFY, **_LITE2_MS,
                 **{**_LABELS, "label_vote": LabelVoteConfig(k=3)}),
-        _preset("default", "product default: lite2-ms + alpha-QE + spatial verification + QE over verified; "
-                "with labels: 1-NN label vote with inlier bonus -> discriminative sort + insert",
+        _preset("default-global", "the default without regional re-scoring (the product default until "
+                "2026-11-29): lite2-ms + alpha-QE + spatial verification + QE over verified; with labels: "
+                "1-NN label vote with inlier bonus -> discriminative sort + insert",
                 qe=ExpansionConfig(k=2), verification=_VERIFY, **_LITE2_MS, **_LABELS),
+        _preset("default", "product default: lite2-ms + R-MAC regional re-scoring of the top 400 + alpha-QE + "
+                "spatial verification + QE over verified; with labels: 1-NN label vote with inlier bonus -> "
+                "discriminative sort + insert",
+                qe=ExpansionConfig(k=2), verification=_VERIFY, regional=_REGIONS, **_LITE2_MS, **_LABELS),
         # The web's profile (issue #6: < 1 s p95 with 10 clients on 2 CPU cores at 100 k images): one
         # small forward pass, no QE round trip, cheap SIFT; >= 10 inliers because 500 keypoints on 512 px
         # rarely reach 15 (landmarks-mini: mAP 53.5 -> 56.2 with this verification, docs/benchmarks.md).
@@ -218,6 +243,23 @@ def embed_query(models: Sequence[LandmarkNet], image: Image.Image, pipeline: Pip
     return vec[0]
 
 
+def embed_query_regions(models: Sequence[LandmarkNet], image: Image.Image, pipeline: PipelineConfig) -> np.ndarray:
+    """(R, D) region descriptors of one PIL image (row 0: its global descriptor, as ``embed_query``)."""
+    cfg = pipeline.embed_config()
+    parts = [embed_image_regions(model, image, cfg, pipeline.regional) for model in models]
+    return concat_regions(parts, pipeline.model_weights)
+
+
+def database_regions(
+    models: Sequence[LandmarkNet], paths: Sequence[str | os.PathLike], pipeline: PipelineConfig,
+    out_path: str | os.PathLike | None = None, progress: Progress | None = None,
+) -> np.ndarray:
+    """(N, R, D) float16 region descriptors of image files; written to ``out_path`` (and memory-mapped)
+    when given, else in memory."""
+    return embed_database_regions(models, [str(p) for p in paths], pipeline.embed_config(), pipeline.regional,
+                                  out_path, pipeline.model_weights, progress)
+
+
 # ---------------------------------------------------------------------------------- the search database
 
 
@@ -230,6 +272,7 @@ class SearchDatabase:
     labels: list[Hashable | None] | None = None  # per index position; None = an unlabelled database
     features: LocalFeatureStore | None = None  # database local features, keyed by the index's ids
     whitening: Whitening | None = None  # applied to the indexed vectors already; queries get it in search_one
+    regions: np.ndarray | None = None  # (N, R, D) region descriptors by index position (ml.regional)
 
     @property
     def ids(self) -> list[str]:
@@ -245,16 +288,21 @@ def prepare_database(
     index_dir: str | os.PathLike | None = None,
     progress: Progress | None = None,
     vectors: np.ndarray | None = None,
+    regions: np.ndarray | None = None,
 ) -> SearchDatabase:
     """Embed (unless ``vectors`` are given), augment (DBA), index and extract local features of (id, path) items.
 
     ``index_dir`` publishes the index there (atomically); without it the index stays in memory.
     ``feature_dir`` holds the local-feature cache (needed when the pipeline verifies); images already
-    cached there are not recomputed. Progress counts images embedded, then images with local features.
+    cached there are not recomputed. With regional re-scoring, the region descriptors (unless ``regions``
+    are given) are written beside the index in ``index_dir`` (as ``build_index`` stores them), or kept in
+    memory. Progress counts images embedded, then images with local features, then images with regions.
     """
     ids = [i for i, _ in items]
     paths = [p for _, p in items]
-    n_steps = len(items) * ((0 if vectors is not None else len(models)) + (1 if pipeline.uses_local_features else 0))
+    want_regions = pipeline.regional.enabled and regions is None
+    n_steps = len(items) * ((0 if vectors is not None else len(models)) + (1 if pipeline.uses_local_features else 0)
+                            + (1 if want_regions else 0))
 
     def report(done: int) -> None:
         if progress is not None:
@@ -281,8 +329,12 @@ def prepare_database(
             raise ValueError(f"pipeline {pipeline.name} verifies spatially: give a feature_dir for local features")
         store = LocalFeatureStore(feature_dir, pipeline.local_features)
         store.ensure(list(zip(ids, paths, strict=True)), progress=lambda d, _t: report(done + d))
+        done += len(items)
+    if want_regions:  # beside a published index (as build_index stores them), else in memory
+        out = Path(index_dir) / REGIONS_FILE if index_dir is not None else None
+        regions = database_regions(models, paths, pipeline, out, progress=lambda d, _t: report(done + d))
     label_list = [labels.get(i) for i in ids] if labels is not None else None
-    return SearchDatabase(index, pipeline, label_list, store, whitening)
+    return SearchDatabase(index, pipeline, label_list, store, whitening, regions)
 
 
 # ------------------------------------------------------------------------------------------ the search
@@ -377,11 +429,17 @@ def search_one(
         qfeats.keypoints = qfeats.keypoints + np.asarray(offset, np.float32)
         timings["local_features"] = time.perf_counter() - started
     t = time.perf_counter()
-    qvec = embed_query(models, cropped if cropped is not None else _fresh(image), pipeline)
+    source = cropped if cropped is not None else _fresh(image)
+    qregions = None
+    if pipeline.regional.enabled and database.regions is not None:
+        qregions = embed_query_regions(models, source, pipeline)  # the same forward pass gives both
+        qvec = qregions[0]
+    else:
+        qvec = embed_query(models, source, pipeline)
     if database.whitening is not None:
         qvec = database.whitening.apply(qvec)
     timings["embed"] = time.perf_counter() - t
-    result = rank(database, qvec, qfeats, depth=top_k)
+    result = rank(database, qvec, qfeats, depth=top_k, qregions=qregions)
     result.timings = {**timings, **result.timings}
     result.timings["total"] = time.perf_counter() - started
     return result
@@ -392,37 +450,51 @@ def ranking_depth(count: int) -> int:
 
 
 def rank(
-    database: SearchDatabase, qvec: np.ndarray, qfeats: LocalFeatures | None, depth: int | None = None
+    database: SearchDatabase, qvec: np.ndarray, qfeats: LocalFeatures | None, depth: int | None = None,
+    qregions: np.ndarray | None = None,
 ) -> SearchResult:
-    """Rank the database for a query descriptor (and its local features, when verifying).
+    """Rank the database for a query descriptor (and its local features, when verifying; its region
+    descriptors, when the pipeline re-scores by regions and the database has them).
 
     The search itself always goes ``ranking_depth`` deep, so label insertion and QE see the same
-    candidates whatever ``depth`` (the number of hits returned) is.
+    candidates whatever ``depth`` (the number of hits returned) is. With regions, every search's shortlist
+    is re-scored by regional similarity to the query and to the images QE added to it (score-level QE,
+    ``ml.regional.expanded_region_scores``).
     """
     pipeline, index = database.pipeline, database.index
+    regional = qregions is not None and database.regions is not None and pipeline.regional.enabled
     timings: dict[str, float] = {}
     t = time.perf_counter()
     full = ranking_depth(index.count)
     qvec = np.asarray(qvec, dtype=np.float32)
     state = _search(index, qvec, full)
+    if regional:
+        _rescore_by_regions(database, state, [(qregions, 1.0)])
     if pipeline.qe.k > 1:
         n = pipeline.qe.k - 1
-        qexp = alpha_query_expansion(qvec, index.vectors[state.positions[:n]], state.scores[:n], pipeline.qe)
+        added, weights = state.positions[:n], alpha_weights(state.scores[:n], pipeline.qe.alpha)
+        qexp = alpha_query_expansion(qvec, index.vectors[added], state.scores[:n], pipeline.qe)
         state = _search(index, qexp, full)
+        if regional:
+            _rescore_by_regions(database, state, _expansion(database, qregions, added, weights))
     timings["search"] = time.perf_counter() - t
     vcfg = pipeline.verification
     if vcfg.top_n > 0 and qfeats is not None and database.features is not None:
         t = time.perf_counter()
         _verify_top(database, qfeats, state)
         state.reorder(rerank_with_inliers(state.scores, state.inliers, vcfg))
+        top = slice(0, vcfg.top_n)
         qv = verified_query_expansion(
-            qvec, index.vectors[state.positions[: vcfg.top_n]], state.scores[: vcfg.top_n],
-            state.inliers[: vcfg.top_n], vcfg,
+            qvec, index.vectors[state.positions[top]], state.scores[top], state.inliers[top], vcfg,
         )
         if qv is not None:
+            added, weights = verified_expansion(state.scores[top], state.inliers[top], vcfg)
+            added = state.positions[top][added]
             checks = state.checks
             state = _search(index, qv, full)
             state.checks = checks
+            if regional:
+                _rescore_by_regions(database, state, _expansion(database, qregions, added, weights))
             _verify_top(database, qfeats, state)
             state.reorder(rerank_with_inliers(state.scores, state.inliers, vcfg))
         timings["verify"] = time.perf_counter() - t
@@ -441,6 +513,31 @@ def rank(
         for p, f, n in zip(top, fused, state.inliers[:depth], strict=True)
     ]
     return SearchResult(hits, recognition, timings)
+
+
+def _expansion(
+    database: SearchDatabase, qregions: np.ndarray, added: np.ndarray, weights: np.ndarray
+) -> list[tuple[np.ndarray, float]]:
+    """The query's regions (weight 1) and those of the database images QE added, with their weights."""
+    order = np.argsort(added)  # memory-mapped rows read in file order
+    rows = np.asarray(database.regions[np.asarray(added)[order]], dtype=np.float32)
+    return [(qregions, 1.0)] + [(rows[i], float(weights[j])) for i, j in enumerate(order)]
+
+
+def _rescore_by_regions(database: SearchDatabase, state: _Ranking, expansion: list[tuple[np.ndarray, float]]) -> None:
+    """Replace the scores of the shortlist (the top ``regional.shortlist``) by regional similarity and re-sort.
+
+    A region pair includes the two whole images, so a re-scored candidate never scores below its global
+    similarity, and the shortlist stays ahead of the candidates below it."""
+    n = min(database.pipeline.regional.shortlist, len(state.positions))
+    if n == 0:
+        return
+    order = np.argsort(state.positions[:n])  # memory-mapped rows read in file order
+    rows = np.asarray(database.regions[state.positions[:n][order]], dtype=np.float32)
+    scores = state.scores.copy()
+    scores[order] = expanded_region_scores(expansion, rows)
+    state.scores = scores
+    state.reorder(np.argsort(-scores, kind="stable"))
 
 
 def _search(index: LoadedIndex, qvec: np.ndarray, k: int) -> _Ranking:

@@ -128,6 +128,18 @@ def verified_query_expansion(
     ``vectors``, ``sims``, ``inliers`` describe the candidates in ranked order. None when nothing is
     verified (the caller keeps its ranking).
     """
+    chosen = verified_expansion(sims, inliers, cfg)
+    if chosen is None:
+        return None
+    verified, w = chosen
+    return _l2(query + w @ np.asarray(vectors, dtype=np.float32)[verified]).astype(np.float32)
+
+
+def verified_expansion(
+    sims: np.ndarray, inliers: np.ndarray, cfg: VerificationConfig
+) -> tuple[np.ndarray, np.ndarray] | None:
+    """(positions among the candidates, weights) of the images QE over verified images adds to the query:
+    the top qe_k-1 verified ones, weighted sim^alpha; None when QE is off or nothing is verified."""
     if cfg.qe_k <= 1:
         return None
     verified = np.flatnonzero(np.asarray(inliers) >= cfg.min_inliers)[: cfg.qe_k - 1]
@@ -135,8 +147,7 @@ def verified_query_expansion(
         return None
     w = alpha_weights(np.asarray(sims, dtype=np.float32)[verified], cfg.qe_alpha)
     # A verified image is a true match even when its global similarity is low: give it a floor weight.
-    w = np.maximum(w, 0.5**cfg.qe_alpha)
-    return _l2(query + w @ np.asarray(vectors, dtype=np.float32)[verified]).astype(np.float32)
+    return verified, np.maximum(w, 0.5**cfg.qe_alpha)
 
 
 # ----------------------------------------------------------------------------------- label prediction

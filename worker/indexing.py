@@ -18,11 +18,14 @@ from ml.embed import read_embedding_shards, write_embedding_shards
 from ml.index import RECALL_QUERIES, IndexConfig
 from ml.pipeline import (
     DEFAULT_PIPELINE,
+    database_regions,
     embed_database,
     get_pipeline,
     load_models,
     with_models,
 )
+from ml.regional import FILE_NAME as REGIONS_FILE
+from ml.regional import load_regions
 from ml.rerank import database_augmentation
 from ml.spatial import LocalFeatureStore
 from ml.whitening import learn_whitening
@@ -111,16 +114,12 @@ def plan(job: Job, ctx: JobContext) -> dict:
     params = job.params
     es, ids, vectors, pipeline, paths = _embeddings(job, ctx)
     if pipeline.uses_local_features:
-        if paths is None:
-            found = {im.external_id: image_file_path(im) for im in Image.objects.filter(external_id__in=ids)}
-            missing = [i for i in ids if i not in found]
-            if missing:
-                raise ValueError(f"{len(missing)} embedded images are not in the catalogue (e.g. {missing[:3]}); "
-                                 f"pipeline {pipeline.name} needs their files for local features")
-            paths = [found[i] for i in ids]
+        paths = paths or _paths_of(ids, pipeline)
         store = LocalFeatureStore(feature_dir(), pipeline.local_features)
         store.ensure(list(zip(ids, paths, strict=True)),
                      progress=lambda d, t: ctx.progress(d, t, "local features"))
+    if pipeline.regional.enabled:
+        _regions(job, ctx, ids, paths or _paths_of(ids, pipeline), pipeline)
     vectors = _whiten(job, ids, vectors, pipeline)
     if pipeline.dba.k > 1:
         ctx.progress(0, None, "database-side augmentation")
@@ -139,6 +138,28 @@ def plan(job: Job, ctx: JobContext) -> dict:
     }
     _write_atomic(path, json.dumps(data).encode())
     return data
+
+
+def _paths_of(ids: list[str], pipeline) -> list[str]:
+    """The image files of embedded ``ids`` (an EmbeddingSet holds vectors, not paths)."""
+    found = {im.external_id: image_file_path(im) for im in Image.objects.filter(external_id__in=ids)}
+    missing = [i for i in ids if i not in found]
+    if missing:
+        raise ValueError(f"{len(missing)} embedded images are not in the catalogue (e.g. {missing[:3]}); "
+                         f"pipeline {pipeline.name} needs their files for local features and regions")
+    return [found[i] for i in ids]
+
+
+def _regions(job: Job, ctx: JobContext, ids: list[str], paths: list[str], pipeline) -> None:
+    """Region descriptors of the images to index, in index order, into the index folder (they move with
+    the shards into place); a complete file left by an earlier run of this job is kept."""
+    out = shards.building_dir(job) / REGIONS_FILE
+    existing = load_regions(out.parent)
+    if existing is not None and len(existing) == len(ids):
+        return
+    out.parent.mkdir(parents=True, exist_ok=True)
+    database_regions(load_models(pipeline), paths, pipeline, out,
+                     progress=lambda d, t: ctx.progress(d, t, "region descriptors"))
 
 
 def _whiten(job: Job, ids: list[str], vectors: np.ndarray, pipeline) -> np.ndarray:

@@ -13,6 +13,7 @@ from PIL import Image as PILImage
 
 from ml.index import load_index
 from ml.pipeline import SearchDatabase, get_pipeline, load_models, search_one, with_models
+from ml.regional import load_regions
 from ml.spatial import LocalFeatureStore
 from ml.whitening import Whitening
 from webapp.catalog.models import CatalogRevision, Image
@@ -90,7 +91,10 @@ def _load(iv: IndexVersion) -> _Engine:
     index = load_index(iv.path)  # a single or a sharded folder: vectors memory-mapped either way
     features = LocalFeatureStore(iv.params["feature_dir"], pipeline.local_features) if pipeline.uses_local_features else None
     # Learned whitening, when the build used it: the indexed vectors have it, each query gets it too.
-    database = SearchDatabase(index, pipeline, labels_of(index.ids), features, Whitening.load(iv.path))
+    # Region descriptors, when the build made them (an index built before a pipeline re-scored by regions
+    # has none: its searches skip that step).
+    database = SearchDatabase(index, pipeline, labels_of(index.ids), features, Whitening.load(iv.path),
+                              load_regions(iv.path))
     side = round(pipeline.image_size * max(pipeline.scales))
     if pipeline.uses_local_features:
         side = max(side, pipeline.local_features.max_side)

@@ -1,0 +1,50 @@
+"""build_index with a pipeline that re-scores by regions: the region descriptors are stored in the index
+folder (published with it), the web engine memory-maps them, and searches use them."""
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+from django.core.management import call_command
+
+from ml.embed import EmbedConfig, embed_images, write_embedding_shards
+from ml.images import load_rgb
+from ml.regional import FILE_NAME, load_regions
+from ml.weights import load_model
+from tests.conftest import MINI
+from webapp.catalog.models import Image
+from webapp.search.engine import current_engine, search_photo
+from webapp.search.models import EmbeddingSet, IndexVersion
+from webapp.search.services import image_file_path, packaged_model_version
+
+pytestmark = pytest.mark.django_db
+QUERY = "0d186bfb6e895d52"  # a strecha_castle photo: 40 photos of its landmark in the index split
+
+
+def test_regions_are_published_with_the_index_and_used_by_search(imported_mini, tmp_path):
+    images = list(Image.objects.filter(split=Image.Split.INDEX).order_by("pk"))
+    ids = [im.external_id for im in images]
+    # A real embedding set (lite0, 128 px): build_index embeds queries and regions the way it was made.
+    vectors = embed_images(load_model("tf_efficientnet_lite0"), [image_file_path(im) for im in images],
+                           EmbedConfig(image_size=128, num_workers=0))
+    path = write_embedding_shards(tmp_path / "emb", ids, vectors)
+    es = EmbeddingSet.objects.create(model_version=packaged_model_version("tf_efficientnet_lite0"), path=str(path),
+                                     dim=vectors.shape[1], image_count=len(ids), scales=[1.0],
+                                     params={"models": ["tf_efficientnet_lite0"], "image_size": 128})
+    call_command("build_index", "--pipeline", "lite2-ms-regional", "--embedding-set", str(es.pk), "--shard-size", "60")
+
+    iv = IndexVersion.objects.get(is_active=True)
+    regions = load_regions(iv.path)
+    assert regions is not None and regions.shape[0] == len(ids) and regions.shape[2] == vectors.shape[1]
+    assert sorted(p.name for p in Path(iv.path).iterdir() if not p.name.startswith("shard-")) == ["meta.json", FILE_NAME]  # no temp file
+    # Region 0 is the whole image: the very vector the index holds, in the same order.
+    np.testing.assert_allclose(regions[:, 0].astype(np.float32), vectors, atol=3e-3)
+
+    engine = current_engine()
+    assert isinstance(engine.database.regions, np.memmap)  # memory-mapped, not loaded into the web process
+    outcome = search_photo(load_rgb(MINI / "images" / f"{QUERY}.jpg"))
+    castle = Image.objects.get(external_id=QUERY).landmark
+    top = Image.objects.filter(external_id__in=[h.image_id for h in outcome.hits[:5]])
+    assert all(im.landmark == castle for im in top)
+    assert all(h.score >= h.global_score - 1e-3 for h in outcome.hits[:20])
+    assert any(h.score > h.global_score + 0.01 for h in outcome.hits[:20])  # re-scored by regions
