@@ -20,6 +20,7 @@ import math
 import os
 import uuid
 from collections.abc import Callable, Sequence
+from contextlib import ExitStack
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -211,9 +212,8 @@ def _fill_regions(
     regional: RegionalConfig, model_weights: Sequence[float] | None, progress: Progress | None,
 ) -> None:
     loader = ImageItems(list(items), cfg.image_size)
-    prepared = [_ModelPrepared(m, cfg, fuse=False) for m in models]
-    nets = [p.__enter__() for p in prepared]
-    try:
+    with ExitStack() as stack:
+        nets = [stack.enter_context(_ModelPrepared(m, cfg, fuse=False)) for m in models]
         for i in range(len(items)):
             _, image = loader[i]
             parts = [embed_regions_batch(net, image.unsqueeze(0).to(device), cfg, regional)[0].cpu().numpy()
@@ -222,9 +222,6 @@ def _fill_regions(
             out[i, : len(regions)] = regions
             if progress is not None:
                 progress(i + 1, len(items))
-    finally:
-        for p in prepared:
-            p.__exit__(None, None, None)
 
 
 def concat_regions(parts: Sequence[np.ndarray], weights: Sequence[float] | None = None) -> np.ndarray:
