@@ -49,12 +49,14 @@ def kill_when(worker: subprocess.Popen, condition, log: Path, timeout: float = 3
 
 
 def resume(settings, tmp_path: Path, job: Job) -> str:
-    """A second worker, and the watchdog sending the dead job to it; returns that worker's log once the job
-    has ended."""
+    """The watchdog sending the dead job again, then a second worker; returns that worker's log once the job
+    has ended. The watchdog goes first: a worker started first could finish the job from the parts still
+    queued before the watchdog looked (when the first one died between two parts), and the watchdog would
+    then rightly find nothing to send."""
+    assert recover_jobs(stale_after=0) == [job.pk]
     log = tmp_path / "second.log"
     second = start_worker(settings, log, "second")
     try:
-        assert recover_jobs(stale_after=0) == [job.pk]
         assert wait_for(lambda: Job.objects.get(pk=job.pk).is_finished, 600), log.read_text()[-3000:]
     finally:
         stop_worker(second)
