@@ -39,6 +39,7 @@ from ml.pipeline import (
     search_one,
     with_models,
 )
+from ml.regional import whole_image_vectors
 
 Progress = Callable[[int, int], None]
 RESULT_KEYS = (
@@ -210,19 +211,19 @@ def _prepare(
 
     vkey = (str(layout.root), key, config.model_weights, config.image_size, tuple(config.scales))
     started = time.perf_counter()
-    if vkey not in cache.vectors:
-        vectors = embed_database(models, layout.database_paths, config, progress=report)
-        cache.vectors[vkey] = (vectors, time.perf_counter() - started)
-    vectors, embed_seconds = cache.vectors[vkey]
     regions = None
-    if config.regional.enabled:
+    if config.regional.enabled:  # one pass gives regions and vectors (region 0 is the whole image)
         rkey = (*vkey, config.regional.levels, config.regional.overlap)
         if rkey not in cache.regions:
-            started = time.perf_counter()
-            found = database_regions(models, layout.database_paths, config)
+            found = database_regions(models, layout.database_paths, config, progress=report)
             cache.regions[rkey] = (found, time.perf_counter() - started)
-        regions, region_seconds = cache.regions[rkey]
-        embed_seconds += region_seconds
+        regions, embed_seconds = cache.regions[rkey]
+        vectors = whole_image_vectors(regions)
+    else:
+        if vkey not in cache.vectors:
+            vectors = embed_database(models, layout.database_paths, config, progress=report)
+            cache.vectors[vkey] = (vectors, time.perf_counter() - started)
+        vectors, embed_seconds = cache.vectors[vkey]
     started = time.perf_counter()
     had_features = cache.feature_seconds is not None
     database = prepare_database(

@@ -232,6 +232,12 @@ def concat_regions(parts: Sequence[np.ndarray], weights: Sequence[float] | None 
     return l2_normalize(np.concatenate([w * l2_normalize(p) for p, w in zip(parts, weights, strict=True)], axis=1))
 
 
+def whole_image_vectors(regions: np.ndarray) -> np.ndarray:
+    """(N, D) float32 global descriptors from (N, R, D) regions: region 0 is the whole image, so the one
+    pass that makes regions also gives the vectors to index."""
+    return l2_normalize(np.asarray(regions[:, 0], dtype=np.float32))
+
+
 def load_regions(directory: str | os.PathLike) -> np.ndarray | None:
     """The (N, R, D) regions stored in an index folder, memory-mapped; None when it has none."""
     path = Path(directory) / FILE_NAME

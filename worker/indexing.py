@@ -25,7 +25,7 @@ from ml.pipeline import (
     with_models,
 )
 from ml.regional import FILE_NAME as REGIONS_FILE
-from ml.regional import load_regions
+from ml.regional import load_regions, whole_image_vectors
 from ml.rerank import database_augmentation
 from ml.spatial import LocalFeatureStore
 from ml.whitening import learn_whitening
@@ -150,16 +150,16 @@ def _paths_of(ids: list[str], pipeline) -> list[str]:
     return [found[i] for i in ids]
 
 
-def _regions(job: Job, ctx: JobContext, ids: list[str], paths: list[str], pipeline) -> None:
-    """Region descriptors of the images to index, in index order, into the index folder (they move with
-    the shards into place); a complete file left by an earlier run of this job is kept."""
+def _regions(job: Job, ctx: JobContext, ids: list[str], paths: list[str], pipeline, models=None) -> np.ndarray:
+    """Region descriptors of the images to index, in index order, in the index folder (they move with the
+    shards into place), memory-mapped; a complete file left by an earlier run of this job is kept."""
     out = shards.building_dir(job) / REGIONS_FILE
     existing = load_regions(out.parent)
     if existing is not None and len(existing) == len(ids):
-        return
+        return existing
     out.parent.mkdir(parents=True, exist_ok=True)
-    database_regions(load_models(pipeline), paths, pipeline, out,
-                     progress=lambda d, t: ctx.progress(d, t, "region descriptors"))
+    return database_regions(models or load_models(pipeline), paths, pipeline, out,
+                            progress=lambda d, t: ctx.progress(d, t, "region descriptors"))
 
 
 def _whiten(job: Job, ids: list[str], vectors: np.ndarray, pipeline) -> np.ndarray:
@@ -195,7 +195,10 @@ def _embeddings(job: Job, ctx: JobContext):
     ids = [im.external_id for im in images]
     paths = [image_file_path(im) for im in images]
     models = load_models(pipeline)
-    vectors = embed_database(models, paths, pipeline, progress=lambda d, t: ctx.progress(d, t, "embedding"))
+    if pipeline.regional.enabled:  # region 0 is the whole image: one pass gives the vectors and the regions
+        vectors = whole_image_vectors(_regions(job, ctx, ids, paths, pipeline, models))
+    else:
+        vectors = embed_database(models, paths, pipeline, progress=lambda d, t: ctx.progress(d, t, "embedding"))
     out = Path(settings.ARTIFACTS_ROOT) / "embeddings" / f"{timezone.now():%Y%m%d-%H%M%S}-{uuid.uuid4().hex[:6]}"
     emb_dir = write_embedding_shards(out, ids, vectors)
     es = EmbeddingSet.objects.create(model_version=mv, path=str(emb_dir), dim=vectors.shape[1], image_count=len(ids),

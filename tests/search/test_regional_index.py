@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 from django.core.management import call_command
 
-from ml.embed import EmbedConfig, embed_images, write_embedding_shards
+from ml.embed import EmbedConfig, embed_images, read_embedding_shards, write_embedding_shards
 from ml.images import load_rgb
 from ml.regional import FILE_NAME, load_regions
 from ml.weights import load_model
@@ -48,3 +48,21 @@ def test_regions_are_published_with_the_index_and_used_by_search(imported_mini, 
     assert all(im.landmark == castle for im in top)
     assert all(h.score >= h.global_score - 1e-3 for h in outcome.hits[:20])
     assert any(h.score > h.global_score + 0.01 for h in outcome.hits[:20])  # re-scored by regions
+
+
+def test_one_pass_embeds_and_regions_the_catalogue(imported_mini):
+    """Without an embedding set, build_index makes the regions once and indexes their whole-image rows: the
+    embedding set it records holds the same vectors the index searches, and region 0 of each image."""
+    call_command("build_index", "--pipeline", "lite2-ms-regional", "--splits", "query")
+    iv = IndexVersion.objects.get(is_active=True)
+    regions = load_regions(iv.path)
+    es_ids, es_vectors = read_embedding_shards(iv.embedding_set.path, dtype=np.float32)
+    assert len(es_ids) == regions.shape[0] == 34
+    np.testing.assert_allclose(es_vectors, regions[:, 0].astype(np.float32), atol=3e-3)
+    # Region 0 is what the global descriptor of the same file is (the pass replaced embed_images).
+    photo = Image.objects.get(external_id=es_ids[5])
+    alone = embed_images(load_model("tf_efficientnet_lite2"), [image_file_path(photo)],
+                         EmbedConfig(image_size=512, scales=(2**-0.5, 1.0, 2**0.5), num_workers=0))[0]
+    np.testing.assert_allclose(es_vectors[5], alone, atol=3e-3)
+    outcome = search_photo(load_rgb(image_file_path(photo)))
+    assert outcome.hits[0].image_id == photo.external_id
