@@ -5,6 +5,7 @@ IndexVersion atomically."""
 
 from __future__ import annotations
 
+import hashlib
 import json
 import uuid
 from dataclasses import asdict, replace
@@ -42,6 +43,7 @@ from worker.runner import TRANSIENT_ERRORS, JobContext, JobDeferred, job_functio
 # The collection users search: every image but the evaluation queries and test photos.
 DEFAULT_INDEX_SPLITS = [Image.Split.TRAIN, Image.Split.INDEX]
 WRITE_BATCH = 65_536  # rows converted to float32 at a time when the input vectors are written
+REGIONS_DIGEST = "regions.sha256"  # sha256 of the ids the regions file was made for, one per line
 
 
 def index_pipeline(params: dict, mv: ModelVersion):
@@ -152,14 +154,19 @@ def _paths_of(ids: list[str], pipeline) -> list[str]:
 
 def _regions(job: Job, ctx: JobContext, ids: list[str], paths: list[str], pipeline, models=None) -> np.ndarray:
     """Region descriptors of the images to index, in index order, in the index folder (they move with the
-    shards into place), memory-mapped; a complete file left by an earlier run of this job is kept."""
+    shards into place), memory-mapped. A file left by an earlier run of this job is kept when it was made
+    for the same images in the same order (a digest of the ids, written after it, says so)."""
     out = shards.building_dir(job) / REGIONS_FILE
+    digest_file = out.parent / REGIONS_DIGEST
+    digest = hashlib.sha256("\n".join(ids).encode()).hexdigest()
     existing = load_regions(out.parent)
-    if existing is not None and len(existing) == len(ids):
+    if existing is not None and digest_file.is_file() and digest_file.read_text() == digest:
         return existing
     out.parent.mkdir(parents=True, exist_ok=True)
-    return database_regions(models or load_models(pipeline), paths, pipeline, out,
-                            progress=lambda d, t: ctx.progress(d, t, "region descriptors"))
+    regions = database_regions(models or load_models(pipeline), paths, pipeline, out,
+                               progress=lambda d, t: ctx.progress(d, t, "region descriptors"))
+    _write_atomic(digest_file, digest.encode())
+    return regions
 
 
 def _whiten(job: Job, ids: list[str], vectors: np.ndarray, pipeline) -> np.ndarray:

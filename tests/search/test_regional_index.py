@@ -1,6 +1,7 @@
 """build_index with a pipeline that re-scores by regions: the region descriptors are stored in the index
 folder (published with it), the web engine memory-maps them, and searches use them."""
 
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -9,13 +10,18 @@ from django.core.management import call_command
 
 from ml.embed import EmbedConfig, embed_images, read_embedding_shards, write_embedding_shards
 from ml.images import load_rgb
+from ml.pipeline import get_pipeline
 from ml.regional import FILE_NAME, load_regions
 from ml.weights import load_model
 from tests.conftest import MINI
 from webapp.catalog.models import Image
+from webapp.jobs.models import Job
+from webapp.jobs.services import create_job
 from webapp.search.engine import current_engine, search_photo
 from webapp.search.models import EmbeddingSet, IndexVersion
 from webapp.search.services import image_file_path, packaged_model_version
+from worker import indexing, shards
+from worker.runner import JobContext
 
 pytestmark = pytest.mark.django_db
 QUERY = "0d186bfb6e895d52"  # a strecha_castle photo: 40 photos of its landmark in the index split
@@ -36,7 +42,7 @@ def test_regions_are_published_with_the_index_and_used_by_search(imported_mini, 
     iv = IndexVersion.objects.get(is_active=True)
     regions = load_regions(iv.path)
     assert regions is not None and regions.shape[0] == len(ids) and regions.shape[2] == vectors.shape[1]
-    assert sorted(p.name for p in Path(iv.path).iterdir() if not p.name.startswith("shard-")) == ["meta.json", FILE_NAME]  # no temp file
+    assert sorted(p.name for p in Path(iv.path).iterdir() if not p.name.startswith("shard-")) == ["meta.json", FILE_NAME, "regions.sha256"]  # no temp
     # Region 0 is the whole image: the very vector the index holds, in the same order.
     np.testing.assert_allclose(regions[:, 0].astype(np.float32), vectors, atol=3e-3)
 
@@ -66,3 +72,25 @@ def test_one_pass_embeds_and_regions_the_catalogue(imported_mini):
     np.testing.assert_allclose(es_vectors[5], alone, atol=3e-3)
     outcome = search_photo(load_rgb(image_file_path(photo)))
     assert outcome.hits[0].image_id == photo.external_id
+
+
+def test_a_resumed_build_keeps_its_regions_only_for_the_same_images(imported_mini):
+    """A worker died after the regions were written: the resumed job keeps them (not computed again) when
+    they were made for the very images it indexes, and makes them again when the catalogue changed."""
+    job = create_job(Job.Kind.BUILD_INDEX, {"pipeline": "lite2-ms-regional", "splits": ["query"]})
+    Job.objects.filter(pk=job.pk).update(state=Job.State.RUNNING)
+    job.refresh_from_db()
+    ctx = JobContext(job, show_bar=False)
+    images = list(Image.objects.filter(split=Image.Split.QUERY).order_by("pk"))[:3]
+    ids, paths = [im.external_id for im in images], [image_file_path(im) for im in images]
+    pipeline = replace(get_pipeline("lite2-ms-regional"), image_size=128, scales=(1.0,),
+                       models=("tf_efficientnet_lite0",))
+    first = indexing._regions(job, ctx, ids, paths, pipeline)
+    path = shards.building_dir(job) / FILE_NAME
+    made = path.stat()
+    again = indexing._regions(job, ctx, ids, paths, pipeline)  # resumed: the same images
+    assert (path.stat().st_ino, path.stat().st_mtime_ns) == (made.st_ino, made.st_mtime_ns)
+    np.testing.assert_array_equal(again, first)
+    swapped = indexing._regions(job, ctx, ids[::-1], paths[::-1], pipeline)  # same count, other order
+    np.testing.assert_array_equal(swapped[0], first[2])
+    assert path.stat().st_ino != made.st_ino
