@@ -48,6 +48,7 @@ from ml.rerank import (
     bridged_scores,
     database_augmentation,
     discriminative_rerank,
+    expand_query,
     fuse_inliers,
     known_label_confidences,
     label_distance_boost,
@@ -55,7 +56,6 @@ from ml.rerank import (
     predict_labels,
     rerank_with_inliers,
     verified_expansion,
-    verified_query_expansion,
 )
 from ml.spatial import (
     LocalFeatureConfig,
@@ -484,14 +484,12 @@ def rank(
         _verify_top(database, qfeats, state)
         state.reorder(rerank_with_inliers(state.scores, state.inliers, vcfg))
         top = slice(0, vcfg.top_n)
-        qv = verified_query_expansion(
-            qvec, index.vectors[state.positions[top]], state.scores[top], state.inliers[top], vcfg,
-        )
-        if qv is not None:
-            added, weights = verified_expansion(state.scores[top], state.inliers[top], vcfg)
-            added = state.positions[top][added]
+        chosen = verified_expansion(state.scores[top], state.inliers[top], vcfg)
+        if chosen is not None:  # QE over the verified images, then verify again
+            picked, weights = chosen
+            added = state.positions[top][picked]
             checks = state.checks
-            state = _search(index, qv, full)
+            state = _search(index, expand_query(qvec, index.vectors[added], weights), full)
             state.checks = checks
             if regional:
                 _rescore_by_regions(database, state, _expansion(database, qregions, added, weights))
@@ -519,9 +517,18 @@ def _expansion(
     database: SearchDatabase, qregions: np.ndarray, added: np.ndarray, weights: np.ndarray
 ) -> list[tuple[np.ndarray, float]]:
     """The query's regions (weight 1) and those of the database images QE added, with their weights."""
-    order = np.argsort(added)  # memory-mapped rows read in file order
-    rows = np.asarray(database.regions[np.asarray(added)[order]], dtype=np.float32)
-    return [(qregions, 1.0)] + [(rows[i], float(weights[j])) for i, j in enumerate(order)]
+    rows = _region_rows(database, added)
+    return [(qregions, 1.0)] + [(rows[i], float(w)) for i, w in enumerate(weights)]
+
+
+def _region_rows(database: SearchDatabase, positions: np.ndarray) -> np.ndarray:
+    """float32 region descriptors of the images at ``positions``, in that order (the memory-mapped rows are
+    read in file order)."""
+    positions = np.asarray(positions)
+    order = np.argsort(positions)
+    rows = np.empty((len(positions), *database.regions.shape[1:]), dtype=np.float32)
+    rows[order] = database.regions[positions[order]]
+    return rows
 
 
 def _rescore_by_regions(database: SearchDatabase, state: _Ranking, expansion: list[tuple[np.ndarray, float]]) -> None:
@@ -532,10 +539,8 @@ def _rescore_by_regions(database: SearchDatabase, state: _Ranking, expansion: li
     n = min(database.pipeline.regional.shortlist, len(state.positions))
     if n == 0:
         return
-    order = np.argsort(state.positions[:n])  # memory-mapped rows read in file order
-    rows = np.asarray(database.regions[state.positions[:n][order]], dtype=np.float32)
     scores = state.scores.copy()
-    scores[order] = expanded_region_scores(expansion, rows)
+    scores[:n] = expanded_region_scores(expansion, _region_rows(database, state.positions[:n]))
     state.scores = scores
     state.reorder(np.argsort(-scores, kind="stable"))
 

@@ -132,7 +132,12 @@ def verified_query_expansion(
     if chosen is None:
         return None
     verified, w = chosen
-    return _l2(query + w @ np.asarray(vectors, dtype=np.float32)[verified]).astype(np.float32)
+    return expand_query(query, np.asarray(vectors, dtype=np.float32)[verified], w)
+
+
+def expand_query(query: np.ndarray, vectors: np.ndarray, weights: np.ndarray) -> np.ndarray:
+    """L2(query + sum w_i x_i): the query expanded by the (n, D) ``vectors`` with their (n,) weights."""
+    return _l2(query + np.asarray(weights, dtype=np.float32) @ np.asarray(vectors, dtype=np.float32)).astype(np.float32)
 
 
 def verified_expansion(
