@@ -1,6 +1,11 @@
 """Embedding in chunks: any number of workers embed chunks in parallel (a Celery chord), each chunk is
 written to a temp file and published by rename, and a chunk already on disk is never computed again, so a
-job whose worker died resumes where it stopped and ends with the same vectors as an uninterrupted run."""
+job whose worker died resumes where it stopped and ends with the same vectors as an uninterrupted run.
+
+With ``regional`` in the params (R-MAC levels, as ``ml.regional.RegionalConfig``) each chunk also keeps its
+images' region descriptors, from the same forward passes (region 0 is the whole image, so it gives the
+vectors too); the EmbeddingSet then carries a ``regions.npy`` that ``build_index`` takes instead of making
+the regions again in one process."""
 
 from __future__ import annotations
 
@@ -18,6 +23,8 @@ from django.db import transaction
 from django.utils import timezone
 
 from ml.embed import EmbedConfig, embed_images, write_embedding_shards
+from ml.regional import FILE_NAME as REGIONS_FILE
+from ml.regional import RegionalConfig, embed_database_regions, whole_image_vectors
 from ml.weights import load_model
 from webapp.jobs.models import Job
 from webapp.search.models import EmbeddingSet, ModelVersion
@@ -53,10 +60,16 @@ def plan(job: Job) -> dict:
     embed = {**params.get("embed", {})}
     embed["scales"] = list(embed.get("scales", [1.0]))
     data = {"model_version": mv.pk, "spec": model_spec(mv), "embed": embed,
-            "chunk": int(params.get("chunk_size") or DEFAULT_CHUNK),
+            "chunk": int(params.get("chunk_size") or DEFAULT_CHUNK), "regional": regional_params(params),
             "ids": [im.external_id for im in images], "paths": [image_file_path(im) for im in images]}
     _write_atomic(work_dir(job) / PLAN, json.dumps(data).encode())
     return data
+
+
+def regional_params(params: dict) -> dict | None:
+    """The region grid the job keeps descriptors for (``RegionalConfig`` fields), or None for none."""
+    cfg = config_from(RegionalConfig, params.get("regional") or {})
+    return {"levels": cfg.levels, "overlap": cfg.overlap} if cfg.enabled else None
 
 
 def read_plan(job: Job) -> dict | None:
@@ -73,6 +86,10 @@ def chunk_count(p: dict) -> int:
 
 def chunk_path(job: Job, i: int) -> Path:
     return work_dir(job) / f"chunk-{i:06d}.npy"
+
+
+def regions_path(job: Job, i: int) -> Path:
+    return work_dir(job) / f"chunk-{i:06d}.regions.npy"
 
 
 def pending_chunks(job: Job, p: dict) -> list[int]:
@@ -92,7 +109,12 @@ def compute_chunk(job: Job, p: dict, i: int) -> None:
         if p["spec"] not in _models:
             _models[p["spec"]] = load_model(p["spec"])
         lo, hi = i * p["chunk"], min((i + 1) * p["chunk"], len(p["ids"]))
-        vectors = embed_images(_models[p["spec"]], p["paths"][lo:hi], embed_config(p))
+        if p.get("regional"):  # regions first (their own temp + rename), then the vectors that mark it done
+            regions = embed_database_regions([_models[p["spec"]]], p["paths"][lo:hi], embed_config(p),
+                                             RegionalConfig(**p["regional"]), regions_path(job, i))
+            vectors = whole_image_vectors(regions)
+        else:
+            vectors = embed_images(_models[p["spec"]], p["paths"][lo:hi], embed_config(p))
         _write_atomic(path, _npy_bytes(vectors.astype(np.float32)))
     log.info("job %s: embedded chunk %s (%s images)", job.pk, i, hi - lo)
 
@@ -144,12 +166,35 @@ def publish(job: Job, p: dict) -> dict:
             es = existing
         else:
             write_embedding_shards(out, p["ids"], vectors)
+            params = {"embed": asdict(embed_config(p)), "chunks": chunk_count(p)}
+            if p.get("regional"):
+                join_regions(job, p, out / REGIONS_FILE)
+                params["regional"] = p["regional"]
             es = EmbeddingSet.objects.create(
                 model_version_id=p["model_version"], path=str(out), dim=vectors.shape[1], image_count=len(p["ids"]),
                 scales=p["embed"]["scales"], image_filter={"splits": job.params.get("splits") or "all"},
-                params={"embed": asdict(embed_config(p)), "chunks": chunk_count(p)}, job=job)
+                params=params, job=job)
     return {"embedding_set": es.pk, "images": len(p["ids"]), "dim": int(vectors.shape[1]), "path": es.path,
             "chunks": chunk_count(p)}
+
+
+def join_regions(job: Job, p: dict, out: Path) -> None:
+    """The chunks' regions as one (N, R, D) float16 file (R: the most regions of any chunk, zero-padded as
+    within a chunk), copied chunk by chunk into a memory-mapped temp file and renamed into place."""
+    parts = [np.load(regions_path(job, i), mmap_mode="r") for i in range(chunk_count(p))]
+    shape = (sum(len(r) for r in parts), max(r.shape[1] for r in parts), parts[0].shape[2])
+    tmp = out.with_name(f".{out.name}.{uuid.uuid4().hex}.tmp")
+    try:
+        joined = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.float16, shape=shape)
+        start = 0
+        for r in parts:
+            joined[start:start + len(r), : r.shape[1]] = r
+            start += len(r)
+        joined.flush()
+        del joined
+        os.replace(tmp, out)
+    finally:
+        tmp.unlink(missing_ok=True)
 
 
 def _npy_bytes(array: np.ndarray) -> bytes:

@@ -7,6 +7,8 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
+import shutil
 import uuid
 from dataclasses import asdict, replace
 from pathlib import Path
@@ -121,7 +123,7 @@ def plan(job: Job, ctx: JobContext) -> dict:
         store.ensure(list(zip(ids, paths, strict=True)),
                      progress=lambda d, t: ctx.progress(d, t, "local features"))
     if pipeline.regional.enabled:
-        _regions(job, ctx, ids, paths or _paths_of(ids, pipeline), pipeline)
+        _regions(job, ctx, ids, paths, pipeline, es=es)
     vectors = _whiten(job, ids, vectors, pipeline)
     if pipeline.dba.k > 1:
         ctx.progress(0, None, "database-side augmentation")
@@ -152,10 +154,13 @@ def _paths_of(ids: list[str], pipeline) -> list[str]:
     return [found[i] for i in ids]
 
 
-def _regions(job: Job, ctx: JobContext, ids: list[str], paths: list[str], pipeline, models=None) -> np.ndarray:
+def _regions(job: Job, ctx: JobContext, ids: list[str], paths: list[str] | None, pipeline, models=None,
+             es: EmbeddingSet | None = None) -> np.ndarray:
     """Region descriptors of the images to index, in index order, in the index folder (they move with the
-    shards into place), memory-mapped. A file left by an earlier run of this job is kept when it was made
-    for the same images in the same order (a digest of the ids, written after it, says so)."""
+    shards into place), memory-mapped: those of the embedding set when it carries them for the pipeline's
+    grid (a chunked ``embed --regions`` job made them on many workers), else made here. A file left by an
+    earlier run of this job is kept when it was made for the same images in the same order (a digest of
+    the ids, written after it, says so)."""
     out = shards.building_dir(job) / REGIONS_FILE
     digest_file = out.parent / REGIONS_DIGEST
     digest = hashlib.sha256("\n".join(ids).encode()).hexdigest()
@@ -163,10 +168,40 @@ def _regions(job: Job, ctx: JobContext, ids: list[str], paths: list[str], pipeli
     if existing is not None and digest_file.is_file() and digest_file.read_text() == digest:
         return existing
     out.parent.mkdir(parents=True, exist_ok=True)
-    regions = database_regions(models or load_models(pipeline), paths, pipeline, out,
-                               progress=lambda d, t: ctx.progress(d, t, "region descriptors"))
+    ready = _set_regions(es, pipeline)
+    if ready is not None:  # the set's ids are the ids indexed here, in the same order
+        _link_atomic(ready, out)
+        regions = load_regions(out.parent)
+    else:
+        regions = database_regions(models or load_models(pipeline), paths or _paths_of(ids, pipeline), pipeline,
+                                   out, progress=lambda d, t: ctx.progress(d, t, "region descriptors"))
     _write_atomic(digest_file, digest.encode())
     return regions
+
+
+def _set_regions(es: EmbeddingSet | None, pipeline) -> Path | None:
+    """The regions file an embedding set carries, when they were made on the pipeline's region grid."""
+    if es is None:
+        return None
+    path = Path(es.path) / REGIONS_FILE
+    return path if es.params.get("regional") == _grid(pipeline) and path.is_file() else None
+
+
+def _grid(pipeline) -> dict:
+    return {"levels": pipeline.regional.levels, "overlap": pipeline.regional.overlap}
+
+
+def _link_atomic(source: Path, target: Path) -> None:
+    """``target`` becomes the same file as ``source`` (a hard link, a copy across file systems), by rename."""
+    tmp = target.with_name(f".{target.name}.{uuid.uuid4().hex}.tmp")
+    try:
+        try:
+            os.link(source, tmp)
+        except OSError:
+            shutil.copyfile(source, tmp)
+        os.replace(tmp, target)
+    finally:
+        tmp.unlink(missing_ok=True)
 
 
 def _whiten(job: Job, ids: list[str], vectors: np.ndarray, pipeline) -> np.ndarray:
@@ -208,10 +243,14 @@ def _embeddings(job: Job, ctx: JobContext):
         vectors = embed_database(models, paths, pipeline, progress=lambda d, t: ctx.progress(d, t, "embedding"))
     out = Path(settings.ARTIFACTS_ROOT) / "embeddings" / f"{timezone.now():%Y%m%d-%H%M%S}-{uuid.uuid4().hex[:6]}"
     emb_dir = write_embedding_shards(out, ids, vectors)
+    es_params = {"models": list(pipeline.models), "image_size": pipeline.image_size}
+    if pipeline.regional.enabled:  # the set keeps them too: a later build from it does not make them again
+        _link_atomic(shards.building_dir(job) / REGIONS_FILE, Path(emb_dir) / REGIONS_FILE)
+        es_params["regional"] = _grid(pipeline)
     es = EmbeddingSet.objects.create(model_version=mv, path=str(emb_dir), dim=vectors.shape[1], image_count=len(ids),
                                      scales=list(pipeline.scales), job=job,
                                      image_filter={"splits": params.get("splits") or DEFAULT_INDEX_SPLITS},
-                                     params={"models": list(pipeline.models), "image_size": pipeline.image_size})
+                                     params=es_params)
     return es, ids, vectors, pipeline, paths
 
 

@@ -1,5 +1,6 @@
 """build_index with a pipeline that re-scores by regions: the region descriptors are stored in the index
-folder (published with it), the web engine memory-maps them, and searches use them."""
+folder (published with it), the web engine memory-maps them, and searches use them. A chunked embedding job
+asked for regions makes them on its workers, and build_index takes them from its embedding set."""
 
 from dataclasses import replace
 from pathlib import Path
@@ -10,7 +11,7 @@ from django.core.management import call_command
 
 from ml.embed import EmbedConfig, embed_images, read_embedding_shards, write_embedding_shards
 from ml.images import load_rgb
-from ml.pipeline import get_pipeline
+from ml.pipeline import database_regions, get_pipeline, load_models
 from ml.regional import FILE_NAME, load_regions
 from ml.weights import load_model
 from tests.conftest import MINI
@@ -72,6 +73,37 @@ def test_one_pass_embeds_and_regions_the_catalogue(imported_mini):
     np.testing.assert_allclose(es_vectors[5], alone, atol=3e-3)
     outcome = search_photo(load_rgb(image_file_path(photo)))
     assert outcome.hits[0].image_id == photo.external_id
+    # The embedding set keeps the regions too (the same file), so a later build from it takes them.
+    assert iv.embedding_set.params["regional"] == {"levels": 3, "overlap": 0.4}
+    assert (Path(iv.embedding_set.path) / FILE_NAME).stat().st_ino == (Path(iv.path) / FILE_NAME).stat().st_ino
+
+
+def test_a_chunked_embedding_with_regions_gives_build_index_its_regions(imported_mini):
+    """`embed --regions 3` keeps each chunk's region descriptors (from the same forward passes) and joins
+    them into its embedding set: the same as one pass over all the photos, region 0 being the set's vectors.
+    One photo per chunk, so chunks hold 10, 12 or 21 regions and the join pads them as one pass does.
+    build_index from that set takes the file as it is (the same inode, not made again in one process)."""
+    call_command("embed", "--splits", "query", "--image-size", "128", "--regions", "3", "--chunk-size", "1")
+    es = EmbeddingSet.objects.get()
+    assert es.params["regional"] == {"levels": 3, "overlap": 0.4} and es.params["chunks"] == 34
+    ids, vectors = read_embedding_shards(es.path, dtype=np.float32)
+    regions = load_regions(es.path)
+    assert regions.shape == (34, 21, es.dim)
+    padded = ~np.asarray(regions).any(axis=2)  # zero rows: photos with fewer regions than the most
+    assert padded.sum(axis=1).max() == 11 and not padded[:, :10].any()
+    np.testing.assert_allclose(vectors, regions[:, 0].astype(np.float32), atol=3e-3)
+    pipeline = replace(get_pipeline("lite2-ms-regional"), image_size=128, scales=(1.0,),
+                       models=("tf_efficientnet_lite0",))
+    paths = [image_file_path(Image.objects.get(external_id=i)) for i in ids]
+    whole = database_regions(load_models(pipeline), paths, pipeline)  # one pass, one process
+    np.testing.assert_allclose(regions.astype(np.float32), whole.astype(np.float32), atol=3e-3)
+
+    call_command("build_index", "--pipeline", "lite2-ms-regional", "--embedding-set", str(es.pk))
+    iv = IndexVersion.objects.get(is_active=True)
+    assert (Path(iv.path) / FILE_NAME).stat().st_ino == (Path(es.path) / FILE_NAME).stat().st_ino
+    assert not list(Path(iv.path).glob(".*.tmp"))
+    photo = Image.objects.get(external_id=ids[7])
+    assert search_photo(load_rgb(image_file_path(photo))).hits[0].image_id == photo.external_id
 
 
 def test_a_resumed_build_keeps_its_regions_only_for_the_same_images(imported_mini):

@@ -1,4 +1,4 @@
-"""python manage.py embed [--model-version ID] [--splits ...] [--scales 1 0.707 1.414] [--flip] [--queue]"""
+"""python manage.py embed [--model-version ID] [--splits ...] [--scales 1 0.707 1.414] [--flip] [--regions LEVELS] [--queue]"""
 
 from webapp.catalog.models import Image
 from webapp.jobs.models import Job
@@ -17,6 +17,10 @@ class Command(JobCommand):
         parser.add_argument("--image-size", type=int, default=512, help="Long side in pixels.")
         parser.add_argument("--scales", type=float, nargs="+", default=[1.0])
         parser.add_argument("--flip", action="store_true", help="Average with the mirrored image.")
+        parser.add_argument("--regions", type=int, default=0, metavar="LEVELS",
+                            help="Also keep R-MAC region descriptors on this many levels (the default pipeline "
+                                 "uses 3), from the same forward passes; build_index --embedding-set then "
+                                 "takes them instead of making them again in one process. 0 = none.")
         parser.add_argument("--batch-size", type=int, default=1)
         parser.add_argument("--num-workers", type=int, default=1)
         parser.add_argument("--chunk-size", type=int, default=512,
@@ -24,5 +28,6 @@ class Command(JobCommand):
 
     def handle(self, *args, **o):
         self.run_job({"model_version": o["model_version"], "splits": o["splits"], "chunk_size": o["chunk_size"],
+                      "regional": {"levels": o["regions"]},
                       "embed": {"image_size": o["image_size"], "scales": o["scales"], "flip": o["flip"],
                                 "batch_size": o["batch_size"], "num_workers": o["num_workers"]}}, o)
