@@ -16,6 +16,7 @@ from django.core.management import call_command
 from ml.clean import CleaningEvidence
 from ml.embed import read_embedding_shards
 from ml.index import IndexConfig, build_index, shard_complete
+from ml.regional import load_regions
 from tests.conftest import (
     clear_broker,
     clustered_vectors,
@@ -72,15 +73,18 @@ def logged_parts(log: str, job: Job, done: str) -> list[int]:
 
 
 def test_killed_embedding_resumes_from_finished_chunks(imported_mini, settings, tmp_path):
-    call_command("embed", "--splits", "index", "--image-size", "96", "--chunk-size", "12", "--num-workers", "0")
+    """With region descriptors kept too (``embed --regions``): both come out as an uninterrupted run's."""
+    call_command("embed", "--splits", "index", "--image-size", "96", "--chunk-size", "12", "--num-workers", "0",
+                 "--regions", "2")
     reference = EmbeddingSet.objects.get()
     ref_ids, ref_vectors = read_embedding_shards(reference.path)
 
     clear_broker(settings)
     first = start_worker(settings, tmp_path / "first.log", "first")
-    job = start_job(Job.Kind.EMBED, PARAMS)
-    kill_when(first, lambda: len(list(chunks.work_dir(job).glob("chunk-*.npy"))) >= 3, tmp_path / "first.log")
-    survived = {int(p.stem.split("-")[1]) for p in chunks.work_dir(job).glob("chunk-*.npy")}
+    job = start_job(Job.Kind.EMBED, {**PARAMS, "regional": {"levels": 2}})
+    finished = "chunk-??????.npy"  # the vectors, written after the chunk's regions
+    kill_when(first, lambda: len(list(chunks.work_dir(job).glob(finished))) >= 3, tmp_path / "first.log")
+    survived = {int(p.stem.split("-")[1]) for p in chunks.work_dir(job).glob(finished)}
     job.refresh_from_db()
     assert job.state == Job.State.RUNNING and 0 < len(survived) < 13
 
@@ -89,9 +93,13 @@ def test_killed_embedding_resumes_from_finished_chunks(imported_mini, settings, 
     assert redone and not survived & set(redone)  # finished chunks were not computed again
     assert sorted(survived | set(redone)) == list(range(13))
     assert not chunks.work_dir(job).exists()  # the chunks were dropped once published
-    ids, vectors = read_embedding_shards(EmbeddingSet.objects.get(job=job).path)
+    resumed = EmbeddingSet.objects.get(job=job)
+    ids, vectors = read_embedding_shards(resumed.path)
     assert ids == ref_ids
     assert np.allclose(vectors.astype(np.float32), ref_vectors.astype(np.float32), atol=2e-3)
+    regions, ref_regions = load_regions(resumed.path), load_regions(reference.path)
+    assert regions.shape == ref_regions.shape and regions.shape[0] == len(ids)
+    assert np.allclose(regions.astype(np.float32), ref_regions.astype(np.float32), atol=2e-3)
 
 
 def test_killed_sharded_build_resumes_without_rebuilding_finished_shards(settings, tmp_path):
