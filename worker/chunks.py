@@ -30,7 +30,7 @@ from webapp.jobs.models import Job
 from webapp.search.models import EmbeddingSet, ModelVersion
 from webapp.search.services import active_model_version, image_file_path, model_spec
 from worker.params import config_from, images_in
-from worker.shards import PLAN, drop, part_lock, run_part
+from worker.shards import PLAN, drop, part_lock, read_json_or_none, run_part
 
 log = logging.getLogger(__name__)
 DEFAULT_CHUNK = 512
@@ -74,10 +74,7 @@ def regional_params(params: dict) -> dict | None:
 
 def read_plan(job: Job) -> dict | None:
     """The job's plan, or None when none was written (or it was dropped)."""
-    try:
-        return json.loads((work_dir(job) / PLAN).read_text())
-    except FileNotFoundError:
-        return None
+    return read_json_or_none(work_dir(job) / PLAN)
 
 
 def chunk_count(p: dict) -> int:

@@ -40,7 +40,7 @@ from ml.index import shard_bounds
 from ml.spatial import LocalFeatureStore
 from webapp.jobs.models import Job
 from worker.chunks import _npy_bytes, _write_atomic, job_work_dir
-from worker.shards import PLAN, _heartbeat, drop, part_lock, run_part
+from worker.shards import PLAN, _heartbeat, drop, part_lock, read_json_or_none, run_part
 
 log = logging.getLogger(__name__)
 GRAPH_FILES = ("neighbours", "similarities", "pairs")
@@ -56,10 +56,7 @@ def plan_path(job: Job) -> Path:
 
 def read_plan(job: Job) -> dict | None:
     """The job's plan, or None when none was written (or it was discarded)."""
-    try:
-        return json.loads(plan_path(job).read_text())
-    except FileNotFoundError:
-        return None
+    return read_json_or_none(plan_path(job))
 
 
 def write_plan(job: Job, vectors: np.ndarray, ids: list[str], labels: list[str], config: EvidenceConfig,

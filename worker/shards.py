@@ -79,8 +79,13 @@ def final_dir(p: dict) -> Path:
 
 def read_plan(job: Job) -> dict | None:
     """The job's plan, or None when none was written (or it was discarded)."""
+    return read_json_or_none(plan_path(job))
+
+
+def read_json_or_none(path: Path) -> dict | None:
+    """A plan written once by rename: its content, or None when it is not there (not yet, or dropped)."""
     try:
-        return json.loads(plan_path(job).read_text())
+        return json.loads(path.read_text())
     except FileNotFoundError:
         return None
 
