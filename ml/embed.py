@@ -26,7 +26,7 @@ import multiprocessing
 import os
 import shutil
 import uuid
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -261,6 +261,23 @@ def embed_images(
     out = np.zeros((len(items), model.embedding_dim), dtype=np.float32)
     if len(items) == 0:
         return out
+    done = 0
+    with _ModelPrepared(model, cfg, fuse=cfg.fuse_bn) as (net, device):
+        for groups, size in decoded_batches(items, cfg):
+            for positions, images in groups:
+                out[positions] = embed_batch(net, images.to(device, non_blocking=True), cfg).cpu().numpy()
+            done += size
+            if progress is not None:
+                progress(done, len(items))
+    return out
+
+
+def decoded_batches(
+    items: Sequence[Any], cfg: EmbedConfig
+) -> Iterator[tuple[list[tuple[list[int], torch.Tensor]], int]]:
+    """The images of ``items`` decoded and resized (in DataLoader workers when ``cfg`` asks for them), in
+    batches of ``cfg.batch_size`` (ordered by shape when batching, so batches are full): per batch, its
+    [(positions in ``items``, uint8 tensor of same-sized images)] groups and its size."""
     workers = _num_workers(items, cfg)
     paths = all(isinstance(item, str | os.PathLike) for item in items)
     order = shape_order(items, cfg.image_size) if cfg.batch_size > 1 and paths else None
@@ -273,15 +290,8 @@ def embed_images(
         worker_init_fn=_worker_init if workers else None,
         prefetch_factor=4 if workers else None,
     )
-    done = 0
-    with _ModelPrepared(model, cfg, fuse=cfg.fuse_bn) as (net, device):
-        for batch in loader:
-            for positions, images in _group_by_shape(batch):
-                out[positions] = embed_batch(net, images.to(device, non_blocking=True), cfg).cpu().numpy()
-            done += len(batch)
-            if progress is not None:
-                progress(done, len(items))
-    return out
+    for batch in loader:
+        yield list(_group_by_shape(batch)), len(batch)
 
 
 def _group_by_shape(batch: list[tuple[int, torch.Tensor]]):

@@ -33,9 +33,9 @@ from PIL import Image, ImageOps
 from ml.embed import (
     SIZE_MULTIPLE,
     EmbedConfig,
-    ImageItems,
     _ModelPrepared,
     _views,
+    decoded_batches,
     embedding_size,
     l2_normalize,
     normalise,
@@ -211,17 +211,20 @@ def _fill_regions(
     out: np.ndarray, models: Sequence[LandmarkNet], items: Sequence[Any], cfg: EmbedConfig,
     regional: RegionalConfig, model_weights: Sequence[float] | None, progress: Progress | None,
 ) -> None:
-    loader = ImageItems(list(items), cfg.image_size)
+    """Decoded and batched as ``ml.embed.embed_images`` does (decode workers, BN fused on the CPU)."""
+    done = 0
     with ExitStack() as stack:
-        nets = [stack.enter_context(_ModelPrepared(m, cfg, fuse=False)) for m in models]
-        for i in range(len(items)):
-            _, image = loader[i]
-            parts = [embed_regions_batch(net, image.unsqueeze(0).to(device), cfg, regional)[0].cpu().numpy()
-                     for net, device in nets]
-            regions = concat_regions(parts, model_weights)
-            out[i, : len(regions)] = regions
+        nets = [stack.enter_context(_ModelPrepared(m, cfg, fuse=cfg.fuse_bn)) for m in models]
+        for groups, size in decoded_batches(items, cfg):
+            for positions, images in groups:
+                parts = [embed_regions_batch(net, images.to(device), cfg, regional).cpu().numpy()
+                         for net, device in nets]
+                for j, position in enumerate(positions):
+                    regions = concat_regions([part[j] for part in parts], model_weights)
+                    out[position, : len(regions)] = regions
+            done += size
             if progress is not None:
-                progress(i + 1, len(items))
+                progress(done, len(items))
 
 
 def concat_regions(parts: Sequence[np.ndarray], weights: Sequence[float] | None = None) -> np.ndarray:
