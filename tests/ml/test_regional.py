@@ -18,6 +18,7 @@ from ml.regional import (
     embed_database_regions,
     embed_image_regions,
     expanded_region_scores,
+    region_count,
     region_similarity,
     rmac_boxes,
 )
@@ -88,6 +89,22 @@ def test_database_regions_match_the_query_side_and_are_written_atomically(lite0,
         np.testing.assert_allclose(stored[i, : len(query)].astype(np.float32), query, atol=2e-3)
         assert not stored[i, len(query):].any()  # zero padding up to the most regions of any image
     np.testing.assert_allclose(stored[:, 0].astype(np.float32), embed_images(lite0, paths, CFG), atol=2e-3)
+
+
+def test_database_regions_in_batches_with_a_decode_worker_equal_one_at_a_time(lite0):
+    """Batched by shape (two photos of one size, a photo of another aspect between them), decoded in a
+    worker process, BN fused: the same regions, in the order of the paths, as one photo at a time
+    in-process. At 128 px the 1024 x 683 photos get 21 regions and the 975 x 861 one 10."""
+    cfg = replace(CFG, image_size=128)
+    wide = [r for r in mini_rows() if (r["width"], r["height"]) == ("1024", "683")][:2]
+    squarer = [r for r in mini_rows() if (r["width"], r["height"]) == ("975", "861")][:1]
+    paths = [str(_photo(r["id"])) for r in (wide[0], squarer[0], wide[1])]
+    one_by_one = embed_database_regions([lite0], paths, replace(cfg, fuse_bn=False), REGIONS)
+    batched = embed_database_regions([lite0], paths, replace(cfg, batch_size=3, num_workers=1), REGIONS)
+    np.testing.assert_allclose(batched.astype(np.float32), one_by_one.astype(np.float32), atol=2e-3)
+    counts = [region_count(path, cfg, REGIONS) for path in paths]
+    assert counts == [21, 10, 21] and batched.shape[1] == 21
+    assert not batched[1, 10:].any() and batched[1, 9].any()  # zero-padded after its own regions
 
 
 def test_details_of_photos_find_them_better_by_regions(lite0):
