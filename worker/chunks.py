@@ -59,9 +59,19 @@ def plan(job: Job) -> dict:
         raise ValueError("no images to embed")
     embed = {**params.get("embed", {})}
     embed["scales"] = list(embed.get("scales", [1.0]))
-    data = {"model_version": mv.pk, "spec": model_spec(mv), "embed": embed,
-            "chunk": int(params.get("chunk_size") or DEFAULT_CHUNK), "regional": regional_params(params),
-            "ids": [im.external_id for im in images], "paths": [image_file_path(im) for im in images]}
+    return write_plan(job, {
+        "model_version": mv.pk, "spec": model_spec(mv), "embed": embed,
+        "chunk": int(params.get("chunk_size") or DEFAULT_CHUNK), "regional": regional_params(params),
+        "ids": [im.external_id for im in images], "paths": [image_file_path(im) for im in images]})
+
+
+def write_plan(job: Job, data: dict) -> dict:
+    """Write ``data`` as the job's plan unless one is there already (a resumed job keeps its first plan);
+    returns the plan on disk. Also the embedding stage of build_index (``worker.indexing``), which adds
+    ``set_params`` and ``image_filter`` for the EmbeddingSet it publishes."""
+    written = read_plan(job)
+    if written is not None:
+        return written
     _write_atomic(work_dir(job) / PLAN, json.dumps(data).encode())
     return data
 
@@ -163,13 +173,14 @@ def publish(job: Job, p: dict) -> dict:
             es = existing
         else:
             write_embedding_shards(out, p["ids"], vectors)
-            params = {"embed": asdict(embed_config(p)), "chunks": chunk_count(p)}
+            params = {"embed": asdict(embed_config(p)), "chunks": chunk_count(p), **p.get("set_params", {})}
             if p.get("regional"):
                 join_regions(job, p, out / REGIONS_FILE)
                 params["regional"] = p["regional"]
             es = EmbeddingSet.objects.create(
                 model_version_id=p["model_version"], path=str(out), dim=vectors.shape[1], image_count=len(p["ids"]),
-                scales=p["embed"]["scales"], image_filter={"splits": job.params.get("splits") or "all"},
+                scales=p["embed"]["scales"],
+                image_filter=p.get("image_filter") or {"splits": job.params.get("splits") or "all"},
                 params=params, job=job)
     return {"embedding_set": es.pk, "images": len(p["ids"]), "dim": int(vectors.shape[1]), "path": es.path,
             "chunks": chunk_count(p)}

@@ -37,7 +37,7 @@ from webapp.jobs.models import Job
 from webapp.search.engine import labels_of
 from webapp.search.models import EmbeddingSet, IndexVersion, ModelVersion
 from webapp.search.services import active_model_version, image_file_path, model_spec, packaged_model_version
-from worker import shards
+from worker import chunks, shards
 from worker.chunks import _write_atomic
 from worker.params import config_from
 from worker.runner import TRANSIENT_ERRORS, JobContext, JobDeferred, job_function
@@ -74,15 +74,21 @@ def run_build_index(job: Job, ctx: JobContext) -> dict:
     worker died) skips what it finished: the plan, and every shard already built."""
     done = IndexVersion.objects.filter(job=job).first()
     if done is not None:  # published before the worker died, only the job row was not closed
-        shards.discard(job)
+        _discard(job)
         return shards.result_of(done)
     try:
         return _build(job, ctx)
     except (JobDeferred, *TRANSIENT_ERRORS):
         raise  # the shards are on the workers / the task retries and resumes
     except Exception:
-        shards.discard(job)  # failed or cancelled: nothing will resume it (a retry is a new job)
+        _discard(job)  # failed or cancelled: nothing will resume it (a retry is a new job)
         raise
+
+
+def _discard(job: Job) -> None:
+    """Drop the job's unpublished work: its embedding chunks and its index plan, vectors and shards."""
+    shards.drop(chunks.work_dir(job))
+    shards.discard(job)
 
 
 def _build(job: Job, ctx: JobContext) -> dict:
@@ -219,14 +225,23 @@ def _whiten(job: Job, ids: list[str], vectors: np.ndarray, pipeline) -> np.ndarr
 
 def _embeddings(job: Job, ctx: JobContext):
     """(EmbeddingSet, ids, vectors, pipeline, image paths or None): the set named in the params, the one
-    this job made before its worker died, or a new one embedded here."""
+    this job made (before its worker died, or before its embedding chunks came back), or a new one."""
     params = job.params
     es_pk = params.get("embedding_set")
     es = (EmbeddingSet.objects.select_related("model_version").get(pk=es_pk) if es_pk
           else EmbeddingSet.objects.select_related("model_version").filter(job=job).first())
-    if es is not None:
-        ids, vectors = read_embedding_shards(es.path)
-        return es, ids, vectors, embeddings_pipeline(params, es), None
+    if es is None:
+        es = _embed_catalogue(job, ctx)  # may hand the chunks to the workers (JobDeferred)
+    shards.drop(chunks.work_dir(job))  # the chunks are in the set (left when a worker died after publishing)
+    ids, vectors = read_embedding_shards(es.path)
+    return es, ids, vectors, embeddings_pipeline(params, es), None
+
+
+def _embed_catalogue(job: Job, ctx: JobContext) -> EmbeddingSet:
+    """Embed the images to index with the pipeline's model (and their regions, when it uses them) into an
+    EmbeddingSet of this job: in chunks, as the embed job does, so the workers share them and a resumed
+    job skips the chunks on disk; an ensemble in this process (a chunk holds one model)."""
+    params = job.params
     mv = ModelVersion.objects.get(pk=params["model_version"]) if params.get("model_version") else active_model_version()
     pipeline = index_pipeline(params, mv)
     if not mv.checkpoint:  # untrained: the pipeline's own packaged models are what embeds
@@ -236,6 +251,35 @@ def _embeddings(job: Job, ctx: JobContext):
         raise ValueError("no images to index (import a data set first, or check --splits)")
     ids = [im.external_id for im in images]
     paths = [image_file_path(im) for im in images]
+    set_params = {"models": list(pipeline.models), "image_size": pipeline.image_size}
+    image_filter = {"splits": params.get("splits") or DEFAULT_INDEX_SPLITS}
+    if len(pipeline.models) > 1:
+        return _embed_here(job, ctx, mv, pipeline, ids, paths, set_params, image_filter)
+    p = chunks.write_plan(job, {
+        "model_version": mv.pk, "spec": pipeline.models[0], "ids": ids, "paths": paths,
+        "embed": {"image_size": pipeline.image_size, "scales": list(pipeline.scales)},
+        "chunk": int(params.get("chunk_size") or chunks.DEFAULT_CHUNK),
+        "regional": _grid(pipeline) if pipeline.regional.enabled else None,
+        "set_params": set_params, "image_filter": image_filter,
+    })
+    pending = chunks.pending_chunks(job, p)
+    if job.queued and len(pending) > 1:
+        from celery import chord
+
+        from webapp.celery_app import app
+
+        header = [app.signature("worker.embed_chunk", args=(job.pk, i), queue="gpu") for i in pending]
+        chord(header)(app.signature("worker.resume_job", args=(job.pk,), queue="cpu"))
+        raise JobDeferred(f"{len(pending)} embedding chunks sent to the workers")
+    for i in pending:
+        chunks.compute_chunk(job, p, i)
+        chunks.report(job, p, f"embedding chunk {i + 1} of {chunks.chunk_count(p)}")
+    chunks.publish(job, p)
+    return EmbeddingSet.objects.select_related("model_version").filter(job=job).order_by("pk").first()
+
+
+def _embed_here(job: Job, ctx: JobContext, mv: ModelVersion, pipeline, ids: list[str], paths: list[str],
+                set_params: dict, image_filter: dict) -> EmbeddingSet:
     models = load_models(pipeline)
     if pipeline.regional.enabled:  # region 0 is the whole image: one pass gives the vectors and the regions
         vectors = whole_image_vectors(_regions(job, ctx, ids, paths, pipeline, models))
@@ -243,15 +287,12 @@ def _embeddings(job: Job, ctx: JobContext):
         vectors = embed_database(models, paths, pipeline, progress=lambda d, t: ctx.progress(d, t, "embedding"))
     out = Path(settings.ARTIFACTS_ROOT) / "embeddings" / f"{timezone.now():%Y%m%d-%H%M%S}-{uuid.uuid4().hex[:6]}"
     emb_dir = write_embedding_shards(out, ids, vectors)
-    es_params = {"models": list(pipeline.models), "image_size": pipeline.image_size}
     if pipeline.regional.enabled:  # the set keeps them too: a later build from it does not make them again
         _link_atomic(shards.building_dir(job) / REGIONS_FILE, Path(emb_dir) / REGIONS_FILE)
-        es_params["regional"] = _grid(pipeline)
-    es = EmbeddingSet.objects.create(model_version=mv, path=str(emb_dir), dim=vectors.shape[1], image_count=len(ids),
-                                     scales=list(pipeline.scales), job=job,
-                                     image_filter={"splits": params.get("splits") or DEFAULT_INDEX_SPLITS},
-                                     params=es_params)
-    return es, ids, vectors, pipeline, paths
+        set_params = {**set_params, "regional": _grid(pipeline)}
+    return EmbeddingSet.objects.create(model_version=mv, path=str(emb_dir), dim=vectors.shape[1], image_count=len(ids),
+                                       scales=list(pipeline.scales), job=job, image_filter=image_filter,
+                                       params=set_params)
 
 
 def _write_vectors(path: Path, vectors: np.ndarray) -> None:

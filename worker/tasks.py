@@ -70,6 +70,17 @@ def finish_embed(_results, job_id: int) -> str:
     return chunks.finish_job(job_id)
 
 
+@shared_task(name="worker.resume_job", **CHORD_CALLBACK)
+def resume_job(_results, job_id: int) -> str:
+    """A chord's callback that hands the job back to its own function, which goes on from what is on disk
+    (build_index after its embedding chunks: the set, regions, local features, then its index shards)."""
+    close_old_connections()
+    try:
+        return execute_job(job_id, retry=True).state
+    finally:
+        close_old_connections()
+
+
 @shared_task(name="worker.index_shard", **CHORD_PART)
 def index_shard(job_id: int, shard: int) -> int:
     """One shard of a build_index job (idempotent: a shard already on disk is not built again)."""

@@ -102,6 +102,33 @@ def test_killed_embedding_resumes_from_finished_chunks(imported_mini, settings, 
     assert np.allclose(regions.astype(np.float32), ref_regions.astype(np.float32), atol=2e-3)
 
 
+def test_killed_build_resumes_its_embedding_from_finished_chunks(imported_mini, settings, tmp_path):
+    """build_index with no embedding set embeds in chunks on the workers; killed among them, it resumes from
+    the chunks on disk and indexes what an uninterrupted build indexes."""
+    params = {"pipeline": PIPELINE, "splits": ["query"], "chunk_size": 3}
+    call_command("build_index", "--pipeline", PIPELINE, "--splits", "query")  # the uninterrupted run
+    ref_ids, ref_vectors = read_embedding_shards(IndexVersion.objects.get(is_active=True).embedding_set.path)
+
+    clear_broker(settings)
+    first = start_worker(settings, tmp_path / "first.log", "first")
+    job = start_job(Job.Kind.BUILD_INDEX, params)
+    finished = "chunk-??????.npy"
+    kill_when(first, lambda: len(list(chunks.work_dir(job).glob(finished))) >= 2, tmp_path / "first.log")
+    survived = {int(p.stem.split("-")[1]) for p in chunks.work_dir(job).glob(finished)}
+    job.refresh_from_db()
+    assert job.state == Job.State.RUNNING and 0 < len(survived) < 12
+
+    log = resume(settings, tmp_path, job)
+    redone = logged_parts(log, job, "embedded chunk")
+    assert redone and not survived & set(redone)  # finished chunks were not computed again
+    assert sorted(survived | set(redone)) == list(range(12))
+    iv = IndexVersion.objects.get(job=job)
+    assert iv.is_active and iv.size == 34 and not chunks.work_dir(job).exists()
+    ids, vectors = read_embedding_shards(iv.embedding_set.path)
+    assert ids == ref_ids and iv.embedding_set.params["chunks"] == 12
+    assert np.allclose(vectors.astype(np.float32), ref_vectors.astype(np.float32), atol=2e-3)
+
+
 def test_killed_sharded_build_resumes_without_rebuilding_finished_shards(settings, tmp_path):
     es, ids, x = synthetic_embedding_set(tmp_path, 1600, 16)
     call_command("build_index", "--pipeline", PIPELINE, "--embedding-set", str(es.pk))

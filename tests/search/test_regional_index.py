@@ -14,14 +14,14 @@ from ml.images import load_rgb
 from ml.pipeline import database_regions, get_pipeline, load_models
 from ml.regional import FILE_NAME, load_regions
 from ml.weights import load_model
-from tests.conftest import MINI
+from tests.conftest import MINI, wait_for
 from webapp.catalog.models import Image
 from webapp.jobs.models import Job
-from webapp.jobs.services import create_job
+from webapp.jobs.services import create_job, start_job
 from webapp.search.engine import current_engine, search_photo
 from webapp.search.models import EmbeddingSet, IndexVersion
 from webapp.search.services import image_file_path, packaged_model_version
-from worker import indexing, shards
+from worker import chunks, indexing, shards
 from worker.runner import JobContext
 
 pytestmark = pytest.mark.django_db
@@ -73,8 +73,10 @@ def test_one_pass_embeds_and_regions_the_catalogue(imported_mini):
     np.testing.assert_allclose(es_vectors[5], alone, atol=3e-3)
     outcome = search_photo(load_rgb(image_file_path(photo)))
     assert outcome.hits[0].image_id == photo.external_id
-    # The embedding set keeps the regions too (the same file), so a later build from it takes them.
+    # The embedding set (made in chunks, as the embed job makes them) keeps the regions too (the same
+    # file), so a later build from it takes them.
     assert iv.embedding_set.params["regional"] == {"levels": 3, "overlap": 0.4}
+    assert iv.embedding_set.params["chunks"] == 1 and iv.embedding_set.params["models"] == ["tf_efficientnet_lite2"]
     assert (Path(iv.embedding_set.path) / FILE_NAME).stat().st_ino == (Path(iv.path) / FILE_NAME).stat().st_ino
 
 
@@ -126,3 +128,29 @@ def test_a_resumed_build_keeps_its_regions_only_for_the_same_images(imported_min
     swapped = indexing._regions(job, ctx, ids[::-1], paths[::-1], pipeline)  # same count, other order
     np.testing.assert_array_equal(swapped[0], first[2])
     assert path.stat().st_ino != made.st_ino
+
+
+@pytest.mark.worker
+@pytest.mark.django_db(transaction=True)
+def test_a_queued_build_embeds_the_catalogue_in_chunks_on_the_workers(celery_worker_process, imported_mini,
+                                                                      tmp_path):
+    """build_index with no embedding set (what an import queues) sends its embedding chunks to the workers
+    (a chord), whose callback hands the job back to build_index: it publishes the set with its regions,
+    links them into the index, builds the shards and publishes the index."""
+    job = start_job(Job.Kind.BUILD_INDEX, {"pipeline": "lite2-ms-regional", "splits": ["query"], "chunk_size": 12})
+    log = tmp_path / "worker.log"
+    assert wait_for(lambda: Job.objects.get(pk=job.pk).is_finished, 300), log.read_text()[-3000:]
+    job.refresh_from_db()
+    assert job.state == Job.State.SUCCEEDED, job.error
+    text = log.read_text()
+    assert text.count("worker.embed_chunk") >= 3 and "worker.resume_job" in text
+    es = EmbeddingSet.objects.get(job=job)
+    assert es.params["chunks"] == 3 and es.params["regional"] == {"levels": 3, "overlap": 0.4}
+    assert es.image_filter == {"splits": ["query"]} and es.image_count == 34
+    iv = IndexVersion.objects.get(is_active=True)
+    assert iv.embedding_set == es
+    assert (Path(iv.path) / FILE_NAME).stat().st_ino == (Path(es.path) / FILE_NAME).stat().st_ino
+    assert not chunks.work_dir(job).exists() and not shards.work_dir(job).exists()
+    ids, _ = read_embedding_shards(es.path)
+    photo = Image.objects.get(external_id=ids[20])
+    assert search_photo(load_rgb(image_file_path(photo))).hits[0].image_id == photo.external_id

@@ -1,5 +1,5 @@
 """python manage.py build_index [--pipeline NAME] [--model-version ID | --embedding-set ID] [--splits ...]
-[--shard-size N] [--index-kind KIND] [--queue]"""
+[--chunk-size N] [--shard-size N] [--index-kind KIND] [--queue]"""
 
 from ml.index import KINDS
 from ml.pipeline import DEFAULT_PIPELINE, list_pipelines
@@ -21,6 +21,8 @@ class Command(JobCommand):
                             help="Images to index (default: train and index; queries and tests stay out).")
         parser.add_argument("--embedding-set", type=int,
                             help="Index the vectors of this EmbeddingSet (from `embed`) instead of embedding here.")
+        parser.add_argument("--chunk-size", type=int,
+                            help="Images per embedding chunk, each embedded by its own task (default: 512).")
         parser.add_argument("--shard-size", type=int,
                             help="Vectors per index shard, each built by its own task (default: INDEX_SHARD_SIZE).")
         parser.add_argument("--index-kind", choices=KINDS,
@@ -30,6 +32,8 @@ class Command(JobCommand):
         params = {"pipeline": o["pipeline"], "model_version": o["model_version"], "splits": o["splits"]}
         if o["embedding_set"]:
             params["embedding_set"] = o["embedding_set"]
+        if o["chunk_size"]:
+            params["chunk_size"] = o["chunk_size"]
         if o["shard_size"]:
             params["shard_size"] = o["shard_size"]
         if o["index_kind"]:
