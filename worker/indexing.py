@@ -242,26 +242,28 @@ def _embed_catalogue(job: Job, ctx: JobContext) -> EmbeddingSet:
     EmbeddingSet of this job: in chunks, as the embed job does, so the workers share them and a resumed
     job skips the chunks on disk; an ensemble in this process (a chunk holds one model)."""
     params = job.params
-    mv = ModelVersion.objects.get(pk=params["model_version"]) if params.get("model_version") else active_model_version()
-    pipeline = index_pipeline(params, mv)
-    if not mv.checkpoint:  # untrained: the pipeline's own packaged models are what embeds
-        mv = packaged_model_version("+".join(pipeline.models))
-    images = list(Image.objects.filter(split__in=params.get("splits") or DEFAULT_INDEX_SPLITS).order_by("pk"))
-    if not images:
-        raise ValueError("no images to index (import a data set first, or check --splits)")
-    ids = [im.external_id for im in images]
-    paths = [image_file_path(im) for im in images]
-    set_params = {"models": list(pipeline.models), "image_size": pipeline.image_size}
-    image_filter = {"splits": params.get("splits") or DEFAULT_INDEX_SPLITS}
-    if len(pipeline.models) > 1:
-        return _embed_here(job, ctx, mv, pipeline, ids, paths, set_params, image_filter)
-    p = chunks.write_plan(job, {
-        "model_version": mv.pk, "spec": pipeline.models[0], "ids": ids, "paths": paths,
-        "embed": {"image_size": pipeline.image_size, "scales": list(pipeline.scales)},
-        "chunk": int(params.get("chunk_size") or chunks.DEFAULT_CHUNK),
-        "regional": _grid(pipeline) if pipeline.regional.enabled else None,
-        "set_params": set_params, "image_filter": image_filter,
-    })
+    p = chunks.read_plan(job)  # a resumed job keeps its plan (and does not list the catalogue again)
+    if p is None:
+        mv = ModelVersion.objects.get(pk=params["model_version"]) if params.get("model_version") else active_model_version()
+        pipeline = index_pipeline(params, mv)
+        if not mv.checkpoint:  # untrained: the pipeline's own packaged models are what embeds
+            mv = packaged_model_version("+".join(pipeline.models))
+        images = list(Image.objects.filter(split__in=params.get("splits") or DEFAULT_INDEX_SPLITS).order_by("pk"))
+        if not images:
+            raise ValueError("no images to index (import a data set first, or check --splits)")
+        ids = [im.external_id for im in images]
+        paths = [image_file_path(im) for im in images]
+        set_params = {"models": list(pipeline.models), "image_size": pipeline.image_size}
+        image_filter = {"splits": params.get("splits") or DEFAULT_INDEX_SPLITS}
+        if len(pipeline.models) > 1:
+            return _embed_here(job, ctx, mv, pipeline, ids, paths, set_params, image_filter)
+        p = chunks.write_plan(job, {
+            "model_version": mv.pk, "spec": pipeline.models[0], "ids": ids, "paths": paths,
+            "embed": {"image_size": pipeline.image_size, "scales": list(pipeline.scales)},
+            "chunk": int(params.get("chunk_size") or chunks.DEFAULT_CHUNK),
+            "regional": _grid(pipeline) if pipeline.regional.enabled else None,
+            "set_params": set_params, "image_filter": image_filter,
+        })
     pending = chunks.pending_chunks(job, p)
     if job.queued and len(pending) > 1:
         from celery import chord
@@ -274,6 +276,7 @@ def _embed_catalogue(job: Job, ctx: JobContext) -> EmbeddingSet:
     for i in pending:
         chunks.compute_chunk(job, p, i)
         chunks.report(job, p, f"embedding chunk {i + 1} of {chunks.chunk_count(p)}")
+        ctx.progress(min((i + 1) * p["chunk"], len(p["ids"])), len(p["ids"]))  # raises if cancelled
     chunks.publish(job, p)
     return EmbeddingSet.objects.select_related("model_version").filter(job=job).order_by("pk").first()
 
