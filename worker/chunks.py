@@ -68,10 +68,18 @@ def plan(job: Job) -> dict:
 def write_plan(job: Job, data: dict) -> dict:
     """Write ``data`` as the job's plan unless one is there already (a resumed job keeps its first plan);
     returns the plan on disk. Also the embedding stage of build_index (``worker.indexing``), which adds
-    ``set_params`` and ``image_filter`` for the EmbeddingSet it publishes."""
+    ``set_params`` and ``image_filter`` for the EmbeddingSet it publishes.
+
+    The ids and paths go to one small file per chunk, so a chunk task reads its own images, not the whole
+    collection's (millions of paths); the plan, written last, holds their count and marks them complete."""
     written = read_plan(job)
     if written is not None:
         return written
+    ids, paths = data.pop("ids"), data.pop("paths")
+    data["count"] = len(ids)
+    for i in range(chunk_count(data)):
+        lo, hi = chunk_bounds(data, i)
+        _write_atomic(inputs_path(job, i), json.dumps({"ids": ids[lo:hi], "paths": paths[lo:hi]}).encode())
     _write_atomic(work_dir(job) / PLAN, json.dumps(data).encode())
     return data
 
@@ -88,7 +96,20 @@ def read_plan(job: Job) -> dict | None:
 
 
 def chunk_count(p: dict) -> int:
-    return (len(p["ids"]) + p["chunk"] - 1) // p["chunk"]
+    return (p["count"] + p["chunk"] - 1) // p["chunk"]
+
+
+def chunk_bounds(p: dict, i: int) -> tuple[int, int]:
+    return i * p["chunk"], min((i + 1) * p["chunk"], p["count"])
+
+
+def inputs_path(job: Job, i: int) -> Path:
+    return work_dir(job) / f"inputs-{i:06d}.json"
+
+
+def chunk_inputs(job: Job, i: int) -> dict:
+    """{"ids": [...], "paths": [...]} of chunk ``i``."""
+    return json.loads(inputs_path(job, i).read_text())
 
 
 def chunk_path(job: Job, i: int) -> Path:
@@ -115,23 +136,23 @@ def compute_chunk(job: Job, p: dict, i: int) -> None:
             return
         if p["spec"] not in _models:
             _models[p["spec"]] = load_model(p["spec"])
-        lo, hi = i * p["chunk"], min((i + 1) * p["chunk"], len(p["ids"]))
+        paths = chunk_inputs(job, i)["paths"]
         if p.get("regional"):  # regions first (their own temp + rename), then the vectors that mark it done
-            regions = embed_database_regions([_models[p["spec"]]], p["paths"][lo:hi], embed_config(p),
+            regions = embed_database_regions([_models[p["spec"]]], paths, embed_config(p),
                                              RegionalConfig(**p["regional"]), regions_path(job, i))
             vectors = whole_image_vectors(regions)
         else:
-            vectors = embed_images(_models[p["spec"]], p["paths"][lo:hi], embed_config(p))
+            vectors = embed_images(_models[p["spec"]], paths, embed_config(p))
         _write_atomic(path, _npy_bytes(vectors.astype(np.float32)))
-    log.info("job %s: embedded chunk %s (%s images)", job.pk, i, hi - lo)
+    log.info("job %s: embedded chunk %s (%s images)", job.pk, i, len(paths))
 
 
 def report(job: Job, p: dict, message: str) -> None:
     """Progress of a chunked job = the images in chunks on disk (whoever computed them)."""
-    done = sum(min(p["chunk"], len(p["ids"]) - i * p["chunk"]) for i in range(chunk_count(p))
-               if chunk_path(job, i).exists())
+    finished = (chunk_bounds(p, i) for i in range(chunk_count(p)) if chunk_path(job, i).exists())
+    done = sum(hi - lo for lo, hi in finished)
     Job.objects.filter(pk=job.pk, state=Job.State.RUNNING).update(
-        progress_done=done, progress_total=len(p["ids"]), message=message, heartbeat_at=timezone.now())
+        progress_done=done, progress_total=p["count"], message=message, heartbeat_at=timezone.now())
 
 
 def run_chunk(job_id: int, i: int) -> int:
@@ -159,30 +180,31 @@ def finish_job(job_id: int) -> str:
     result = publish(job, p)
     Job.objects.filter(pk=job.pk, state=Job.State.RUNNING).update(
         state=Job.State.SUCCEEDED, result=result, message="done", finished_at=timezone.now(),
-        progress_done=len(p["ids"]), progress_total=len(p["ids"]))
+        progress_done=p["count"], progress_total=p["count"])
     drop(work_dir(job))  # the chunks are in the EmbeddingSet now; a copy of every vector is not kept
     return Job.State.SUCCEEDED
 
 
 def publish(job: Job, p: dict) -> dict:
     vectors = np.concatenate([np.load(chunk_path(job, i)) for i in range(chunk_count(p))])
+    ids = [image_id for i in range(chunk_count(p)) for image_id in chunk_inputs(job, i)["ids"]]
     out = Path(settings.ARTIFACTS_ROOT) / "embeddings" / f"job-{job.pk}-{uuid.uuid4().hex[:8]}"
     with transaction.atomic():
         existing = EmbeddingSet.objects.filter(job=job).first()
         if existing:
             es = existing
         else:
-            write_embedding_shards(out, p["ids"], vectors)
+            write_embedding_shards(out, ids, vectors)
             params = {"embed": asdict(embed_config(p)), "chunks": chunk_count(p), **p.get("set_params", {})}
             if p.get("regional"):
                 join_regions(job, p, out / REGIONS_FILE)
                 params["regional"] = p["regional"]
             es = EmbeddingSet.objects.create(
-                model_version_id=p["model_version"], path=str(out), dim=vectors.shape[1], image_count=len(p["ids"]),
+                model_version_id=p["model_version"], path=str(out), dim=vectors.shape[1], image_count=len(ids),
                 scales=p["embed"]["scales"],
                 image_filter=p.get("image_filter") or {"splits": job.params.get("splits") or "all"},
                 params=params, job=job)
-    return {"embedding_set": es.pk, "images": len(p["ids"]), "dim": int(vectors.shape[1]), "path": es.path,
+    return {"embedding_set": es.pk, "images": es.image_count, "dim": int(vectors.shape[1]), "path": es.path,
             "chunks": chunk_count(p)}
 
 

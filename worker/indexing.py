@@ -276,7 +276,7 @@ def _embed_catalogue(job: Job, ctx: JobContext) -> EmbeddingSet:
     for i in pending:
         chunks.compute_chunk(job, p, i)
         chunks.report(job, p, f"embedding chunk {i + 1} of {chunks.chunk_count(p)}")
-        ctx.progress(min((i + 1) * p["chunk"], len(p["ids"])), len(p["ids"]))  # raises if cancelled
+        ctx.progress(chunks.chunk_bounds(p, i)[1], p["count"])  # raises if cancelled
     chunks.publish(job, p)
     return EmbeddingSet.objects.select_related("model_version").filter(job=job).order_by("pk").first()
 

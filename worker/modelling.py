@@ -85,7 +85,7 @@ def run_embed(job: Job, ctx: JobContext) -> dict:
     for i in pending:
         chunks.compute_chunk(job, plan, i)
         chunks.report(job, plan, f"embedding chunk {i + 1} of {chunks.chunk_count(plan)}")
-        ctx.progress(min((i + 1) * plan["chunk"], len(plan["ids"])), len(plan["ids"]))
+        ctx.progress(chunks.chunk_bounds(plan, i)[1], plan["count"])
     result = chunks.publish(job, plan)
     drop(chunks.work_dir(job))
     return result

@@ -15,7 +15,7 @@ from webapp.catalog.models import Image
 from webapp.jobs.models import Job
 from webapp.jobs.services import cancel_job, create_job, start_job
 from webapp.search.models import EmbeddingSet, ModelVersion
-from webapp.search.services import active_model_version
+from webapp.search.services import active_model_version, image_file_path
 from worker import chunks
 from worker.watchdog import recover_jobs
 
@@ -58,6 +58,23 @@ def test_train_few_shot_starts_from_the_imagenet_descriptor(imported_mini):
     mv = ModelVersion.objects.get(name="few")
     call_command("embed", "--splits", "query", "--image-size", "96")
     assert EmbeddingSet.objects.get().model_version == mv and EmbeddingSet.objects.get().dim == 1280
+
+
+def test_each_chunk_reads_its_own_images_not_the_whole_plan(imported_mini):
+    """The plan holds settings and a count; each chunk's ids and paths are in a file of their own, so a
+    chunk task of a job over millions of images does not parse them all."""
+    params = {"splits": ["query"], "chunk_size": 12, "embed": {"image_size": 64, "scales": [1.0], "num_workers": 0}}
+    job = create_job(Job.Kind.EMBED, params, queued=True)
+    p = chunks.plan(job)
+    assert p["count"] == 34 and chunks.chunk_count(p) == 3 and "ids" not in p and "paths" not in p
+    assert ".jpg" not in (chunks.work_dir(job) / "plan.json").read_text()
+    inputs = [chunks.chunk_inputs(job, i) for i in range(3)]
+    assert [len(x["ids"]) for x in inputs] == [12, 12, 10] and all(len(x["paths"]) == len(x["ids"]) for x in inputs)
+    images = list(Image.objects.filter(split="query").order_by("pk"))
+    assert [i for x in inputs for i in x["ids"]] == [im.external_id for im in images]
+    assert inputs[2]["paths"][-1] == image_file_path(images[-1])
+    chunks.compute_chunk(job, p, 2)
+    assert np.load(chunks.chunk_path(job, 2)).shape[0] == 10
 
 
 def test_a_cancelled_chunked_embedding_leaves_no_work_folder(imported_mini):
