@@ -42,7 +42,7 @@ from worker import clean_chunks
 from worker.indexing import feature_dir
 from worker.params import config_from
 from worker.runner import TRANSIENT_ERRORS, JobContext, JobDeferred, job_function
-from worker.shards import fail
+from worker.shards import fail, send_parts
 
 log = logging.getLogger(__name__)
 
@@ -110,10 +110,6 @@ def plan(job: Job, ctx: JobContext, inputs: _Inputs | None = None) -> dict:
 
 
 def _clean(job: Job, ctx: JobContext) -> dict:
-    from celery import chord
-
-    from webapp.celery_app import app
-
     p = clean_chunks.read_plan(job)
     if p is None:
         inp = _inputs(job, ctx)
@@ -132,11 +128,8 @@ def _clean(job: Job, ctx: JobContext) -> dict:
     if len(pending) < n_chunks:
         ctx.note(f"resumed: {n_chunks - len(pending)} of {n_chunks} verification chunks already on disk")
     clean_chunks.report(job, p, f"verifying {p['pairs']} pairs in {n_chunks} chunk(s)")
-    if job.queued and len(pending) > 1:
-        ctx.flush()
-        header = [app.signature("worker.clean_chunk", args=(job.pk, i), queue="cpu") for i in pending]
-        chord(header)(app.signature("worker.finish_clean", args=(job.pk,), queue="cpu"))
-        raise JobDeferred(f"{len(pending)} verification chunks sent to the workers")
+    ctx.flush()  # the notes so far, before the chunks may go to the workers
+    send_parts(job, pending, "worker.clean_chunk", "worker.finish_clean", "cpu", "verification chunks")
     for i in pending:
         before = clean_chunks.report(job, p, f"verifying chunk {i + 1} of {n_chunks}")
         clean_chunks.compute_chunk(job, p, i, progress=lambda d, t, b=before: ctx.progress(b + d, p["pairs"]))

@@ -92,18 +92,11 @@ def _discard(job: Job) -> None:
 
 
 def _build(job: Job, ctx: JobContext) -> dict:
-    from celery import chord
-
-    from webapp.celery_app import app
-
     p = plan(job, ctx)
     pending = shards.pending_shards(job, p)
     count, n_shards = len(p["ids"]), len(shards.bounds(p))
     shards.report(job, p, f"indexing {count} vectors in {n_shards} shard(s)")
-    if job.queued and len(pending) > 1:
-        header = [app.signature("worker.index_shard", args=(job.pk, i), queue="cpu") for i in pending]
-        chord(header)(app.signature("worker.finish_index", args=(job.pk,), queue="cpu"))
-        raise JobDeferred(f"{len(pending)} index shards sent to the workers")
+    shards.send_parts(job, pending, "worker.index_shard", "worker.finish_index", "cpu", "index shards")
     for i in pending:
         shards.build(job, p, i)
         ctx.progress(shards.report(job, p, f"indexed shard {i + 1} of {n_shards}"), count)
@@ -265,14 +258,8 @@ def _embed_catalogue(job: Job, ctx: JobContext) -> EmbeddingSet:
             "set_params": set_params, "image_filter": image_filter,
         })
     pending = chunks.pending_chunks(job, p)
-    if job.queued and len(pending) > 1:
-        from celery import chord
-
-        from webapp.celery_app import app
-
-        header = [app.signature("worker.embed_chunk", args=(job.pk, i), queue="gpu") for i in pending]
-        chord(header)(app.signature("worker.resume_job", args=(job.pk,), queue="cpu"))
-        raise JobDeferred(f"{len(pending)} embedding chunks sent to the workers")
+    shards.send_parts(job, pending, "worker.embed_chunk", "worker.resume_job", "gpu", "embedding chunks",
+                      callback_queue="cpu")  # the callback hands the job back to build_index
     for i in pending:
         chunks.compute_chunk(job, p, i)
         chunks.report(job, p, f"embedding chunk {i + 1} of {chunks.chunk_count(p)}")

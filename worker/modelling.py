@@ -15,7 +15,7 @@ from webapp.jobs.models import Job
 from webapp.search.models import ModelVersion
 from webapp.search.services import image_file_path
 from worker.params import config_from, images_in
-from worker.runner import JobContext, JobDeferred, job_function
+from worker.runner import JobContext, job_function
 
 
 @job_function(Job.Kind.TRAIN)
@@ -69,19 +69,13 @@ class CurveWriter:
 def run_embed(job: Job, ctx: JobContext) -> dict:
     """Embed in chunks: on the workers as a chord over the chunks not on disk yet, in the foreground one
     chunk after another. Either way a resumed job skips the chunks it finished."""
-    from celery import chord
-
-    from webapp.celery_app import app
     from worker import chunks
-    from worker.shards import drop
+    from worker.shards import drop, send_parts
 
     plan = chunks.plan(job)
     pending = chunks.pending_chunks(job, plan)
     chunks.report(job, plan, "planning chunks")
-    if job.queued and len(pending) > 1:
-        header = [app.signature("worker.embed_chunk", args=(job.pk, i), queue="gpu") for i in pending]
-        chord(header)(app.signature("worker.finish_embed", args=(job.pk,), queue="gpu"))
-        raise JobDeferred(f"{len(pending)} chunks sent to the workers")
+    send_parts(job, pending, "worker.embed_chunk", "worker.finish_embed", "gpu", "chunks")
     for i in pending:
         chunks.compute_chunk(job, plan, i)
         chunks.report(job, plan, f"embedding chunk {i + 1} of {chunks.chunk_count(plan)}")

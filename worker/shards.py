@@ -49,7 +49,7 @@ from ml.index import (
 )
 from webapp.jobs.models import Job
 from webapp.search.models import IndexVersion
-from worker.runner import TRANSIENT_ERRORS
+from worker.runner import TRANSIENT_ERRORS, JobDeferred
 
 log = logging.getLogger(__name__)
 HEARTBEAT_SECONDS = 10.0  # a long shard build still tells the watchdog its worker is alive
@@ -80,6 +80,22 @@ def final_dir(p: dict) -> Path:
 def read_plan(job: Job) -> dict | None:
     """The job's plan, or None when none was written (or it was discarded)."""
     return read_json_or_none(plan_path(job))
+
+
+def send_parts(job: Job, pending: list[int], part: str, callback: str, queue: str, what: str,
+               callback_queue: str | None = None) -> None:
+    """A queued job with more than one part to do sends them to the workers as a Celery chord (the ``part``
+    task per part on ``queue``, then ``callback``, on ``callback_queue`` or the same) and raises
+    JobDeferred: they finish the job. Else this returns and the caller does the parts in turn."""
+    if not (job.queued and len(pending) > 1):
+        return
+    from celery import chord
+
+    from webapp.celery_app import app
+
+    header = [app.signature(part, args=(job.pk, i), queue=queue) for i in pending]
+    chord(header)(app.signature(callback, args=(job.pk,), queue=callback_queue or queue))
+    raise JobDeferred(f"{len(pending)} {what} sent to the workers")
 
 
 def read_json_or_none(path: Path) -> dict | None:
