@@ -128,7 +128,7 @@ def embed_config(p: dict) -> EmbedConfig:
     return config_from(EmbedConfig, {**p["embed"], "scales": tuple(p["embed"]["scales"])})
 
 
-def compute_chunk(job: Job, p: dict, i: int) -> None:
+def compute_chunk(job: Job, p: dict, i: int, progress=None) -> None:
     """Embed chunk ``i`` unless it is on disk already (a twin task embedding it is waited for, not repeated)."""
     path = chunk_path(job, i)
     with part_lock(path.with_suffix(".lock")) as held:
@@ -139,10 +139,11 @@ def compute_chunk(job: Job, p: dict, i: int) -> None:
         paths = chunk_inputs(job, i)["paths"]
         if p.get("regional"):  # regions first (their own temp + rename), then the vectors that mark it done
             regions = embed_database_regions([_models[p["spec"]]], paths, embed_config(p),
-                                             RegionalConfig(**p["regional"]), regions_path(job, i))
+                                             RegionalConfig(**p["regional"]), regions_path(job, i),
+                                             progress=progress)
             vectors = whole_image_vectors(regions)
         else:
-            vectors = embed_images(_models[p["spec"]], paths, embed_config(p))
+            vectors = embed_images(_models[p["spec"]], paths, embed_config(p), progress=progress)
         _write_atomic(path, _npy_bytes(vectors.astype(np.float32)))
     log.info("job %s: embedded chunk %s (%s images)", job.pk, i, len(paths))
 

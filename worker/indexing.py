@@ -261,7 +261,8 @@ def _embed_catalogue(job: Job, ctx: JobContext) -> EmbeddingSet:
     shards.send_parts(job, pending, "worker.embed_chunk", "worker.resume_job", "gpu", "embedding chunks",
                       callback_queue="cpu")  # the callback hands the job back to build_index
     for i in pending:
-        chunks.compute_chunk(job, p, i)
+        lo = chunks.chunk_bounds(p, i)[0]  # per image within the chunk: a small collection is one chunk
+        chunks.compute_chunk(job, p, i, progress=lambda d, _t, lo=lo: ctx.progress(lo + d, p["count"], "embedding"))
         chunks.report(job, p, f"embedding chunk {i + 1} of {chunks.chunk_count(p)}")
         ctx.progress(chunks.chunk_bounds(p, i)[1], p["count"])  # raises if cancelled
     chunks.publish(job, p)
