@@ -26,7 +26,7 @@ import multiprocessing
 import os
 import shutil
 import uuid
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -406,20 +406,29 @@ MANIFEST = "manifest.json"
 
 
 def write_embedding_shards(
-    out_dir: str | os.PathLike, ids: Sequence[str], vectors: np.ndarray, shard_size: int = 50_000
+    out_dir: str | os.PathLike, ids: Sequence[str], vectors: np.ndarray, shard_size: int = 50_000,
+    extra: Callable[[Path], None] | None = None,
 ) -> Path:
     """Write vectors as float16 ``shard-NNNNN.npy`` + ``shard-NNNNN.ids.txt`` files, published atomically.
 
     Everything goes to a temporary sibling folder that is renamed to ``out_dir`` at the end, so readers
     see either nothing or the whole set. ``out_dir`` must not exist yet (embedding sets are immutable).
+    ``vectors`` may be memory-mapped: it is read one shard at a time. ``extra(folder)`` may add files
+    (region descriptors) to the set before it is published.
     """
+    if np.ndim(vectors) != 2 or len(ids) != len(vectors):
+        raise ValueError(f"need one vector per id: {len(ids)} ids, vectors of shape {np.shape(vectors)}")
+    blocks = ((ids[s : s + shard_size], vectors[s : s + shard_size]) for s in range(0, len(ids), shard_size))
+    return write_embedding_blocks(out_dir, blocks, int(np.shape(vectors)[1]), shard_size, extra)
+
+
+def write_embedding_blocks(
+    out_dir: str | os.PathLike, blocks: Iterable[tuple[Sequence[str], np.ndarray]], dim: int,
+    shard_size: int = 50_000, extra: Callable[[Path], None] | None = None,
+) -> Path:
+    """``write_embedding_shards`` from consecutive (ids, vectors) blocks, such as an embedding job's chunk
+    files: at most one shard is held in memory, whatever the size of the set."""
     out_dir = Path(out_dir)
-    vectors = np.asarray(vectors)
-    if vectors.ndim != 2 or len(ids) != len(vectors):
-        raise ValueError(f"need one vector per id: {len(ids)} ids, vectors of shape {vectors.shape}")
-    bad = [i for i in ids if not isinstance(i, str) or not i or "\n" in i or "\r" in i]
-    if bad:
-        raise ValueError(f"ids must be non-empty one-line strings; bad: {bad[:3]!r}")
     if out_dir.exists():
         raise FileExistsError(f"embedding folder already exists: {out_dir}")
     out_dir.parent.mkdir(parents=True, exist_ok=True)
@@ -427,18 +436,44 @@ def write_embedding_shards(
     tmp.mkdir()
     try:
         shards = []
-        for n, start in enumerate(range(0, len(ids), shard_size)):
+        for n, (ids, vectors) in enumerate(_as_shards(blocks, dim, shard_size)):
             name = f"shard-{n:05d}"
-            np.save(tmp / f"{name}.npy", vectors[start : start + shard_size].astype(np.float16))
-            (tmp / f"{name}.ids.txt").write_text("".join(f"{i}\n" for i in ids[start : start + shard_size]))
-            shards.append({"name": name, "count": len(ids[start : start + shard_size])})
-        manifest = {"count": len(ids), "dim": int(vectors.shape[1]), "dtype": "float16", "shards": shards}
-        (tmp / MANIFEST).write_text(json.dumps(manifest, indent=1))
+            np.save(tmp / f"{name}.npy", vectors)
+            (tmp / f"{name}.ids.txt").write_text("".join(f"{i}\n" for i in ids))
+            shards.append({"name": name, "count": len(ids)})
+        count = sum(s["count"] for s in shards)
+        (tmp / MANIFEST).write_text(json.dumps({"count": count, "dim": dim, "dtype": "float16", "shards": shards},
+                                               indent=1))
+        if extra is not None:
+            extra(tmp)
         os.rename(tmp, out_dir)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     return out_dir
+
+
+def _as_shards(
+    blocks: Iterable[tuple[Sequence[str], np.ndarray]], dim: int, shard_size: int
+) -> Iterator[tuple[list[str], np.ndarray]]:
+    """Blocks of any length, checked and re-cut into float16 shards of ``shard_size`` rows (the last shorter)."""
+    ids: list[str] = []
+    parts: list[np.ndarray] = []
+    for block_ids, block in blocks:
+        block = np.asarray(block, dtype=np.float16)
+        if block.ndim != 2 or block.shape[1] != dim or len(block_ids) != len(block):
+            raise ValueError(f"need one {dim}-d vector per id: {len(block_ids)} ids, vectors of shape {block.shape}")
+        bad = [i for i in block_ids if not isinstance(i, str) or not i or "\n" in i or "\r" in i]
+        if bad:
+            raise ValueError(f"ids must be non-empty one-line strings; bad: {bad[:3]!r}")
+        ids.extend(block_ids)
+        parts.append(block)
+        while len(ids) >= shard_size:
+            joined = np.concatenate(parts)
+            yield ids[:shard_size], joined[:shard_size]
+            ids, parts = ids[shard_size:], [joined[shard_size:]]
+    if ids:
+        yield ids, np.concatenate(parts)
 
 
 def read_embedding_shards(

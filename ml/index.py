@@ -52,6 +52,8 @@ from pathlib import Path
 import faiss
 import numpy as np
 
+from ml.atomic_files import batches, copy_rows, write_npy
+
 log = logging.getLogger(__name__)
 
 Progress = Callable[[int, int], None]
@@ -299,11 +301,7 @@ def _check_inputs(vectors: np.ndarray, ids: Sequence[str]) -> None:
 
 def _write_vectors(path: Path, vectors: np.ndarray, batch: int) -> None:
     """float32 .npy written in batches, so float16 or memory-mapped inputs are never copied whole."""
-    out = np.lib.format.open_memmap(path, mode="w+", dtype=np.float32, shape=tuple(np.shape(vectors)))
-    for start in range(0, len(out), batch):
-        out[start : start + batch] = np.asarray(vectors[start : start + batch], dtype=np.float32)
-    out.flush()
-    del out
+    write_npy(path, np.shape(vectors), np.float32, lambda out: copy_rows(out, batches(vectors, batch)))
 
 
 def default_nlist(count: int, train_size: int) -> int:

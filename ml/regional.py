@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import math
 import os
-import uuid
 from collections.abc import Callable, Sequence
 from contextlib import ExitStack
 from dataclasses import dataclass
@@ -30,6 +29,7 @@ import torch
 import torch.nn.functional as F
 from PIL import Image, ImageOps
 
+from ml.atomic_files import write_npy
 from ml.embed import (
     SIZE_MULTIPLE,
     EmbedConfig,
@@ -194,16 +194,8 @@ def embed_database_regions(
         out = np.zeros(shape, np.float16)
         _fill_regions(out, models, items, cfg, regional, model_weights, progress)
         return out
-    out_path = Path(out_path)
-    tmp = out_path.with_name(f".{out_path.name}.{uuid.uuid4().hex}.tmp")
-    try:
-        out = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.float16, shape=shape)
-        _fill_regions(out, models, items, cfg, regional, model_weights, progress)
-        out.flush()
-        del out
-        os.replace(tmp, out_path)
-    finally:
-        tmp.unlink(missing_ok=True)
+    write_npy(out_path, shape, np.float16,
+              lambda out: _fill_regions(out, models, items, cfg, regional, model_weights, progress))
     return np.load(out_path, mmap_mode="r")
 
 

@@ -9,20 +9,18 @@ the regions again in one process."""
 
 from __future__ import annotations
 
-import io
 import json
 import logging
-import os
 import uuid
 from dataclasses import asdict
 from pathlib import Path
 
 import numpy as np
 from django.conf import settings
-from django.db import transaction
 from django.utils import timezone
 
-from ml.embed import EmbedConfig, embed_images, write_embedding_shards
+from ml.atomic_files import copy_rows, npy_bytes, write_bytes, write_npy
+from ml.embed import EmbedConfig, embed_images, write_embedding_blocks
 from ml.regional import FILE_NAME as REGIONS_FILE
 from ml.regional import RegionalConfig, embed_database_regions, whole_image_vectors
 from ml.weights import load_model
@@ -79,8 +77,8 @@ def write_plan(job: Job, data: dict) -> dict:
     data["count"] = len(ids)
     for i in range(chunk_count(data)):
         lo, hi = chunk_bounds(data, i)
-        _write_atomic(inputs_path(job, i), json.dumps({"ids": ids[lo:hi], "paths": paths[lo:hi]}).encode())
-    _write_atomic(work_dir(job) / PLAN, json.dumps(data).encode())
+        write_bytes(inputs_path(job, i), json.dumps({"ids": ids[lo:hi], "paths": paths[lo:hi]}).encode())
+    write_bytes(work_dir(job) / PLAN, json.dumps(data).encode())
     return data
 
 
@@ -144,7 +142,7 @@ def compute_chunk(job: Job, p: dict, i: int, progress=None) -> None:
             vectors = whole_image_vectors(regions)
         else:
             vectors = embed_images(_models[p["spec"]], paths, embed_config(p), progress=progress)
-        _write_atomic(path, _npy_bytes(vectors.astype(np.float32)))
+        write_bytes(path, npy_bytes(vectors.astype(np.float32)))
     log.info("job %s: embedded chunk %s (%s images)", job.pk, i, len(paths))
 
 
@@ -187,26 +185,36 @@ def finish_job(job_id: int) -> str:
 
 
 def publish(job: Job, p: dict) -> dict:
-    vectors = np.concatenate([np.load(chunk_path(job, i)) for i in range(chunk_count(p))])
-    ids = [image_id for i in range(chunk_count(p)) for image_id in chunk_inputs(job, i)["ids"]]
-    out = Path(settings.ARTIFACTS_ROOT) / "embeddings" / f"job-{job.pk}-{uuid.uuid4().hex[:8]}"
-    with transaction.atomic():
-        existing = EmbeddingSet.objects.filter(job=job).first()
-        if existing:
-            es = existing
-        else:
-            write_embedding_shards(out, ids, vectors)
-            params = {"embed": asdict(embed_config(p)), "chunks": chunk_count(p), **p.get("set_params", {})}
-            if p.get("regional"):
-                join_regions(job, p, out / REGIONS_FILE)
-                params["regional"] = p["regional"]
-            es = EmbeddingSet.objects.create(
-                model_version_id=p["model_version"], path=str(out), dim=vectors.shape[1], image_count=len(ids),
-                scales=p["embed"]["scales"],
-                image_filter=p.get("image_filter") or {"splits": job.params.get("splits") or "all"},
-                params=params, job=job)
-    return {"embedding_set": es.pk, "images": es.image_count, "dim": int(vectors.shape[1]), "path": es.path,
+    """The chunks as one EmbeddingSet, written chunk by chunk (memory holds one shard, not the collection).
+    A twin callback waits for the lock and then finds the set published."""
+    with part_lock(work_dir(job) / "publish.lock") as held:
+        es = EmbeddingSet.objects.filter(job=job).first()
+        if es is None:
+            if not held:
+                raise RuntimeError(f"job {job.pk}: its embedding chunks are gone (the job ended)")
+            es = _publish_set(job, p)
+    return {"embedding_set": es.pk, "images": es.image_count, "dim": es.dim, "path": es.path,
             "chunks": chunk_count(p)}
+
+
+def _publish_set(job: Job, p: dict) -> EmbeddingSet:
+    n = chunk_count(p)
+    dim = np.load(chunk_path(job, 0), mmap_mode="r").shape[1]
+    blocks = ((chunk_inputs(job, i)["ids"], np.load(chunk_path(job, i), mmap_mode="r")) for i in range(n))
+    params = {"embed": asdict(embed_config(p)), "chunks": n, **p.get("set_params", {})}
+    if p.get("regional"):
+        params["regional"] = p["regional"]
+
+    def add_regions(folder: Path) -> None:  # into the set's folder before it is published
+        if p.get("regional"):
+            join_regions(job, p, folder / REGIONS_FILE)
+
+    out = Path(settings.ARTIFACTS_ROOT) / "embeddings" / f"job-{job.pk}-{uuid.uuid4().hex[:8]}"
+    write_embedding_blocks(out, blocks, dim, extra=add_regions)
+    return EmbeddingSet.objects.create(
+        model_version_id=p["model_version"], path=str(out), dim=dim, image_count=p["count"],
+        scales=p["embed"]["scales"], image_filter=p.get("image_filter") or {"splits": job.params.get("splits") or "all"},
+        params=params, job=job)
 
 
 def join_regions(job: Job, p: dict, out: Path) -> None:
@@ -214,32 +222,4 @@ def join_regions(job: Job, p: dict, out: Path) -> None:
     within a chunk), copied chunk by chunk into a memory-mapped temp file and renamed into place."""
     parts = [np.load(regions_path(job, i), mmap_mode="r") for i in range(chunk_count(p))]
     shape = (sum(len(r) for r in parts), max(r.shape[1] for r in parts), parts[0].shape[2])
-    tmp = out.with_name(f".{out.name}.{uuid.uuid4().hex}.tmp")
-    try:
-        joined = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.float16, shape=shape)
-        start = 0
-        for r in parts:
-            joined[start:start + len(r), : r.shape[1]] = r
-            start += len(r)
-        joined.flush()
-        del joined
-        os.replace(tmp, out)
-    finally:
-        tmp.unlink(missing_ok=True)
-
-
-def _npy_bytes(array: np.ndarray) -> bytes:
-    buf = io.BytesIO()
-    np.save(buf, array)
-    return buf.getvalue()
-
-
-def _write_atomic(path: Path, data: bytes) -> None:
-    """Temp file + rename: a reader (or a resumed job) sees no file or the whole file, never half."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex}.tmp")
-    with open(tmp, "wb") as f:
-        f.write(data)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+    write_npy(out, shape, np.float16, lambda joined: copy_rows(joined, parts))

@@ -28,6 +28,7 @@ from pathlib import Path
 import numpy as np
 from django.utils import timezone
 
+from ml.atomic_files import npy_bytes, write_bytes
 from ml.clean import (
     CleaningEvidence,
     EvidenceConfig,
@@ -39,7 +40,7 @@ from ml.clean import (
 from ml.index import shard_bounds
 from ml.spatial import LocalFeatureStore
 from webapp.jobs.models import Job
-from worker.chunks import _npy_bytes, _write_atomic, job_work_dir
+from worker.chunks import job_work_dir
 from worker.shards import PLAN, _heartbeat, drop, part_lock, read_json_or_none, run_part
 
 log = logging.getLogger(__name__)
@@ -70,10 +71,10 @@ def write_plan(job: Job, vectors: np.ndarray, ids: list[str], labels: list[str],
     pairs = pairs_to_verify(nbrs, labels, config)
     for name, array in zip(GRAPH_FILES, (nbrs.astype(np.int64), sims.astype(np.float32), pairs.astype(np.int64)),
                            strict=True):
-        _write_atomic(work_dir(job) / f"{name}.npy", _npy_bytes(array))
+        write_bytes(work_dir(job) / f"{name}.npy", npy_bytes(array))
     data = {**extra, "ids": ids, "labels": labels, "evidence": asdict(config), "chunk": chunk, "pairs": len(pairs),
             "graph_seconds": round(time.perf_counter() - t0, 3), "planned_at": time.time()}
-    _write_atomic(plan_path(job), json.dumps(data).encode())
+    write_bytes(plan_path(job), json.dumps(data).encode())
     return data
 
 
@@ -105,7 +106,7 @@ def compute_chunk(job: Job, p: dict, i: int, progress=None) -> bool:
         store = LocalFeatureStore(p["features"])  # cached by the job before the plan was written
         values = verify_pairs(np.asarray(load(job, "pairs")[lo:hi]), p["ids"], store,
                               workers=p["evidence"]["workers"], progress=progress)
-        _write_atomic(path, _npy_bytes(values.astype(np.int32)))
+        write_bytes(path, npy_bytes(values.astype(np.int32)))
     log.info("job %s: verified chunk %s (%s pairs)", job.pk, i, hi - lo)
     return True
 

@@ -17,6 +17,7 @@ import numpy as np
 from django.conf import settings
 from django.utils import timezone
 
+from ml.atomic_files import batches, copy_rows, write_bytes, write_npy
 from ml.embed import read_embedding_shards, write_embedding_shards
 from ml.index import RECALL_QUERIES, IndexConfig
 from ml.pipeline import (
@@ -38,7 +39,6 @@ from webapp.search.engine import labels_of
 from webapp.search.models import EmbeddingSet, IndexVersion, ModelVersion
 from webapp.search.services import active_model_version, image_file_path, model_spec, packaged_model_version
 from worker import chunks, shards
-from worker.chunks import _write_atomic
 from worker.params import config_from
 from worker.runner import TRANSIENT_ERRORS, JobContext, JobDeferred, job_function
 
@@ -139,7 +139,7 @@ def plan(job: Job, ctx: JobContext) -> dict:
         "recall_queries": int(params.get("recall_queries") or RECALL_QUERIES),
         "ids": ids,
     }
-    _write_atomic(path, json.dumps(data).encode())
+    write_bytes(path, json.dumps(data).encode())
     return data
 
 
@@ -174,7 +174,7 @@ def _regions(job: Job, ctx: JobContext, ids: list[str], paths: list[str] | None,
     else:
         regions = database_regions(models or load_models(pipeline), paths or _paths_of(ids, pipeline), pipeline,
                                    out, progress=lambda d, t: ctx.progress(d, t, "region descriptors"))
-    _write_atomic(digest_file, digest.encode())
+    write_bytes(digest_file, digest.encode())
     return regions
 
 
@@ -288,11 +288,4 @@ def _embed_here(job: Job, ctx: JobContext, mv: ModelVersion, pipeline, ids: list
 
 def _write_vectors(path: Path, vectors: np.ndarray) -> None:
     """float32 .npy written in batches to a temp file, then renamed (fp16 sets are never copied whole)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex}.tmp")
-    out = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.float32, shape=tuple(np.shape(vectors)))
-    for start in range(0, len(out), WRITE_BATCH):
-        out[start:start + WRITE_BATCH] = np.asarray(vectors[start:start + WRITE_BATCH], dtype=np.float32)
-    out.flush()
-    del out
-    tmp.rename(path)
+    write_npy(path, np.shape(vectors), np.float32, lambda out: copy_rows(out, batches(vectors, WRITE_BATCH)))

@@ -1,6 +1,8 @@
 """Descriptor extraction on real photos, PCA whitening, ensembles and shard files."""
 
 import io
+import itertools
+import json
 import os
 from pathlib import Path
 
@@ -18,6 +20,7 @@ from ml.embed import (
     power_mean,
     read_embedding_shards,
     target_size,
+    write_embedding_blocks,
     write_embedding_shards,
 )
 from ml.models import gem
@@ -242,6 +245,44 @@ def test_shard_writer_rejects_bad_input(tmp_path):
     with pytest.raises(ValueError, match="one-line"):
         write_embedding_shards(tmp_path / "x", ["a\nb"], np.zeros((1, 3)))
     assert not (tmp_path / "x").exists()
+
+
+def test_blocks_of_any_length_are_recut_into_shards_with_extra_files_published_together(tmp_path):
+    rng = np.random.default_rng(2)
+    vecs = rng.normal(size=(11, 4)).astype(np.float32)
+    ids = [f"img{i:02d}" for i in range(11)]
+    cuts = [0, 3, 4, 9, 11]  # blocks of 3, 1, 5 and 2 rows into shards of 4
+    blocks = ((ids[a:b], vecs[a:b]) for a, b in itertools.pairwise(cuts))
+    seen = []
+
+    def extra(folder):
+        seen.append(folder.name)
+        np.save(folder / "regions.npy", np.arange(3))
+
+    out = write_embedding_blocks(tmp_path / "set", blocks, 4, shard_size=4, extra=extra)
+    assert seen[0].startswith(".set.tmp-")  # written before the folder was renamed into place
+    assert np.array_equal(np.load(out / "regions.npy"), np.arange(3))
+    assert [json.loads((out / "manifest.json").read_text())["shards"][i]["count"] for i in range(3)] == [4, 4, 3]
+    got_ids, got = read_embedding_shards(out)
+    assert got_ids == ids and np.allclose(got, vecs, atol=1e-2)
+
+
+def test_a_failing_block_or_extra_file_publishes_nothing(tmp_path):
+    def blocks():
+        yield ["a", "b"], np.zeros((2, 3))
+        raise OSError("chunk-000001.npy: read error")
+
+    with pytest.raises(OSError, match="chunk-000001"):
+        write_embedding_blocks(tmp_path / "x", blocks(), 3, shard_size=1)
+    with pytest.raises(ValueError, match="3-d vector"):
+        write_embedding_blocks(tmp_path / "x", [(["a"], np.zeros((1, 4)))], 3)
+
+    def extra(folder):
+        raise RuntimeError("regions could not be joined")
+
+    with pytest.raises(RuntimeError, match="joined"):
+        write_embedding_shards(tmp_path / "x", ["a"], np.zeros((1, 3)), extra=extra)
+    assert list(tmp_path.iterdir()) == []  # no set, no temp folder
 
 
 def test_torch_threads_follow_the_process_budget(monkeypatch):

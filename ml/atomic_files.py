@@ -1,0 +1,81 @@
+"""Files published atomically: written under a temp name beside the target, then renamed into place, so a
+reader (or a resumed job) sees no file or the whole file, never half of one.
+
+Large .npy files are written piece by piece: embedding sets, region descriptors and index vectors can be far larger than memory (4 M images x 21
+regions x 1280 float16 values is 200 GB), so they are never built whole in RAM: the file is created at its
+final shape as a memory-mapped temp file, filled part by part, and renamed into place.
+"""
+
+from __future__ import annotations
+
+import io
+import os
+import uuid
+from collections.abc import Callable, Iterable
+from pathlib import Path
+
+import numpy as np
+
+
+def temp_sibling(path: Path) -> Path:
+    """A unique hidden name beside ``path`` (same folder, so the final rename is atomic)."""
+    return path.with_name(f".{path.name}.{uuid.uuid4().hex}.tmp")
+
+
+def write_bytes(path: str | os.PathLike, data: bytes) -> Path:
+    """``data`` as the whole content of ``path``, synced to disk before the rename."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = temp_sibling(path)
+    try:
+        with open(tmp, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+    return path
+
+
+def npy_bytes(array: np.ndarray) -> bytes:
+    """``array`` as the bytes of an .npy file (for ``write_bytes``: small arrays only)."""
+    buf = io.BytesIO()
+    np.save(buf, array)
+    return buf.getvalue()
+
+
+def write_npy(path: str | os.PathLike, shape: tuple[int, ...], dtype, fill: Callable[[np.ndarray], None]) -> Path:
+    """Create ``path`` as an .npy of ``shape`` and ``dtype``, zero-filled, let ``fill(out)`` write into the
+    memory-mapped array, then rename it into place. On any error the temp file is removed and ``path`` is
+    left as it was."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = temp_sibling(path)
+    try:
+        out = np.lib.format.open_memmap(tmp, mode="w+", dtype=dtype, shape=tuple(int(s) for s in shape))
+        fill(out)
+        out.flush()
+        del out  # closes the map before the rename
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+    return path
+
+
+def copy_rows(out: np.ndarray, parts: Iterable[np.ndarray], dtype=None) -> None:
+    """Copy ``parts`` one after another into the rows of ``out`` (each part's trailing dimensions may be
+    smaller than ``out``'s: the rest stays zero, which is how region lists are padded)."""
+    start = 0
+    for part in parts:
+        part = np.asarray(part, dtype=dtype or out.dtype)
+        out[(slice(start, start + len(part)), *(slice(0, s) for s in part.shape[1:]))] = part
+        start += len(part)
+    if start != len(out):
+        raise ValueError(f"{start} rows for an array of {len(out)}")
+
+
+def batches(array: np.ndarray, size: int) -> Iterable[np.ndarray]:
+    """Consecutive row blocks of ``array`` (a memory-mapped one is read one block at a time)."""
+    for start in range(0, len(array), size):
+        yield array[start:start + size]
