@@ -72,6 +72,28 @@ def logged_parts(log: str, job: Job, done: str) -> list[int]:
     return [int(n) for n in re.findall(rf"job {job.pk}: {done} (\d+) ", log)]
 
 
+def kill_among_parts(worker: subprocess.Popen, job: Job, finished, at_least: int, tmp_path: Path):
+    """SIGKILL ``worker`` once ``finished()`` (the parts of ``job`` on disk) holds ``at_least``; returns the
+    parts that survived, having checked that the job is left running, neither done nor failed."""
+    kill_when(worker, lambda: len(finished()) >= at_least, tmp_path / "first.log")
+    survived = finished()
+    job.refresh_from_db()
+    assert job.state == Job.State.RUNNING and survived
+    return survived
+
+
+def assert_resumed(log: str, job: Job, survived, total: int, done: str) -> None:
+    """The second worker computed the missing parts, none of the ``survived`` ones, and all ``total`` exist."""
+    again = logged_parts(log, job, done)
+    assert again and not set(again) & set(survived)  # finished parts were not computed again
+    assert sorted(set(again) | set(survived)) == list(range(total))
+
+
+def finished_chunks(job: Job) -> set[int]:
+    """Embedding chunks on disk (their vectors are renamed into place after their regions)."""
+    return {int(p.stem.split("-")[1]) for p in chunks.work_dir(job).glob("chunk-??????.npy")}
+
+
 def test_killed_embedding_resumes_from_finished_chunks(imported_mini, settings, tmp_path):
     """With region descriptors kept too (``embed --regions``): both come out as an uninterrupted run's."""
     call_command("embed", "--splits", "index", "--image-size", "96", "--chunk-size", "12", "--num-workers", "0",
@@ -82,16 +104,9 @@ def test_killed_embedding_resumes_from_finished_chunks(imported_mini, settings, 
     clear_broker(settings)
     first = start_worker(settings, tmp_path / "first.log", "first")
     job = start_job(Job.Kind.EMBED, {**PARAMS, "regional": {"levels": 2}})
-    finished = "chunk-??????.npy"  # the vectors, written after the chunk's regions
-    kill_when(first, lambda: len(list(chunks.work_dir(job).glob(finished))) >= 3, tmp_path / "first.log")
-    survived = {int(p.stem.split("-")[1]) for p in chunks.work_dir(job).glob(finished)}
-    job.refresh_from_db()
-    assert job.state == Job.State.RUNNING and 0 < len(survived) < 13
+    survived = kill_among_parts(first, job, lambda: finished_chunks(job), 3, tmp_path)
 
-    log = resume(settings, tmp_path, job)
-    redone = logged_parts(log, job, "embedded chunk")
-    assert redone and not survived & set(redone)  # finished chunks were not computed again
-    assert sorted(survived | set(redone)) == list(range(13))
+    assert_resumed(resume(settings, tmp_path, job), job, survived, 13, "embedded chunk")
     assert not chunks.work_dir(job).exists()  # the chunks were dropped once published
     resumed = EmbeddingSet.objects.get(job=job)
     ids, vectors = read_embedding_shards(resumed.path)
@@ -112,16 +127,9 @@ def test_killed_build_resumes_its_embedding_from_finished_chunks(imported_mini, 
     clear_broker(settings)
     first = start_worker(settings, tmp_path / "first.log", "first")
     job = start_job(Job.Kind.BUILD_INDEX, params)
-    finished = "chunk-??????.npy"
-    kill_when(first, lambda: len(list(chunks.work_dir(job).glob(finished))) >= 2, tmp_path / "first.log")
-    survived = {int(p.stem.split("-")[1]) for p in chunks.work_dir(job).glob(finished)}
-    job.refresh_from_db()
-    assert job.state == Job.State.RUNNING and 0 < len(survived) < 12
+    survived = kill_among_parts(first, job, lambda: finished_chunks(job), 2, tmp_path)
 
-    log = resume(settings, tmp_path, job)
-    redone = logged_parts(log, job, "embedded chunk")
-    assert redone and not survived & set(redone)  # finished chunks were not computed again
-    assert sorted(survived | set(redone)) == list(range(12))
+    assert_resumed(resume(settings, tmp_path, job), job, survived, 12, "embedded chunk")
     iv = IndexVersion.objects.get(job=job)
     assert iv.is_active and iv.size == 34 and not chunks.work_dir(job).exists()
     ids, vectors = read_embedding_shards(iv.embedding_set.path)
@@ -143,22 +151,17 @@ def test_killed_sharded_build_resumes_without_rebuilding_finished_shards(setting
     def built() -> dict[int, os.stat_result]:
         return {i: (shards.shard_path(job, i) / "meta.json").stat() for i in range(40)
                 if shard_complete(shards.shard_path(job, i))}
-    kill_when(first, lambda: len(built()) >= 1, tmp_path / "first.log")
-    survived = built()
-    job.refresh_from_db()
-    assert job.state == Job.State.RUNNING and 0 < len(survived) < 40
+    survived = kill_among_parts(first, job, built, 1, tmp_path)
     # While the job is dead the index in service is untouched, the only one, and answers searches.
     assert list(IndexVersion.objects.values_list("pk", "is_active")) == [(serving.pk, True)]
     engine = current_engine()
     assert engine.index_version.pk == serving.pk
     assert (engine.database.index.search_positions(queries, 20)[1] == exact).all()
 
-    log = resume(settings, tmp_path, job)
+    assert_resumed(resume(settings, tmp_path, job), job, survived, 40, "built shard")
     iv = IndexVersion.objects.get(job=job)
     assert iv.is_active and iv.size == 1600 and iv.params["shards"] == 40 and job.result["index_version"] == iv.pk
     assert not IndexVersion.objects.get(pk=serving.pk).is_active and IndexVersion.objects.count() == 2
-    rebuilt = logged_parts(log, job, "built shard")
-    assert not set(rebuilt) & set(survived) and sorted(set(rebuilt) | set(survived)) == list(range(40))
     for i, stat in survived.items():  # moved into the published folder, never rewritten
         after = (Path(iv.path) / shards.shard_path(job, i).name / "meta.json").stat()
         assert (after.st_ino, after.st_mtime_ns) == (stat.st_ino, stat.st_mtime_ns)
@@ -181,15 +184,10 @@ def test_killed_clean_resumes_from_finished_chunks(imported_mini, settings, tmp_
 
     def verified() -> set[int]:
         return {int(p.stem.split("-")[1]) for p in clean_chunks.work_dir(job).glob("chunk-*.npy")}
-    kill_when(first, lambda: len(verified()) >= 1, tmp_path / "first.log")
-    survived = verified()
+    survived = kill_among_parts(first, job, verified, 1, tmp_path)
     n = len(clean_chunks.bounds(clean_chunks.read_plan(job)))
-    job.refresh_from_db()
-    assert job.state == Job.State.RUNNING and 0 < len(survived) < n
 
-    log = resume(settings, tmp_path, job)
-    again = logged_parts(log, job, "verified chunk")  # the chunks on disk were not verified again
-    assert not set(again) & survived and sorted(set(again) | survived) == list(range(n))
+    assert_resumed(resume(settings, tmp_path, job), job, survived, n, "verified chunk")
     run = CleaningRun.objects.get(job=job)
     assert verdict_rows(run) == verdict_rows(reference) and run.stats == reference.stats
     evidence = CleaningEvidence.load(run.evidence_path)
