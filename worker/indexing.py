@@ -94,7 +94,7 @@ def _discard(job: Job) -> None:
 def _build(job: Job, ctx: JobContext) -> dict:
     p = plan(job, ctx)
     pending = shards.pending_shards(job, p)
-    count, n_shards = len(p["ids"]), len(shards.bounds(p))
+    count, n_shards = p["count"], len(shards.bounds(p))
     shards.report(job, p, f"indexing {count} vectors in {n_shards} shard(s)")
     shards.send_parts(job, pending, "worker.index_shard", "worker.finish_index", "cpu", "index shards")
     for i in pending:
@@ -137,10 +137,8 @@ def plan(job: Job, ctx: JobContext) -> dict:
         "index": asdict(replace(index_cfg, kind=kind)),
         "shard_size": int(params.get("shard_size") or settings.INDEX_SHARD_SIZE),
         "recall_queries": int(params.get("recall_queries") or RECALL_QUERIES),
-        "ids": ids,
     }
-    write_bytes(path, json.dumps(data).encode())
-    return data
+    return shards.write_plan(job, data, ids)
 
 
 def _paths_of(ids: list[str], pipeline) -> list[str]:

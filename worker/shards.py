@@ -13,8 +13,9 @@ The locks are flock(2) locks: the work folder must be on one machine or a file s
 
 Files of job J (created at T)::
 
-    ARTIFACTS_ROOT/work/index-J-T/plan.json      the fixed plan (ids, index settings, ...), written once
+    ARTIFACTS_ROOT/work/index-J-T/plan.json      the fixed plan (count, index settings, ...), written once
                                  vectors.npy     float32 rows to index (after DBA), written once
+                                 shard-NNNNN.ids.txt  the shard's image ids, one per line, written before the plan
                                  shard-NNNNN.lock     held by the task building that shard
                                  index/shard-NNNNN/   one complete index folder per finished shard
     ARTIFACTS_ROOT/indexes/<stamp>/              the published index (work/index-J-T/index renamed)
@@ -38,6 +39,7 @@ from django.conf import settings
 from django.db import transaction
 from django.utils import timezone
 
+from ml.atomic_files import write_bytes
 from ml.index import (
     META,
     IndexConfig,
@@ -106,8 +108,22 @@ def read_json_or_none(path: Path) -> dict | None:
         return None
 
 
+def write_plan(job: Job, data: dict, ids: list[str]) -> dict:
+    """Write the job's plan, each shard's ids in a file of their own first: a shard task reads its own ids,
+    not the whole collection's (millions); the plan, written last, holds their count and marks them complete."""
+    data = {**data, "count": len(ids)}
+    for i, (lo, hi) in enumerate(bounds(data)):
+        write_bytes(ids_path(job, i), "".join(f"{image_id}\n" for image_id in ids[lo:hi]).encode())
+    write_bytes(plan_path(job), json.dumps(data).encode())
+    return data
+
+
+def ids_path(job: Job, i: int) -> Path:
+    return work_dir(job) / f"{shard_name(i)}.ids.txt"
+
+
 def bounds(p: dict) -> list[tuple[int, int]]:
-    return shard_bounds(len(p["ids"]), p["shard_size"])
+    return shard_bounds(p["count"], p["shard_size"])
 
 
 def shard_path(job: Job, i: int) -> Path:
@@ -128,7 +144,7 @@ def build(job: Job, p: dict, i: int) -> bool:
             return False
         lo, hi = bounds(p)[i]
         vectors = np.load(vectors_path(job), mmap_mode="r")
-        built = build_shard(vectors[lo:hi], p["ids"][lo:hi], shard_path(job, i), IndexConfig(**p["index"]),
+        built = build_shard(vectors[lo:hi], ids_path(job, i).read_text().splitlines(), shard_path(job, i), IndexConfig(**p["index"]),
                             progress=_heartbeat(job))
     if built:
         log.info("job %s: built shard %s (%s vectors)", job.pk, i, hi - lo)
@@ -165,9 +181,9 @@ def _heartbeat(job: Job):
 def report(job: Job, p: dict, message: str) -> int:
     """Progress of a sharded build = the vectors in shards on disk (whoever built them)."""
     pending = set(pending_shards(job, p))
-    done = len(p["ids"]) - sum(hi - lo for i, (lo, hi) in enumerate(bounds(p)) if i in pending)
+    done = p["count"] - sum(hi - lo for i, (lo, hi) in enumerate(bounds(p)) if i in pending)
     Job.objects.filter(pk=job.pk, state=Job.State.RUNNING).update(
-        progress_done=done, progress_total=len(p["ids"]), message=message, heartbeat_at=timezone.now())
+        progress_done=done, progress_total=p["count"], message=message, heartbeat_at=timezone.now())
     return done
 
 

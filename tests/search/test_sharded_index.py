@@ -61,6 +61,9 @@ def test_a_shard_already_built_is_not_built_again_on_resume(tmp_path):
     job.refresh_from_db()
     plan = indexing.plan(job, JobContext(job, show_bar=False))
     assert shards.pending_shards(job, plan) == [0, 1, 2, 3]
+    # A shard task reads its own ids, not the whole collection's: the plan holds their count only.
+    assert plan["count"] == 200 and "ids" not in shards.read_plan(job)
+    assert shards.ids_path(job, 3).read_text().splitlines() == ids[150:200]
     assert shards.build(job, plan, 0) and shards.build(job, plan, 2)
     assert not shards.build(job, plan, 0)  # on disk: skipped
     before = {i: (shards.shard_path(job, i) / "meta.json").stat() for i in (0, 2)}
