@@ -209,7 +209,7 @@ def _prepare(
         if progress is not None:
             progress(min(done * n // max(total, 1), n), n + len(layout.queries))
 
-    vkey = (str(layout.root), key, config.model_weights, config.image_size, tuple(config.scales))
+    vkey = (str(layout.root), key, config.model_weights, config.image_size, tuple(config.scales), config.flip)
     started = time.perf_counter()
     regions = None
     if config.regional.enabled:  # one pass gives regions and vectors (region 0 is the whole image)

@@ -85,6 +85,7 @@ class PipelineConfig:
     model_weights: tuple[float, ...] | None = None  # ensemble weights (lyakaap A.4); None = equal
     image_size: int = 512
     scales: tuple[float, ...] = (1.0,)
+    flip: bool = False  # also embed the mirrored image (K5's TTA, reference B.2)
     whitening: WhiteningConfig = field(default_factory=WhiteningConfig)  # learned from labels, when known
     dba: ExpansionConfig = field(default_factory=ExpansionConfig)
     qe: ExpansionConfig = field(default_factory=ExpansionConfig)
@@ -103,7 +104,7 @@ class PipelineConfig:
             raise ValueError(f"pipeline {self.name}: regional re-scoring does not support learned whitening yet")
 
     def embed_config(self) -> EmbedConfig:
-        return EmbedConfig(image_size=self.image_size, scales=tuple(self.scales))
+        return EmbedConfig(image_size=self.image_size, scales=tuple(self.scales), flip=self.flip)
 
     @property
     def uses_local_features(self) -> bool:
@@ -139,6 +140,9 @@ _LITE2_MS = {"models": ("tf_efficientnet_lite2",), "scales": MULTI_SCALE}
 # R-MAC regions at 3 levels (about 21 per photo), compared pair by pair: global-only mAP 61.8 -> 67.0 on
 # landmarks-mini (docs/benchmarks.md); the shortlist is as deep as SuperGlobal's re-ranking (400).
 _REGIONS = RegionalConfig(levels=3, shortlist=400)
+# The default also embeds every photo mirrored (the 2021 5th place's TTA, reference B.2): the views' power
+# mean covers both, for the global descriptor and each region. Twice the forward passes; on landmarks-mini
+# recall@1 76.5 -> 79.4 in both regimes (docs/benchmarks.md).
 _ENSEMBLE = ("tf_efficientnet_lite0", "tf_efficientnet_lite2")
 
 PIPELINES: dict[str, PipelineConfig] = {
@@ -174,10 +178,14 @@ PIPELINES: dict[str, PipelineConfig] = {
                 "2026-11-29): lite2-ms + alpha-QE + spatial verification + QE over verified; with labels: "
                 "1-NN label vote with inlier bonus -> discriminative sort + insert",
                 qe=ExpansionConfig(k=2), verification=_VERIFY, **_LITE2_MS, **_LABELS),
-        _preset("default", "product default: lite2-ms + R-MAC regional re-scoring of the top 400 + alpha-QE + "
-                "spatial verification + QE over verified; with labels: 1-NN label vote with inlier bonus -> "
-                "discriminative sort + insert",
+        _preset("default-noflip", "the default without flip TTA (the product default until 2026-11-30): lite2-ms "
+                "+ R-MAC regional re-scoring of the top 400 + alpha-QE + spatial verification + QE over verified; "
+                "with labels: 1-NN label vote with inlier bonus -> discriminative sort + insert",
                 qe=ExpansionConfig(k=2), verification=_VERIFY, regional=_REGIONS, **_LITE2_MS, **_LABELS),
+        _preset("default", "product default: lite2-ms with flip TTA + R-MAC regional re-scoring of the top 400 + "
+                "alpha-QE + spatial verification + QE over verified; with labels: 1-NN label vote with inlier "
+                "bonus -> discriminative sort + insert",
+                flip=True, qe=ExpansionConfig(k=2), verification=_VERIFY, regional=_REGIONS, **_LITE2_MS, **_LABELS),
         # The web's profile (issue #6: < 1 s p95 with 10 clients on 2 CPU cores at 100 k images): one
         # small forward pass, no QE round trip, cheap SIFT; >= 10 inliers because 500 keypoints on 512 px
         # rarely reach 15 (landmarks-mini: mAP 53.5 -> 56.2 with this verification, docs/benchmarks.md).

@@ -59,9 +59,11 @@ def embeddings_pipeline(params: dict, es: EmbeddingSet):
     are embedded the way its vectors were."""
     pipeline = get_pipeline(params.get("pipeline") or DEFAULT_PIPELINE)
     models = es.params.get("models") or [model_spec(es.model_version)]
-    size = es.params.get("image_size") or es.params.get("embed", {}).get("image_size") or pipeline.image_size
+    embed = es.params.get("embed", {})
+    size = es.params.get("image_size") or embed.get("image_size") or pipeline.image_size
+    flip = es.params.get("flip", embed.get("flip", False))  # sets made before flip TTA have neither: unflipped
     return replace(with_models(pipeline, "+".join(models)), image_size=int(size),
-                   scales=tuple(es.scales) if es.scales else pipeline.scales)
+                   scales=tuple(es.scales) if es.scales else pipeline.scales, flip=bool(flip))
 
 
 def feature_dir() -> Path:
@@ -133,7 +135,7 @@ def plan(job: Job, ctx: JobContext) -> dict:
     data = {
         "stamp": f"{timezone.now():%Y%m%d-%H%M%S}-{uuid.uuid4().hex[:6]}", "embedding_set": es.pk,
         "pipeline": pipeline.name, "models": list(pipeline.models), "image_size": pipeline.image_size,
-        "scales": list(pipeline.scales), "feature_dir": str(feature_dir()), "kind": kind,
+        "scales": list(pipeline.scales), "flip": pipeline.flip, "feature_dir": str(feature_dir()), "kind": kind,
         "index": asdict(replace(index_cfg, kind=kind)),
         "shard_size": int(params.get("shard_size") or settings.INDEX_SHARD_SIZE),
         "recall_queries": int(params.get("recall_queries") or RECALL_QUERIES),
@@ -244,13 +246,13 @@ def _embed_catalogue(job: Job, ctx: JobContext) -> EmbeddingSet:
             raise ValueError("no images to index (import a data set first, or check --splits)")
         ids = [im.external_id for im in images]
         paths = [image_file_path(im) for im in images]
-        set_params = {"models": list(pipeline.models), "image_size": pipeline.image_size}
+        set_params = {"models": list(pipeline.models), "image_size": pipeline.image_size, "flip": pipeline.flip}
         image_filter = {"splits": params.get("splits") or DEFAULT_INDEX_SPLITS}
         if len(pipeline.models) > 1:
             return _embed_here(job, ctx, mv, pipeline, ids, paths, set_params, image_filter)
         p = chunks.write_plan(job, {
             "model_version": mv.pk, "spec": pipeline.models[0], "ids": ids, "paths": paths,
-            "embed": {"image_size": pipeline.image_size, "scales": list(pipeline.scales)},
+            "embed": {"image_size": pipeline.image_size, "scales": list(pipeline.scales), "flip": pipeline.flip},
             "chunk": int(params.get("chunk_size") or chunks.DEFAULT_CHUNK),
             "regional": _grid(pipeline) if pipeline.regional.enabled else None,
             "set_params": set_params, "image_filter": image_filter,

@@ -108,6 +108,25 @@ def test_a_chunked_embedding_with_regions_gives_build_index_its_regions(imported
     assert search_photo(load_rgb(image_file_path(photo))).hits[0].image_id == photo.external_id
 
 
+def test_a_set_embedded_with_flip_tta_is_indexed_and_searched_with_it(imported_mini):
+    """The default pipeline also embeds the mirrored photo: a build from a set made with `embed --flip`
+    records it, and the engine embeds queries the same way, so a database photo finds itself at cosine ~1
+    (unmirrored, the same photo is measurably further: the check would fail on a mismatch)."""
+    call_command("embed", "--splits", "query", "--image-size", "128", "--flip", "--regions", "3")
+    es = EmbeddingSet.objects.get()
+    assert es.params["embed"]["flip"] is True
+    call_command("build_index", "--pipeline", "lite2-ms-regional", "--embedding-set", str(es.pk))
+    iv = IndexVersion.objects.get(is_active=True)
+    assert iv.params["flip"] is True and current_engine().database.pipeline.flip
+    ids, vectors = read_embedding_shards(es.path, dtype=np.float32)
+    photo = Image.objects.get(external_id=ids[4])
+    hit = search_photo(load_rgb(image_file_path(photo))).hits[0]
+    unflipped = embed_images(load_model("tf_efficientnet_lite0"), [image_file_path(photo)],
+                             EmbedConfig(image_size=128, num_workers=0))[0]
+    assert hit.image_id == photo.external_id
+    assert hit.global_score > 0.995 > float(unflipped @ vectors[4])  # measured 0.998 and 0.990
+
+
 def test_a_resumed_build_keeps_its_regions_only_for_the_same_images(imported_mini):
     """A worker died after the regions were written: the resumed job keeps them (not computed again) when
     they were made for the very images it indexes, and makes them again when the catalogue changed."""

@@ -87,7 +87,8 @@ def _load(iv: IndexVersion) -> _Engine:
     pipeline = with_models(pipeline, models_spec) if models_spec else pipeline
     if iv.params.get("image_size"):  # queries are embedded the way the indexed vectors were
         pipeline = replace(pipeline, image_size=int(iv.params["image_size"]),
-                           scales=tuple(iv.params.get("scales") or pipeline.scales))
+                           scales=tuple(iv.params.get("scales") or pipeline.scales),
+                           flip=bool(iv.params.get("flip", False)))  # indexes built before flip TTA: unflipped
     index = load_index(iv.path)  # a single or a sharded folder: vectors memory-mapped either way
     features = LocalFeatureStore(iv.params["feature_dir"], pipeline.local_features) if pipeline.uses_local_features else None
     # Learned whitening, when the build used it: the indexed vectors have it, each query gets it too.
