@@ -476,13 +476,47 @@ def _as_shards(
         yield ids, np.concatenate(parts)
 
 
+class StackedRows:
+    """The rows of several memory-mapped shards as one read-only array-like, read on demand: ``shape``,
+    ``len``, row slices (which read only the shards they cross) and ``np.asarray`` (which reads them all).
+    Lets a build stream millions of stored vectors without holding them in memory."""
+
+    def __init__(self, parts: Sequence[np.ndarray]):
+        if not parts:
+            raise ValueError("no shards")
+        self.parts = list(parts)
+        self.starts = np.cumsum([0] + [len(p) for p in self.parts])
+        self.shape = (int(self.starts[-1]), *self.parts[0].shape[1:])
+        self.dtype = self.parts[0].dtype
+        self.ndim = len(self.shape)
+
+    def __len__(self) -> int:
+        return self.shape[0]
+
+    def __getitem__(self, key):
+        if not isinstance(key, slice) or key.step not in (None, 1):
+            return np.asarray(self)[key]
+        start, stop, _ = key.indices(len(self))
+        pieces = []
+        for part, lo in zip(self.parts, self.starts[:-1], strict=True):
+            a, b = max(start - lo, 0), min(stop - lo, len(part))
+            if a < b:
+                pieces.append(part[a:b])
+        return np.concatenate(pieces) if pieces else np.zeros((0, *self.shape[1:]), self.dtype)
+
+    def __array__(self, dtype=None, copy=None) -> np.ndarray:
+        whole = np.concatenate(self.parts)
+        return whole if dtype is None else whole.astype(dtype, copy=False)
+
+
 def read_embedding_shards(
-    directory: str | os.PathLike, mmap: bool = True, dtype: np.dtype | type | None = None
+    directory: str | os.PathLike, mmap: bool = True, dtype: np.dtype | type | None = None, lazy: bool = False
 ) -> tuple[list[str], np.ndarray]:
     """(ids, vectors) of a folder written by ``write_embedding_shards``.
 
     Vectors stay float16 as stored unless ``dtype`` says otherwise; with ``mmap`` and a single shard they
-    are memory-mapped rather than read (several shards are concatenated in memory).
+    are memory-mapped rather than read (several shards are concatenated in memory, unless ``lazy``: then
+    they come as one ``StackedRows`` over the memory-mapped shards, in their stored dtype).
     """
     directory = Path(directory)
     manifest_path = directory / MANIFEST
@@ -502,6 +536,8 @@ def read_embedding_shards(
         vectors = np.zeros((0, manifest["dim"]), dtype=np.float16)
     elif len(parts) == 1:
         vectors = parts[0]
+    elif lazy and mmap and dtype is None:
+        return ids, StackedRows(parts)
     else:
         vectors = np.concatenate(parts)
     if dtype is not None and vectors.dtype != np.dtype(dtype):

@@ -159,15 +159,15 @@ def clustered_vectors(n: int, dim: int, seed: int = 0) -> np.ndarray:
     return (x / np.linalg.norm(x, axis=1, keepdims=True)).astype(np.float32)
 
 
-def synthetic_embedding_set(folder: Path, n: int, dim: int):
-    """An EmbeddingSet of ``clustered_vectors``, as `embed` would leave one; returns it, its ids and its
-    float32 rows (as stored: float16)."""
+def synthetic_embedding_set(folder: Path, n: int, dim: int, shard_size: int = 50_000):
+    """An EmbeddingSet of ``clustered_vectors`` (in files of ``shard_size`` rows), as `embed` would leave one;
+    returns it, its ids and its float32 rows (as stored: float16)."""
     from ml.embed import read_embedding_shards, write_embedding_shards
     from webapp.search.models import EmbeddingSet
     from webapp.search.services import packaged_model_version
 
     ids = [f"img{i:05d}" for i in range(n)]
-    path = write_embedding_shards(folder / f"emb-{n}-{dim}", ids, clustered_vectors(n, dim))
+    path = write_embedding_shards(folder / f"emb-{n}-{dim}", ids, clustered_vectors(n, dim), shard_size=shard_size)
     es = EmbeddingSet.objects.create(model_version=packaged_model_version("tf_efficientnet_lite0"), path=str(path),
                                      dim=dim, image_count=n, scales=[1.0],
                                      params={"models": ["tf_efficientnet_lite0"], "image_size": 128})

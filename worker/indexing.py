@@ -226,7 +226,7 @@ def _embeddings(job: Job, ctx: JobContext):
     if es is None:
         es = _embed_catalogue(job, ctx)  # may hand the chunks to the workers (JobDeferred)
     shards.drop(chunks.work_dir(job))  # the chunks are in the set (left when a worker died after publishing)
-    ids, vectors = read_embedding_shards(es.path)
+    ids, vectors = read_embedding_shards(es.path, lazy=True)  # streamed into the plan's vectors, not loaded
     return es, ids, vectors, embeddings_pipeline(params, es), None
 
 

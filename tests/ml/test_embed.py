@@ -14,6 +14,7 @@ from PIL import Image
 from ml.embed import (
     EmbedConfig,
     PCAWhitening,
+    StackedRows,
     concat_ensemble,
     embed_image,
     embed_images,
@@ -265,6 +266,21 @@ def test_blocks_of_any_length_are_recut_into_shards_with_extra_files_published_t
     assert [json.loads((out / "manifest.json").read_text())["shards"][i]["count"] for i in range(3)] == [4, 4, 3]
     got_ids, got = read_embedding_shards(out)
     assert got_ids == ids and np.allclose(got, vecs, atol=1e-2)
+
+
+def test_lazy_reading_stacks_memory_mapped_shards_and_reads_only_the_rows_asked_for(tmp_path):
+    rng = np.random.default_rng(3)
+    vecs = rng.normal(size=(10, 4)).astype(np.float16)
+    out = write_embedding_shards(tmp_path / "set", [f"i{n}" for n in range(10)], vecs, shard_size=4)
+    ids, lazy = read_embedding_shards(out, lazy=True)
+    assert isinstance(lazy, StackedRows) and lazy.shape == (10, 4) and len(lazy) == 10 and ids[9] == "i9"
+    assert all(isinstance(p, np.memmap) for p in lazy.parts)  # nothing read yet
+    for a, b in [(0, 10), (3, 9), (4, 8), (9, 10), (2, 3), (7, 7)]:  # within, across and at shard edges
+        np.testing.assert_array_equal(lazy[a:b], vecs[a:b])
+    np.testing.assert_array_equal(np.asarray(lazy, dtype=np.float32), vecs.astype(np.float32))
+    np.testing.assert_array_equal(lazy[[1, 8]], vecs[[1, 8]])
+    _, eager = read_embedding_shards(out)  # the default is unchanged: one array in memory
+    assert isinstance(eager, np.ndarray) and not isinstance(eager, np.memmap)
 
 
 def test_a_failing_block_or_extra_file_publishes_nothing(tmp_path):

@@ -27,7 +27,8 @@ PIPELINE = "baseline-lite0"  # no DBA, no verification: the index holds the embe
 
 
 def test_foreground_shards_give_the_top_k_of_one_exact_index(tmp_path, settings):
-    es, ids, x = synthetic_embedding_set(tmp_path, 300, 16)
+    # The set is stored in files of 128 rows: the build streams them (read lazily) into its index shards.
+    es, ids, x = synthetic_embedding_set(tmp_path, 300, 16, shard_size=128)
     call_command("build_index", "--pipeline", PIPELINE, "--embedding-set", str(es.pk), "--shard-size", "70")
     iv = IndexVersion.objects.get(is_active=True)
     assert iv.kind == IndexVersion.Kind.FLAT and iv.size == 300 and iv.params["shards"] == 5
