@@ -28,7 +28,7 @@ from webapp.jobs.models import Job
 from webapp.search.models import EmbeddingSet, ModelVersion
 from webapp.search.services import active_model_version, image_file_path, model_spec
 from worker.params import config_from, images_in
-from worker.shards import PLAN, drop, part_lock, read_json_or_none, run_part
+from worker.shards import PLAN, drop, heartbeat, part_lock, read_json_or_none, run_part
 
 log = logging.getLogger(__name__)
 DEFAULT_CHUNK = 512
@@ -161,7 +161,7 @@ def run_chunk(job_id: int, i: int) -> int:
         p = read_plan(job)
         if p is None:
             return  # dropped by a twin callback that closed the job
-        compute_chunk(job, p, i)
+        compute_chunk(job, p, i, progress=heartbeat(job))  # a chunk of the default pipeline takes minutes
         report(job, p, f"embedding chunk {i + 1} of {chunk_count(p)}")
     return run_part(job_id, i, "embedding chunk", work, work_dir)
 

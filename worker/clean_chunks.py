@@ -41,7 +41,7 @@ from ml.index import shard_bounds
 from ml.spatial import LocalFeatureStore
 from webapp.jobs.models import Job
 from worker.chunks import job_work_dir
-from worker.shards import PLAN, _heartbeat, drop, part_lock, read_json_or_none, run_part
+from worker.shards import PLAN, drop, heartbeat, part_lock, read_json_or_none, run_part
 
 log = logging.getLogger(__name__)
 GRAPH_FILES = ("neighbours", "similarities", "pairs")
@@ -127,7 +127,7 @@ def run_chunk(job_id: int, i: int) -> int:
         p = read_plan(job)
         if p is None:
             return  # discarded by a twin callback that finished the job
-        compute_chunk(job, p, i, progress=_heartbeat(job))
+        compute_chunk(job, p, i, progress=heartbeat(job))
         report(job, p, f"verified chunk {i + 1} of {len(bounds(p))}")
     return run_part(job_id, i, "verification chunk", work, work_dir)
 

@@ -259,7 +259,7 @@ def _embed_catalogue(job: Job, ctx: JobContext) -> EmbeddingSet:
         })
     pending = chunks.pending_chunks(job, p)
     shards.send_parts(job, pending, "worker.embed_chunk", "worker.resume_job", "gpu", "embedding chunks",
-                      callback_queue="cpu")  # the callback hands the job back to build_index
+                      callback_queue="cpu", callback_kwargs={"holder": job.worker})  # hands the job back
     for i in pending:
         lo = chunks.chunk_bounds(p, i)[0]  # per image within the chunk: a small collection is one chunk
         chunks.compute_chunk(job, p, i, progress=lambda d, _t, lo=lo: ctx.progress(lo + d, p["count"], "embedding"))

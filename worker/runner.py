@@ -111,11 +111,18 @@ class JobContext:
             setattr(self.job, name, value)
 
 
-def claimable(jobs, retry: bool = False):
+def claimable(jobs, retry: bool = False, holder: str | None = None):
     """The jobs a message may run: queued ones, and running ones whose worker is gone: released by the
     watchdog (``worker`` cleared) or silent for JOB_STALE_SECONDS. A second message for a job that a live
     worker is running (the watchdog re-sent it while it waited in a long queue) must not run it again; a
-    ``retry`` of the message that ran it (a transient error stopped it) continues it."""
+    ``retry`` of the message that ran it (a transient error stopped it) continues it.
+
+    ``holder``: the message is a chord's callback handing the job back (``worker.resume_job``), and
+    ``holder`` the worker that sent the chord: it runs the job only while that claim stands. When the
+    watchdog re-sent the job meanwhile, the new claim sends a chord of its own, whose callback goes on;
+    the old chord's callback does nothing, rather than continue the same build twice."""
+    if holder is not None and not retry:
+        return jobs.filter(state=Job.State.RUNNING, worker=holder)
     if retry:
         return jobs.filter(state__in=[Job.State.QUEUED, Job.State.RUNNING])
     stale = timezone.now() - timedelta(seconds=settings.JOB_STALE_SECONDS)
@@ -124,11 +131,11 @@ def claimable(jobs, retry: bool = False):
         | Q(state=Job.State.RUNNING) & (Q(worker="") | Q(heartbeat_at__isnull=True) | Q(heartbeat_at__lt=stale)))
 
 
-def execute_job(job_id: int, foreground: bool = False, retry: bool = False) -> Job:
+def execute_job(job_id: int, foreground: bool = False, retry: bool = False, holder: str | None = None) -> Job:
     """Run job ``job_id`` to its end and return the row as it finished. ``retry``: this is Celery retrying
-    the task that ran the job (see ``claimable``)."""
+    the task that ran the job; ``holder``: a chord's callback resuming it (see ``claimable``)."""
     worker = f"{socket.gethostname()}:{os.getpid()}"
-    claimed = claimable(Job.objects.filter(pk=job_id), retry).update(
+    claimed = claimable(Job.objects.filter(pk=job_id), retry, holder).update(
         state=Job.State.RUNNING, started_at=Coalesce(F("started_at"), Value(timezone.now())),
         heartbeat_at=timezone.now(), worker=worker, error="")
     job = Job.objects.get(pk=job_id)

@@ -85,10 +85,11 @@ def read_plan(job: Job) -> dict | None:
 
 
 def send_parts(job: Job, pending: list[int], part: str, callback: str, queue: str, what: str,
-               callback_queue: str | None = None) -> None:
+               callback_queue: str | None = None, callback_kwargs: dict | None = None) -> None:
     """A queued job with more than one part to do sends them to the workers as a Celery chord (the ``part``
-    task per part on ``queue``, then ``callback``, on ``callback_queue`` or the same) and raises
-    JobDeferred: they finish the job. Else this returns and the caller does the parts in turn."""
+    task per part on ``queue``, then ``callback`` with ``callback_kwargs``, on ``callback_queue`` or the
+    same) and raises JobDeferred: they finish the job. Else this returns and the caller does the parts in
+    turn."""
     if not (job.queued and len(pending) > 1):
         return
     from celery import chord
@@ -96,7 +97,7 @@ def send_parts(job: Job, pending: list[int], part: str, callback: str, queue: st
     from webapp.celery_app import app
 
     header = [app.signature(part, args=(job.pk, i), queue=queue) for i in pending]
-    chord(header)(app.signature(callback, args=(job.pk,), queue=callback_queue or queue))
+    chord(header)(app.signature(callback, args=(job.pk,), kwargs=callback_kwargs or {}, queue=callback_queue or queue))
     raise JobDeferred(f"{len(pending)} {what} sent to the workers")
 
 
@@ -145,7 +146,7 @@ def build(job: Job, p: dict, i: int) -> bool:
         lo, hi = bounds(p)[i]
         vectors = np.load(vectors_path(job), mmap_mode="r")
         built = build_shard(vectors[lo:hi], ids_path(job, i).read_text().splitlines(), shard_path(job, i), IndexConfig(**p["index"]),
-                            progress=_heartbeat(job))
+                            progress=heartbeat(job))
     if built:
         log.info("job %s: built shard %s (%s vectors)", job.pk, i, hi - lo)
     return built
@@ -168,7 +169,9 @@ def part_lock(path: Path) -> Iterator[bool]:
         os.close(fd)  # releases the lock
 
 
-def _heartbeat(job: Job):
+def heartbeat(job: Job):
+    """A progress callback that refreshes the job's heartbeat every HEARTBEAT_SECONDS while a long part runs,
+    so the watchdog does not take its worker for dead."""
     last = [time.monotonic()]
 
     def beat(_done: int, _total: int) -> None:

@@ -70,13 +70,17 @@ def finish_embed(_results, job_id: int) -> str:
     return chunks.finish_job(job_id)
 
 
-@shared_task(name="worker.resume_job", **CHORD_CALLBACK)
-def resume_job(_results, job_id: int) -> str:
+@shared_task(name="worker.resume_job", bind=True, **CHORD_CALLBACK)
+def resume_job(self, _results, job_id: int, holder: str | None = None) -> str:
     """A chord's callback that hands the job back to its own function, which goes on from what is on disk
-    (build_index after its embedding chunks: the set, regions, local features, then its index shards)."""
+    (build_index after its embedding chunks: the set, regions, local features, then its index shards).
+    ``holder``: the worker whose claim sent the chord; a callback of a chord sent before the watchdog
+    re-sent the job does nothing (``runner.claimable``). Messages without it continue the job as before."""
     close_old_connections()
     try:
-        return execute_job(job_id, retry=True).state
+        if holder is None:
+            return execute_job(job_id, retry=True).state
+        return execute_job(job_id, retry=self.request.retries > 0, holder=holder).state
     finally:
         close_old_connections()
 

@@ -5,7 +5,8 @@ be finished fails its job rather than running for ever."""
 import numpy as np
 import pytest
 from django.core.management import call_command
-from django.db import OperationalError
+from django.db import OperationalError, connection
+from django.test.utils import CaptureQueriesContext
 from django.urls import reverse
 
 from ml.embed import read_embedding_shards
@@ -16,7 +17,7 @@ from webapp.jobs.models import Job
 from webapp.jobs.services import cancel_job, create_job, start_job
 from webapp.search.models import EmbeddingSet, ModelVersion
 from webapp.search.services import active_model_version, image_file_path
-from worker import chunks
+from worker import chunks, shards
 from worker.watchdog import recover_jobs
 
 pytestmark = pytest.mark.django_db
@@ -75,6 +76,22 @@ def test_each_chunk_reads_its_own_images_not_the_whole_plan(imported_mini):
     assert inputs[2]["paths"][-1] == image_file_path(images[-1])
     chunks.compute_chunk(job, p, 2)
     assert np.load(chunks.chunk_path(job, 2)).shape[0] == 10
+
+
+def test_an_embedding_chunk_beats_its_jobs_heartbeat_while_it_runs(imported_mini, monkeypatch):
+    """A chunk can take minutes (512 photos through the default pipeline on a CPU), longer than the watchdog
+    waits for a heartbeat: the chunk task beats it per photo (at most every HEARTBEAT_SECONDS, here every
+    photo), not only once the chunk is done, so its job is not taken for dead and sent again."""
+    monkeypatch.setattr(shards, "HEARTBEAT_SECONDS", 0.0)
+    params = {"splits": ["query"], "chunk_size": 12, "embed": {"image_size": 64, "scales": [1.0], "num_workers": 0}}
+    job = create_job(Job.Kind.EMBED, params, queued=True)
+    Job.objects.filter(pk=job.pk).update(state=Job.State.RUNNING)
+    chunks.plan(job)
+    with CaptureQueriesContext(connection) as queries:
+        chunks.run_chunk(job.pk, 0)
+    beats = [q["sql"] for q in queries.captured_queries
+             if q["sql"].startswith('UPDATE "jobs_job" SET "heartbeat_at"')]
+    assert len(beats) >= 12 and chunks.chunk_path(job, 0).exists()
 
 
 def test_a_cancelled_chunked_embedding_leaves_no_work_folder(imported_mini):

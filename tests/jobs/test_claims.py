@@ -49,3 +49,15 @@ def test_a_retry_of_the_message_that_ran_the_job_continues_it(tmp_path):
     # not a duplicate: it must not wait for the watchdog.
     job = running_elsewhere(tmp_path / "one")
     assert execute_job(job.pk, retry=True).state == Job.State.SUCCEEDED
+
+
+def test_a_chord_callback_resumes_the_job_only_for_the_claim_that_sent_the_chord(tmp_path):
+    """build_index hands its embedding chunks to a chord whose callback (worker.resume_job) continues the
+    job. When the watchdog re-sent the job meanwhile, the worker that claimed it then sent a chord of its
+    own: the first chord's callback must not continue the same build a second time."""
+    job = running_elsewhere(tmp_path / "one")  # other-host:4242 sent a chord and went on
+    Job.objects.filter(pk=job.pk).update(worker="third-host:7")  # re-sent, claimed by another worker
+    late = execute_job(job.pk, holder="other-host:4242")
+    assert late.state == Job.State.RUNNING and late.worker == "third-host:7"
+    assert not IndexVersion.objects.exists()  # the job's function did not run
+    assert execute_job(job.pk, holder="third-host:7").state == Job.State.SUCCEEDED  # the standing claim's callback
