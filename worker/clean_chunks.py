@@ -9,7 +9,9 @@ Files of job J (created at T)::
     ARTIFACTS_ROOT/work/clean-J-T/neighbours.npy      the kNN graph (int64 positions), written once
                                   similarities.npy    its cosine similarities (float32), written once
                                   pairs.npy           (P, 2) position pairs to verify, sorted, written once
-                                  plan.json           ids, labels, settings, evidence folder; written last
+                                  catalogue.json      ids, labels, image pks (by position), written once
+                                  inputs-NNNNNN.json  one chunk's pairs as ids: all a chunk task reads
+                                  plan.json           settings, counts, evidence folder; written last
                                   chunk-NNNNNN.lock   held by the task verifying that chunk
                                   chunk-NNNNNN.npy    int32 inliers of one chunk's pairs
 
@@ -45,6 +47,7 @@ from worker.shards import PLAN, drop, heartbeat, part_lock, read_json_or_none, r
 
 log = logging.getLogger(__name__)
 GRAPH_FILES = ("neighbours", "similarities", "pairs")
+CATALOGUE = "catalogue.json"
 
 
 def work_dir(job: Job) -> Path:
@@ -60,10 +63,10 @@ def read_plan(job: Job) -> dict | None:
     return read_json_or_none(plan_path(job))
 
 
-def write_plan(job: Job, vectors: np.ndarray, ids: list[str], labels: list[str], config: EvidenceConfig,
-               chunk: int, progress=None, **extra) -> dict:
-    """The kNN graph and the pairs to verify, computed once: arrays first, plan.json last, each by rename, so
-    every resume and every chunk task sees the same plan. ``extra`` (JSON) is kept in the plan."""
+def write_plan(job: Job, vectors: np.ndarray, ids: list[str], labels: list[str], pks: list[int],
+               config: EvidenceConfig, chunk: int, progress=None, **extra) -> dict:
+    """The kNN graph and the pairs to verify, computed once: arrays and lists first, plan.json last, each by
+    rename, so every resume and every chunk task sees the same plan. ``extra`` (JSON) is kept in the plan."""
     if chunk < 1:
         raise ValueError(f"chunk_pairs must be at least 1, got {chunk}")
     t0 = time.perf_counter()
@@ -72,10 +75,28 @@ def write_plan(job: Job, vectors: np.ndarray, ids: list[str], labels: list[str],
     for name, array in zip(GRAPH_FILES, (nbrs.astype(np.int64), sims.astype(np.float32), pairs.astype(np.int64)),
                            strict=True):
         write_bytes(work_dir(job) / f"{name}.npy", npy_bytes(array))
-    data = {**extra, "ids": ids, "labels": labels, "evidence": asdict(config), "chunk": chunk, "pairs": len(pairs),
+    write_bytes(work_dir(job) / CATALOGUE, json.dumps({"ids": ids, "labels": labels, "pks": pks}).encode())
+    data = {**extra, "count": len(ids), "evidence": asdict(config), "chunk": chunk, "pairs": len(pairs),
             "graph_seconds": round(time.perf_counter() - t0, 3), "planned_at": time.time()}
+    for i, (lo, hi) in enumerate(bounds(data)):  # a chunk task reads its pairs' ids, not the catalogue's
+        write_bytes(inputs_path(job, i), json.dumps(chunk_inputs_of(pairs[lo:hi], ids)).encode())
     write_bytes(plan_path(job), json.dumps(data).encode())
     return data
+
+
+def chunk_inputs_of(pairs: np.ndarray, ids: list[str]) -> dict:
+    """A chunk's pairs as {"ids": the images they touch, "pairs": positions into those ids}."""
+    used, local = np.unique(pairs, return_inverse=True)
+    return {"ids": [ids[u] for u in used], "pairs": local.reshape(-1, 2).tolist()}
+
+
+def inputs_path(job: Job, i: int) -> Path:
+    return work_dir(job) / f"inputs-{i:06d}.json"
+
+
+def catalogue(job: Job) -> dict:
+    """{"ids", "labels", "pks"}: the images of the job, by position in the graph."""
+    return json.loads((work_dir(job) / CATALOGUE).read_text())
 
 
 def load(job: Job, name: str) -> np.ndarray:
@@ -103,8 +124,9 @@ def compute_chunk(job: Job, p: dict, i: int, progress=None) -> bool:
         if not held or path.exists():
             return False
         lo, hi = bounds(p)[i]
+        inputs = json.loads(inputs_path(job, i).read_text())
         store = LocalFeatureStore(p["features"])  # cached by the job before the plan was written
-        values = verify_pairs(np.asarray(load(job, "pairs")[lo:hi]), p["ids"], store,
+        values = verify_pairs(np.asarray(inputs["pairs"], np.int64).reshape(-1, 2), inputs["ids"], store,
                               workers=p["evidence"]["workers"], progress=progress)
         write_bytes(path, npy_bytes(values.astype(np.int32)))
     log.info("job %s: verified chunk %s (%s pairs)", job.pk, i, hi - lo)
@@ -141,7 +163,8 @@ def evidence(job: Job, p: dict) -> CleaningEvidence:
     merged = np.concatenate(values) if values else np.zeros(0, np.int32)
     meta = {"graph_seconds": p["graph_seconds"], "verify_seconds": round(time.time() - p["planned_at"], 3),
             "chunks": len(values)}
-    return assemble_evidence(p["ids"], p["labels"], np.array(load(job, "similarities")),
+    listed = catalogue(job)
+    return assemble_evidence(listed["ids"], listed["labels"], np.array(load(job, "similarities")),
                              np.array(load(job, "neighbours")), EvidenceConfig(**p["evidence"]),
                              np.array(load(job, "pairs")), merged, meta)
 

@@ -95,7 +95,7 @@ def _inputs(job: Job, ctx: JobContext) -> _Inputs:
 
 
 def plan(job: Job, ctx: JobContext, inputs: _Inputs | None = None) -> dict:
-    """The job's verification plan (kNN graph, pairs, ids, labels, evidence folder), made once with the
+    """The job's verification plan (kNN graph, pairs, catalogue, evidence folder), made once with the
     local features it needs; a resumed job and every chunk task read the same one back."""
     p = clean_chunks.read_plan(job)
     if p is not None:
@@ -103,9 +103,9 @@ def plan(job: Job, ctx: JobContext, inputs: _Inputs | None = None) -> dict:
     inp = inputs or _inputs(job, ctx)
     _local_features(inp.images, ctx)
     return clean_chunks.write_plan(
-        job, inp.vectors, inp.ids, inp.labels, inp.config,
+        job, inp.vectors, inp.ids, inp.labels, [inp.pks[i] for i in inp.ids], inp.config,
         int(job.params.get("chunk_pairs") or settings.CLEAN_CHUNK_PAIRS),
-        progress=lambda d, t: ctx.progress(d, t, "kNN graph"), pks=[inp.pks[i] for i in inp.ids],
+        progress=lambda d, t: ctx.progress(d, t, "kNN graph"),
         embedding_set=inp.es.pk, folder=str(inp.folder), features=str(feature_dir()))
 
 
@@ -177,7 +177,8 @@ def _finish(job: Job, p: dict) -> dict:
     folder = Path(p["folder"])
     evidence.save(folder)
     es = EmbeddingSet.objects.get(pk=p["embedding_set"])
-    return conclude(job, es, folder, evidence, p["labels"], dict(zip(p["ids"], p["pks"], strict=True)))
+    listed = clean_chunks.catalogue(job)
+    return conclude(job, es, folder, evidence, listed["labels"], dict(zip(listed["ids"], listed["pks"], strict=True)))
 
 
 def conclude(job: Job, es: EmbeddingSet, folder: Path, evidence: CleaningEvidence, labels: list[str],

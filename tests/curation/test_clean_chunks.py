@@ -3,6 +3,7 @@ evidence of one build_evidence call, a queued clean verifies its chunks as a cho
 verdicts of a foreground run, and a chunk already on disk is never verified again. The 34 query photos of
 landmarks-mini keep each test short (about 220 pairs)."""
 
+import json
 import shutil
 from pathlib import Path
 
@@ -47,6 +48,15 @@ def test_a_chunk_on_disk_is_not_verified_again_on_resume(imported_mini):
     p = cleaning.plan(job, JobContext(job, show_bar=False))
     n = len(clean_chunks.bounds(p))
     assert n >= 4 and clean_chunks.pending_chunks(job, p) == list(range(n))
+    # A chunk task reads its own pairs, by id, not the catalogue: the plan holds settings and counts.
+    assert p["count"] == 34 and "ids" not in clean_chunks.read_plan(job)
+    ids = clean_chunks.catalogue(job)["ids"]
+    lo, hi = clean_chunks.bounds(p)[1]
+    inputs = clean_chunks.chunk_inputs_of(np.asarray(clean_chunks.load(job, "pairs")[lo:hi]), ids)
+    assert json.loads(clean_chunks.inputs_path(job, 1).read_text()) == inputs
+    assert len(inputs["pairs"]) == 50 and len(inputs["ids"]) < 34
+    assert [[inputs["ids"][a], inputs["ids"][b]] for a, b in inputs["pairs"]] == [
+        [ids[a], ids[b]] for a, b in clean_chunks.load(job, "pairs")[lo:hi].tolist()]
     assert clean_chunks.compute_chunk(job, p, 0) and clean_chunks.compute_chunk(job, p, 2)
     before = {i: clean_chunks.chunk_path(job, i).stat() for i in (0, 2)}
     plan_before = clean_chunks.plan_path(job).stat()
