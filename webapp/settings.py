@@ -151,6 +151,11 @@ INDEX_SHARD_SIZE = env.int("INDEX_SHARD_SIZE", default=250_000)
 # --- Cleaning: kNN pairs spatially verified per task (RootSIFT + MAGSAC, ~10 ms a pair on one core); a clean
 # job with more pairs than this verifies them in chunks, one task each, on every cpu worker.
 CLEAN_CHUNK_PAIRS = env.int("CLEAN_CHUNK_PAIRS", default=2000)
+# --- Embedding chunks (build_index's, and embed's when not given): how the worker that runs a chunk decodes
+# and batches. Per worker, since workers differ: a GPU worker wants batches of 32 and 8 decode processes; a
+# small idle CPU is fastest decoding in its own process (0), which leaves every core to torch.
+EMBED_BATCH_SIZE = env.int("EMBED_BATCH_SIZE", default=1)
+EMBED_DECODE_WORKERS = env.int("EMBED_DECODE_WORKERS", default=1)
 
 # --- Image limits: what import and upload accept.
 IMAGE_MAX_BYTES = env.int("IMAGE_MAX_BYTES", default=50 * 1024 * 1024)

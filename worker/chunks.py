@@ -123,7 +123,10 @@ def pending_chunks(job: Job, p: dict) -> list[int]:
 
 
 def embed_config(p: dict) -> EmbedConfig:
-    return config_from(EmbedConfig, {**p["embed"], "scales": tuple(p["embed"]["scales"])})
+    """The plan's embedding settings; batching and decoding, when the plan leaves them open (build_index's
+    plans do), are this worker's own (EMBED_BATCH_SIZE, EMBED_DECODE_WORKERS): they do not change the vectors."""
+    local = {"batch_size": settings.EMBED_BATCH_SIZE, "num_workers": settings.EMBED_DECODE_WORKERS}
+    return config_from(EmbedConfig, {**local, **p["embed"], "scales": tuple(p["embed"]["scales"])})
 
 
 def compute_chunk(job: Job, p: dict, i: int, progress=None) -> None:

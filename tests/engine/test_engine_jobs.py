@@ -32,6 +32,21 @@ def test_embed_uses_packaged_lite0_when_nothing_is_trained(imported_mini):
     assert np.allclose(np.linalg.norm(vectors.astype(np.float32), axis=1), 1, atol=1e-2)
 
 
+def test_a_worker_batches_and_decodes_chunks_its_own_way_unless_the_job_says(imported_mini, settings):
+    """build_index's embedding plans leave batching and decoding open: each worker applies its own
+    EMBED_BATCH_SIZE and EMBED_DECODE_WORKERS (a GPU worker and a small CPU want different ones); `embed
+    --batch-size/--num-workers` fix them for the job."""
+    settings.EMBED_BATCH_SIZE, settings.EMBED_DECODE_WORKERS = 4, 0
+    cfg = chunks.embed_config({"embed": {"image_size": 512, "scales": [1.0], "flip": True}})  # as build_index plans
+    assert (cfg.batch_size, cfg.num_workers, cfg.flip) == (4, 0, True)
+    call_command("embed", "--splits", "query", "--image-size", "64")
+    job = Job.objects.get()
+    assert "batch_size" not in job.params["embed"] and "num_workers" not in job.params["embed"]
+    assert EmbeddingSet.objects.get().params["embed"]["batch_size"] == 4
+    call_command("embed", "--splits", "query", "--image-size", "64", "--batch-size", "2", "--num-workers", "1")
+    assert EmbeddingSet.objects.order_by("pk").last().params["embed"]["batch_size"] == 2
+
+
 def test_train_records_a_model_version_that_becomes_active(imported_mini, client, viewer_user):
     call_command("train", "--splits", "index", "--max-steps", "3", "--batch-size", "8", "--image-size", "96",
                  "--name", "tiny", "--augmentation", "none")

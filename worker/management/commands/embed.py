@@ -21,8 +21,10 @@ class Command(JobCommand):
                             help="Also keep R-MAC region descriptors on this many levels (the default pipeline "
                                  "uses 3), from the same forward passes; build_index --embedding-set then "
                                  "takes them instead of making them again in one process. 0 = none.")
-        parser.add_argument("--batch-size", type=int, default=1)
-        parser.add_argument("--num-workers", type=int, default=1)
+        parser.add_argument("--batch-size", type=int, help="Images per forward pass (default: each worker's "
+                            "EMBED_BATCH_SIZE).")
+        parser.add_argument("--num-workers", type=int, help="Decode processes; 0 = in the worker's own process "
+                            "(default: each worker's EMBED_DECODE_WORKERS).")
         parser.add_argument("--chunk-size", type=int, default=512,
                             help="Images per chunk: the unit that workers share and that a resumed job skips.")
 
@@ -30,4 +32,4 @@ class Command(JobCommand):
         self.run_job({"model_version": o["model_version"], "splits": o["splits"], "chunk_size": o["chunk_size"],
                       "regional": {"levels": o["regions"]},
                       "embed": {"image_size": o["image_size"], "scales": o["scales"], "flip": o["flip"],
-                                "batch_size": o["batch_size"], "num_workers": o["num_workers"]}}, o)
+                                **{k: o[k] for k in ("batch_size", "num_workers") if o[k] is not None}}}, o)
