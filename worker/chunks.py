@@ -28,7 +28,7 @@ from webapp.jobs.models import Job
 from webapp.search.models import EmbeddingSet, ModelVersion
 from webapp.search.services import active_model_version, image_file_path, model_spec
 from worker.params import config_from, images_in
-from worker.shards import PLAN, drop, heartbeat, part_lock, read_json_or_none, run_part
+from worker.shards import PLAN, drop, heartbeat, part_lock, read_json_or_none, run_part, stale_plan
 
 log = logging.getLogger(__name__)
 DEFAULT_CHUNK = 512
@@ -73,6 +73,7 @@ def write_plan(job: Job, data: dict) -> dict:
     written = read_plan(job)
     if written is not None:
         return written
+    stale_plan(work_dir(job))
     ids, paths = data.pop("ids"), data.pop("paths")
     data["count"] = len(ids)
     for i in range(chunk_count(data)):

@@ -43,7 +43,7 @@ from ml.index import shard_bounds
 from ml.spatial import LocalFeatureStore
 from webapp.jobs.models import Job
 from worker.chunks import job_work_dir
-from worker.shards import PLAN, drop, heartbeat, part_lock, read_json_or_none, run_part
+from worker.shards import PLAN, drop, heartbeat, part_lock, read_json_or_none, run_part, stale_plan
 
 log = logging.getLogger(__name__)
 GRAPH_FILES = ("neighbours", "similarities", "pairs")
@@ -69,6 +69,7 @@ def write_plan(job: Job, vectors: np.ndarray, ids: list[str], labels: list[str],
     rename, so every resume and every chunk task sees the same plan. ``extra`` (JSON) is kept in the plan."""
     if chunk < 1:
         raise ValueError(f"chunk_pairs must be at least 1, got {chunk}")
+    stale_plan(work_dir(job))
     t0 = time.perf_counter()
     sims, nbrs = knn_graph(vectors, config.k, config, progress)
     pairs = pairs_to_verify(nbrs, labels, config)

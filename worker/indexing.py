@@ -6,7 +6,6 @@ IndexVersion atomically."""
 from __future__ import annotations
 
 import hashlib
-import json
 import os
 import shutil
 import uuid
@@ -113,9 +112,10 @@ def plan(job: Job, ctx: JobContext) -> dict:
 
     Written once (vectors first, plan.json last, each by rename), so every resume and every shard task
     sees the same one."""
-    path = shards.plan_path(job)
-    if path.is_file():
-        return json.loads(path.read_text())
+    written = shards.read_plan(job)
+    if written is not None:
+        return written
+    shards.stale_plan(shards.work_dir(job))
     params = job.params
     es, ids, vectors, pipeline, paths = _embeddings(job, ctx)
     if pipeline.uses_local_features:

@@ -101,12 +101,25 @@ def send_parts(job: Job, pending: list[int], part: str, callback: str, queue: st
     raise JobDeferred(f"{len(pending)} {what} sent to the workers")
 
 
-def read_json_or_none(path: Path) -> dict | None:
-    """A plan written once by rename: its content, or None when it is not there (not yet, or dropped)."""
+def read_json_or_none(path: Path, required: str = "count") -> dict | None:
+    """A plan written once by rename: its content, or None when it is not there (not yet, or dropped) or
+    lacks ``required``: then an older version wrote it, listing every id in the plan, which this version
+    does not read. Such a job is planned again from scratch (``stale_plan``), and its parts do nothing."""
     try:
-        return json.loads(path.read_text())
+        data = json.loads(path.read_text())
     except FileNotFoundError:
         return None
+    return data if required in data else None
+
+
+def stale_plan(folder: Path) -> bool:
+    """True (and the folder dropped) when ``folder`` holds a plan that ``read_json_or_none`` did not accept:
+    the parts computed under it may not match the new plan (the catalogue may have changed meanwhile)."""
+    if not (folder / PLAN).is_file():
+        return False
+    log.warning("%s: a plan in an older format; planning again", folder)
+    drop(folder)
+    return True
 
 
 def write_plan(job: Job, data: dict, ids: list[str]) -> dict:

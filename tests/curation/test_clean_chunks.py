@@ -86,6 +86,25 @@ def test_a_chunk_on_disk_is_not_verified_again_on_resume(imported_mini):
     assert execute_job(job.pk).state == Job.State.SUCCEEDED and CleaningRun.objects.count() == 1  # nothing twice
 
 
+def test_a_clean_planned_by_an_older_version_is_planned_again(imported_mini):
+    """Upgraded with a clean in flight: its plan lists every id and label and has no count. A chunk task
+    of its old chord does nothing; the resumed job drops the old chunks (whose pairs may differ) and plans
+    again, with the evidence of one build_evidence call."""
+    job = create_job(Job.Kind.CLEAN, {"splits": SPLITS, "chunk_pairs": 80})
+    Job.objects.filter(pk=job.pk).update(state=Job.State.RUNNING)
+    clean_chunks.work_dir(job).mkdir(parents=True)
+    clean_chunks.plan_path(job).write_text(json.dumps({"ids": ["a", "b"], "labels": ["1", "1"], "pairs": 1, "chunk": 1}))
+    np.save(clean_chunks.chunk_path(job, 0), np.full(80, 999, np.int32))  # not this plan's inlier counts
+    assert clean_chunks.read_plan(job) is None and clean_chunks.run_chunk(job.pk, 0) == 0
+    assert Job.objects.get(pk=job.pk).state == Job.State.RUNNING
+
+    job = execute_job(job.pk, foreground=True)
+    assert job.state == Job.State.SUCCEEDED, job.error
+    evidence = CleaningEvidence.load(CleaningRun.objects.get(job=job).evidence_path)
+    assert 999 not in evidence.inliers
+    assert_same_evidence(evidence, single_task_evidence(CleaningRun.objects.get(job=job), evidence))
+
+
 @pytest.mark.worker
 @pytest.mark.django_db(transaction=True)
 def test_queued_clean_verifies_chunks_on_a_worker_with_the_foreground_verdicts(celery_worker_process, imported_mini,

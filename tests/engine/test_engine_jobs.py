@@ -9,6 +9,7 @@ from django.db import OperationalError, connection
 from django.test.utils import CaptureQueriesContext
 from django.urls import reverse
 
+import worker.registry  # noqa: F401 - registers the job functions, as the worker does
 from ml.embed import read_embedding_shards
 from tests.badimages import text_as_jpeg
 from tests.conftest import wait_for
@@ -18,6 +19,7 @@ from webapp.jobs.services import cancel_job, create_job, start_job
 from webapp.search.models import EmbeddingSet, ModelVersion
 from webapp.search.services import active_model_version, image_file_path
 from worker import chunks, shards
+from worker.runner import execute_job
 from worker.watchdog import recover_jobs
 
 pytestmark = pytest.mark.django_db
@@ -107,6 +109,24 @@ def test_an_embedding_chunk_beats_its_jobs_heartbeat_while_it_runs(imported_mini
     beats = [q["sql"] for q in queries.captured_queries
              if q["sql"].startswith('UPDATE "jobs_job" SET "heartbeat_at"')]
     assert len(beats) >= 12 and chunks.chunk_path(job, 0).exists()
+
+
+def test_an_embedding_planned_by_an_older_version_is_planned_again(imported_mini):
+    """Upgraded with an embedding in flight: its plan lists every id and path and has no count. A chunk
+    task of its old chord does nothing; the resumed job drops the old chunks and embeds afresh."""
+    params = {"splits": ["query"], "chunk_size": 12, "embed": {"image_size": 64, "scales": [1.0], "num_workers": 0}}
+    job = create_job(Job.Kind.EMBED, params)
+    Job.objects.filter(pk=job.pk).update(state=Job.State.RUNNING)
+    chunks.work_dir(job).mkdir(parents=True)
+    (chunks.work_dir(job) / "plan.json").write_text('{"ids": ["x"], "paths": ["/nowhere.jpg"], "chunk": 12}')
+    np.save(chunks.chunk_path(job, 0), np.zeros((12, 1280), np.float32))  # not this plan's vectors
+    assert chunks.read_plan(job) is None and chunks.run_chunk(job.pk, 0) == 0
+    assert Job.objects.get(pk=job.pk).state == Job.State.RUNNING
+
+    job = execute_job(job.pk, foreground=True)
+    assert job.state == Job.State.SUCCEEDED, job.error
+    ids, vectors = read_embedding_shards(EmbeddingSet.objects.get(job=job).path, dtype=np.float32)
+    assert len(ids) == 34 and np.allclose(np.linalg.norm(vectors, axis=1), 1, atol=1e-2)
 
 
 def test_a_cancelled_chunked_embedding_leaves_no_work_folder(imported_mini):

@@ -2,6 +2,7 @@
 index (k-way merge, the same top-k as one exact index), resumed without rebuilding finished shards, and
 the recall of approximate indexes on the index versions page."""
 
+import json
 import threading
 from pathlib import Path
 
@@ -84,6 +85,25 @@ def test_a_shard_already_built_is_not_built_again_on_resume(tmp_path):
     index = load_index(iv.path)
     assert index.ids == ids and (index.search_positions(x[:5], 1)[1][:, 0] == np.arange(5)).all()
     assert execute_job(job.pk).state == Job.State.SUCCEEDED and IndexVersion.objects.count() == 1  # nothing twice
+
+
+def test_a_build_planned_by_an_older_version_is_planned_again(tmp_path):
+    """Upgraded with a build in flight: its plan lists every id and has no count (the format before each
+    shard's ids got a file of their own). A part of its old chord does nothing, and the resumed job drops
+    the old work (a shard in it may not match) and plans again."""
+    es, ids, x = synthetic_embedding_set(tmp_path, 120, 8)
+    job = create_job(Job.Kind.BUILD_INDEX, {"pipeline": PIPELINE, "embedding_set": es.pk, "shard_size": 50})
+    Job.objects.filter(pk=job.pk).update(state=Job.State.RUNNING)
+    shards.work_dir(job).mkdir(parents=True)
+    shards.plan_path(job).write_text(json.dumps({"stamp": "old", "ids": ids[::-1], "shard_size": 50}))
+    (shards.work_dir(job) / "vectors.npy").write_bytes(b"\x93NUMPY from the old version")
+    assert shards.read_plan(job) is None and shards.run_shard(job.pk, 0) == 0
+    assert Job.objects.get(pk=job.pk).state == Job.State.RUNNING  # the old part neither built nor failed it
+
+    job = execute_job(job.pk, foreground=True)
+    assert job.state == Job.State.SUCCEEDED, job.error
+    index = load_index(IndexVersion.objects.get(job=job).path)
+    assert index.ids == ids and (index.search_positions(x[:5], 1)[1][:, 0] == np.arange(5)).all()
 
 
 @pytest.mark.django_db(transaction=True)
