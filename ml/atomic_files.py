@@ -63,19 +63,25 @@ def write_npy(path: str | os.PathLike, shape: tuple[int, ...], dtype, fill: Call
     return path
 
 
-def copy_rows(out: np.ndarray, parts: Iterable[np.ndarray], dtype=None) -> None:
+def write_rows(path: str | os.PathLike, array, dtype, batch: int) -> Path:
+    """``array`` (in memory, memory-mapped, or ``ml.embed.StackedRows``) as an .npy of ``dtype``, read and
+    converted ``batch`` rows at a time, so a float16 or memory-mapped input is never copied whole."""
+    return write_npy(path, np.shape(array), dtype, lambda out: copy_rows(out, _batches(array, batch)))
+
+
+def copy_rows(out: np.ndarray, parts: Iterable[np.ndarray]) -> None:
     """Copy ``parts`` one after another into the rows of ``out`` (each part's trailing dimensions may be
     smaller than ``out``'s: the rest stays zero, which is how region lists are padded)."""
     start = 0
     for part in parts:
-        part = np.asarray(part, dtype=dtype or out.dtype)
+        part = np.asarray(part, dtype=out.dtype)
         out[(slice(start, start + len(part)), *(slice(0, s) for s in part.shape[1:]))] = part
         start += len(part)
     if start != len(out):
         raise ValueError(f"{start} rows for an array of {len(out)}")
 
 
-def batches(array: np.ndarray, size: int) -> Iterable[np.ndarray]:
+def _batches(array: np.ndarray, size: int) -> Iterable[np.ndarray]:
     """Consecutive row blocks of ``array`` (a memory-mapped one is read one block at a time)."""
     for start in range(0, len(array), size):
         yield array[start:start + size]

@@ -52,7 +52,7 @@ from pathlib import Path
 import faiss
 import numpy as np
 
-from ml.atomic_files import batches, copy_rows, write_npy
+from ml.atomic_files import write_rows
 
 log = logging.getLogger(__name__)
 
@@ -262,7 +262,7 @@ def build_index(
     try:
         kind = config.resolved_kind(len(ids))
         started = time.perf_counter()
-        _write_vectors(tmp / VECTORS, vectors, config.add_batch)
+        write_rows(tmp / VECTORS, vectors, np.float32, config.add_batch)
         (tmp / IDS).write_text("".join(f"{i}\n" for i in ids))
         if kind != "exact":
             index = _build_faiss(np.load(tmp / VECTORS, mmap_mode="r"), kind, config, progress)
@@ -297,11 +297,6 @@ def _check_inputs(vectors: np.ndarray, ids: Sequence[str]) -> None:
         raise IndexFolderError(f"ids must be non-empty one-line strings; bad: {bad[:3]!r}")
     if len(set(ids)) != len(ids):
         raise IndexFolderError("ids must be unique")
-
-
-def _write_vectors(path: Path, vectors: np.ndarray, batch: int) -> None:
-    """float32 .npy written in batches, so float16 or memory-mapped inputs are never copied whole."""
-    write_npy(path, np.shape(vectors), np.float32, lambda out: copy_rows(out, batches(vectors, batch)))
 
 
 def default_nlist(count: int, train_size: int) -> int:

@@ -206,11 +206,11 @@ def _publish_set(job: Job, p: dict) -> EmbeddingSet:
     dim = np.load(chunk_path(job, 0), mmap_mode="r").shape[1]
     blocks = ((chunk_inputs(job, i)["ids"], np.load(chunk_path(job, i), mmap_mode="r")) for i in range(n))
     params = {"embed": asdict(embed_config(p)), "chunks": n, **p.get("set_params", {})}
+    add_regions = None
     if p.get("regional"):
         params["regional"] = p["regional"]
 
-    def add_regions(folder: Path) -> None:  # into the set's folder before it is published
-        if p.get("regional"):
+        def add_regions(folder: Path) -> None:  # into the set's folder before it is published
             join_regions(job, p, folder / REGIONS_FILE)
 
     out = Path(settings.ARTIFACTS_ROOT) / "embeddings" / f"job-{job.pk}-{uuid.uuid4().hex[:8]}"

@@ -16,7 +16,7 @@ import numpy as np
 from django.conf import settings
 from django.utils import timezone
 
-from ml.atomic_files import batches, copy_rows, write_bytes, write_npy
+from ml.atomic_files import write_bytes, write_rows
 from ml.embed import read_embedding_shards, write_embedding_shards
 from ml.index import RECALL_QUERIES, IndexConfig
 from ml.pipeline import (
@@ -129,7 +129,7 @@ def plan(job: Job, ctx: JobContext) -> dict:
     if pipeline.dba.k > 1:
         ctx.progress(0, None, "database-side augmentation")
         vectors = database_augmentation(vectors, pipeline.dba)
-    _write_vectors(shards.vectors_path(job), vectors)
+    write_rows(shards.vectors_path(job), vectors, np.float32, WRITE_BATCH)
     index_cfg = config_from(IndexConfig, {**asdict(pipeline.index), **(params.get("index") or {})})
     kind = index_cfg.resolved_kind(len(ids))  # on the whole count: every shard has the same kind
     data = {
@@ -285,7 +285,3 @@ def _embed_here(job: Job, ctx: JobContext, mv: ModelVersion, pipeline, ids: list
                                        scales=list(pipeline.scales), job=job, image_filter=image_filter,
                                        params=set_params)
 
-
-def _write_vectors(path: Path, vectors: np.ndarray) -> None:
-    """float32 .npy written in batches to a temp file, then renamed (fp16 sets are never copied whole)."""
-    write_npy(path, np.shape(vectors), np.float32, lambda out: copy_rows(out, batches(vectors, WRITE_BATCH)))

@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from ml.atomic_files import batches, copy_rows, npy_bytes, write_bytes, write_npy
+from ml.atomic_files import copy_rows, npy_bytes, write_bytes, write_npy, write_rows
 
 
 def test_write_npy_fills_a_memory_mapped_file_and_renames_it(tmp_path):
@@ -33,8 +33,8 @@ def test_copy_rows_needs_exactly_the_rows_of_the_output(tmp_path):
         write_npy(tmp_path / "b.npy", (3, 2), np.float32, lambda out: copy_rows(out, [np.ones((2, 2))]))
     assert not (tmp_path / "b.npy").exists()
     vectors = np.arange(10.0).reshape(5, 2)
-    path = write_npy(tmp_path / "c.npy", vectors.shape, np.float32, lambda out: copy_rows(out, batches(vectors, 2)))
-    assert np.array_equal(np.load(path), vectors)
+    path = write_rows(tmp_path / "c.npy", vectors.astype(np.float16), np.float32, 2)  # in blocks of 2 rows
+    assert np.load(path).dtype == np.float32 and np.array_equal(np.load(path), vectors)
 
 
 def test_write_bytes_replaces_a_file_whole(tmp_path):
