@@ -18,9 +18,10 @@ from __future__ import annotations
 import io
 import os
 import time
-from collections.abc import Callable, Hashable, Sequence
+from collections.abc import Callable, Hashable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 from PIL import Image
@@ -218,6 +219,17 @@ def with_models(pipeline: PipelineConfig, model_spec: str | None) -> PipelineCon
     if not model_spec:
         return pipeline
     return replace(pipeline, models=tuple(str(model_spec).split("+")), model_weights=None)
+
+
+def embedded_as(pipeline: PipelineConfig, recorded: Mapping[str, Any]) -> PipelineConfig:
+    """``pipeline`` with the models and embedding settings recorded for a set of vectors (an EmbeddingSet's or
+    an IndexVersion's params: "models", "image_size", "scales", "flip"), so that queries are embedded the
+    way those vectors were. A setting not recorded keeps the preset's, except ``flip``: sets and indexes
+    made before flip TTA record none, and their photos were not mirrored."""
+    if recorded.get("models"):
+        pipeline = with_models(pipeline, "+".join(recorded["models"]))
+    return replace(pipeline, image_size=int(recorded.get("image_size") or pipeline.image_size),
+                   scales=tuple(recorded.get("scales") or pipeline.scales), flip=bool(recorded.get("flip", False)))
 
 
 def load_models(pipeline: PipelineConfig) -> list[LandmarkNet]:

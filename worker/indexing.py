@@ -23,6 +23,7 @@ from ml.pipeline import (
     DEFAULT_PIPELINE,
     database_regions,
     embed_database,
+    embedded_as,
     get_pipeline,
     load_models,
     with_models,
@@ -56,13 +57,14 @@ def index_pipeline(params: dict, mv: ModelVersion):
 def embeddings_pipeline(params: dict, es: EmbeddingSet):
     """The preset named in ``params`` with the models and embedding settings ``es`` was made with, so queries
     are embedded the way its vectors were."""
-    pipeline = get_pipeline(params.get("pipeline") or DEFAULT_PIPELINE)
-    models = es.params.get("models") or [model_spec(es.model_version)]
     embed = es.params.get("embed", {})
-    size = es.params.get("image_size") or embed.get("image_size") or pipeline.image_size
-    flip = es.params.get("flip", embed.get("flip", False))  # sets made before flip TTA have neither: unflipped
-    return replace(with_models(pipeline, "+".join(models)), image_size=int(size),
-                   scales=tuple(es.scales) if es.scales else pipeline.scales, flip=bool(flip))
+    recorded = {
+        "models": es.params.get("models") or [model_spec(es.model_version)],
+        "image_size": es.params.get("image_size") or embed.get("image_size"),
+        "scales": es.scales,
+        "flip": es.params.get("flip", embed.get("flip", False)),
+    }
+    return embedded_as(get_pipeline(params.get("pipeline") or DEFAULT_PIPELINE), recorded)
 
 
 def feature_dir() -> Path:
