@@ -45,6 +45,9 @@ def _media_in_tmp(request, tmp_path):
         settings = request.getfixturevalue("settings")
         settings.MEDIA_ROOT = tmp_path / "media"
         settings.ARTIFACTS_ROOT = tmp_path / "artifacts"
+        # A search right after a test switches index versions sees the new one (tests/search/test_engine_swap.py
+        # covers the production default, "background").
+        settings.SEARCH_ENGINE_SWAP = "blocking"
 
 
 def _user_with_role(django_user_model, name: str, role: str | None):

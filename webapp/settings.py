@@ -141,6 +141,11 @@ THUMBNAIL_CHECK_CACHE_MISS = True
 # Anyone may search (web page and API) without an account when true; everything else needs a login.
 SEARCH_PUBLIC = env.bool("SEARCH_PUBLIC", default=False)
 SEARCH_RATE_LIMIT = env.int("SEARCH_RATE_LIMIT", default=60)  # uploads per user (or address) per minute; 0 = off
+# When another index version becomes active, each web process loads it in the background and answers from the
+# version it has meanwhile ("background"), or makes searches wait for the load ("blocking"; the test suite's).
+SEARCH_ENGINE_SWAP = env.str("SEARCH_ENGINE_SWAP", default="background")
+if SEARCH_ENGINE_SWAP not in ("background", "blocking"):
+    raise ImproperlyConfigured(f"SEARCH_ENGINE_SWAP must be 'background' or 'blocking', not {SEARCH_ENGINE_SWAP!r}")
 CACHES = {"default": env.cache("CACHE_URL", default="locmemcache://")}
 
 # Folders the web forms may import or evaluate from (server paths; nothing outside them).

@@ -14,3 +14,8 @@ from django.core.wsgi import get_wsgi_application  # noqa: E402
 
 os.environ.setdefault("DJANGO_SETTINGS_MODULE", "webapp.settings")
 application = get_wsgi_application()
+
+# Load the active index and its models now, in the background, rather than in this process's first search.
+from webapp.search.engine import warm_up  # noqa: E402
+
+warm_up()

@@ -1,26 +1,41 @@
 """Query-time search for the web app and the API: one photo in, landmark candidates and ranked results
-with their evidence out. The active index version and its models are loaded once per process and
-swapped when another version is published; labels are read from the database whenever they changed,
-so a relabel counts at once without rebuilding the index."""
+with their evidence out. The active index version and its models are loaded once per process; labels are
+read from the database whenever they changed, so a relabel counts at once without rebuilding the index.
+
+When another version is published (or rolled back to), the process loads it in a background thread and
+keeps answering from the version it has until the new one is ready (``SEARCH_ENGINE_SWAP = "background"``):
+loading reads the models and every indexed image's label, seconds here and minutes at millions of images,
+and no search should wait for that. Only a process with no engine yet loads while its request waits;
+``warm_up`` starts that first load as a web process starts.
+"""
 
 from __future__ import annotations
 
+import logging
 import threading
 import time
 from dataclasses import dataclass, replace
 
+from django.conf import settings
+from django.db import connection
 from PIL import Image as PILImage
 
 from ml.index import load_index
-from ml.pipeline import SearchDatabase, get_pipeline, load_models, search_one, with_models
+from ml.pipeline import SearchDatabase, embedded_as, get_pipeline, load_models, search_one
 from ml.regional import load_regions
 from ml.spatial import LocalFeatureStore
 from ml.whitening import Whitening
 from webapp.catalog.models import CatalogRevision, Image
 from webapp.search.models import IndexVersion
 
-_lock = threading.Lock()
+log = logging.getLogger(__name__)
+RETRY_FAILED_LOAD_SECONDS = 30  # a version whose background load failed is tried again after this
+
+_lock = threading.Lock()  # guards the three globals below
 _loaded: _Engine | None = None
+_loader: threading.Thread | None = None  # the background load in progress, if any
+_failed: dict[tuple[int, str], float] = {}  # version -> when its background load failed
+_load_lock = threading.Lock()  # one load at a time per process
 
 
 class NoIndexError(RuntimeError):
@@ -81,14 +96,13 @@ def hidden_ids(ids: list[str]) -> set[str]:
     return set(ids) - visible
 
 
+def _key(iv: IndexVersion) -> tuple[int, str]:
+    return iv.pk, iv.path
+
+
 def _load(iv: IndexVersion) -> _Engine:
-    pipeline = get_pipeline(iv.params.get("pipeline"))
-    models_spec = "+".join(iv.params.get("models", []))
-    pipeline = with_models(pipeline, models_spec) if models_spec else pipeline
-    if iv.params.get("image_size"):  # queries are embedded the way the indexed vectors were
-        pipeline = replace(pipeline, image_size=int(iv.params["image_size"]),
-                           scales=tuple(iv.params.get("scales") or pipeline.scales),
-                           flip=bool(iv.params.get("flip", False)))  # indexes built before flip TTA: unflipped
+    # Queries are embedded the way the indexed vectors were (models, size, scales, flip recorded at build).
+    pipeline = embedded_as(get_pipeline(iv.params.get("pipeline")), iv.params)
     index = load_index(iv.path)  # a single or a sharded folder: vectors memory-mapped either way
     features = LocalFeatureStore(iv.params["feature_dir"], pipeline.local_features) if pipeline.uses_local_features else None
     # Learned whitening, when the build used it: the indexed vectors have it, each query gets it too.
@@ -102,20 +116,100 @@ def _load(iv: IndexVersion) -> _Engine:
     return _Engine(iv, load_models(pipeline), database, _labels_stamp(), side)
 
 
-def current_engine() -> _Engine:
-    global _loaded
+def _active_version() -> IndexVersion:
     iv = IndexVersion.objects.filter(is_active=True).select_related("embedding_set__model_version").first()
     if iv is None:
         raise NoIndexError("no search index yet: import images, then run `python manage.py build_index`")
+    return iv
+
+
+def current_engine() -> _Engine:
+    """The engine to search with: the active version's or, while that one loads in the background, the
+    one this process has."""
+    iv = _active_version()
     with _lock:
-        if _loaded is None or (_loaded.index_version.pk, _loaded.index_version.path) != (iv.pk, iv.path):
-            _loaded = _load(iv)
-        else:
-            stamp = _labels_stamp()
-            if stamp != _loaded.labels_stamp:
-                _loaded.database.labels = labels_of(_loaded.database.ids)
-                _loaded.labels_stamp = stamp
-        return _loaded
+        engine = _loaded
+        if engine is not None and (_key(engine.index_version) == _key(iv) or _swap_in_background(iv)):
+            _refresh_labels(engine)
+            return engine
+    return _load_now(iv)
+
+
+def _refresh_labels(engine: _Engine) -> None:
+    stamp = _labels_stamp()
+    if stamp != engine.labels_stamp:
+        engine.database.labels = labels_of(engine.database.ids)
+        engine.labels_stamp = stamp
+
+
+def _load_now(iv: IndexVersion) -> _Engine:
+    """Load ``iv`` while the caller waits: nothing is loaded yet, or SEARCH_ENGINE_SWAP is "blocking"."""
+    global _loaded
+    with _load_lock:
+        with _lock:
+            if _loaded is not None and _key(_loaded.index_version) == _key(iv):
+                return _loaded  # another request loaded it meanwhile
+        engine = _load(iv)
+        with _lock:
+            _loaded = engine
+        return engine
+
+
+def _swap_in_background(iv: IndexVersion) -> bool:
+    """Start loading ``iv`` in a background thread (unless it failed to load a moment ago); True when the
+    caller should go on with the engine it has. Called with ``_lock`` held."""
+    if settings.SEARCH_ENGINE_SWAP != "background":
+        return False
+    failed_at = _failed.get(_key(iv))
+    if failed_at is None or time.monotonic() - failed_at >= RETRY_FAILED_LOAD_SECONDS:
+        _start_loader(iv)
+    return True
+
+
+def _start_loader(iv: IndexVersion) -> None:
+    """Load ``iv`` in a background thread unless a background load is running. Called with ``_lock`` held."""
+    global _loader
+    if _loader is None or not _loader.is_alive():
+        _loader = threading.Thread(target=_load_in_background, args=(iv,), name="search-engine-load", daemon=True)
+        _loader.start()
+
+
+def _load_in_background(iv: IndexVersion) -> None:
+    global _loaded
+    try:
+        with _load_lock:
+            engine = _load(iv)
+        with _lock:
+            _loaded = engine
+            _failed.pop(_key(iv), None)
+        log.info("search engine: index version %s loaded", iv.pk)
+    except Exception:
+        log.exception("search engine: loading index version %s failed; searching the loaded one still", iv.pk)
+        with _lock:
+            _failed[_key(iv)] = time.monotonic()
+    finally:
+        connection.close()  # this thread's own database connection
+
+
+def wait_for_load(timeout: float | None = None) -> None:
+    """Return once the background load in progress, if any, has finished (or after ``timeout`` seconds)."""
+    loader = _loader
+    if loader is not None:
+        loader.join(timeout)
+
+
+def warm_up() -> None:
+    """Load the active version in a background thread if this process has no engine yet (a web process
+    starting), so that its first search does not wait for the models and labels. Without an index, or a
+    database to ask, there is nothing to load: the first search says why."""
+    try:
+        iv = _active_version()
+    except Exception as exc:
+        log.info("search engine: nothing to warm up (%s)", exc)
+        return
+    with _lock:
+        if _loaded is None:
+            _start_loader(iv)
 
 
 def decode_side() -> int | None:
