@@ -11,7 +11,8 @@ from __future__ import annotations
 import io
 import os
 import uuid
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
@@ -22,20 +23,27 @@ def temp_sibling(path: Path) -> Path:
     return path.with_name(f".{path.name}.{uuid.uuid4().hex}.tmp")
 
 
-def write_bytes(path: str | os.PathLike, data: bytes) -> Path:
-    """``data`` as the whole content of ``path``, synced to disk before the rename."""
+@contextmanager
+def replacing(path: str | os.PathLike) -> Iterator[Path]:
+    """A temp path beside ``path`` for the block to write the whole file to (close it inside the block);
+    renamed onto ``path`` when the block ends without error, removed when it raises."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = temp_sibling(path)
     try:
-        with open(tmp, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
+        yield tmp
         os.replace(tmp, path)
     finally:
         tmp.unlink(missing_ok=True)
-    return path
+
+
+def write_bytes(path: str | os.PathLike, data: bytes) -> Path:
+    """``data`` as the whole content of ``path``, synced to disk before the rename."""
+    with replacing(path) as tmp, open(tmp, "wb") as f:
+        f.write(data)
+        f.flush()
+        os.fsync(f.fileno())
+    return Path(path)
 
 
 def npy_bytes(array: np.ndarray) -> bytes:

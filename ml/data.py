@@ -23,7 +23,6 @@ import io
 import math
 import os
 import tarfile
-import tempfile
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -36,6 +35,7 @@ from PIL import Image
 from torch.utils.data import Dataset, IterableDataset, Sampler, get_worker_info
 from torchvision.transforms.v2 import functional as TF
 
+from ml.atomic_files import replacing
 from ml.datasets import DatasetError, ImageRecord, gldv2_image_path, read_dataset
 from ml.images import load_rgb
 from ml.weights import IMAGE_MEAN, IMAGE_STD
@@ -589,17 +589,10 @@ def write_tar_shards(records: Iterable[ImageRecord | ManifestEntry | tuple[str, 
     shards = []
     for s, start in enumerate(range(0, len(items), images_per_shard)):
         final = out_dir / f"{prefix}-{s:06d}.tar"
-        fd, tmp = tempfile.mkstemp(dir=out_dir, prefix=f".{final.name}.", suffix=".tmp")
-        os.close(fd)
-        try:
-            with tarfile.open(tmp, mode="w") as tar:
-                for image_id, path in items[start:start + images_per_shard]:
-                    name = f"{image_id}.jpg" if layout == "flat" else "/".join([*image_id[:3], f"{image_id}.jpg"])
-                    tar.add(str(path), arcname=name, recursive=False)
-            os.replace(tmp, final)
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
+        with replacing(final) as tmp, tarfile.open(tmp, mode="w") as tar:
+            for image_id, path in items[start:start + images_per_shard]:
+                name = f"{image_id}.jpg" if layout == "flat" else "/".join([*image_id[:3], f"{image_id}.jpg"])
+                tar.add(str(path), arcname=name, recursive=False)
         shards.append(final)
         if progress:
             progress(min(start + images_per_shard, len(items)), len(items))

@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import logging
 import os
-import uuid
 import zipfile
 from collections import OrderedDict
 from collections.abc import Callable, Sequence
@@ -28,6 +27,8 @@ from pathlib import Path
 import cv2
 import numpy as np
 from PIL import Image, ImageOps
+
+from ml.atomic_files import replacing
 
 log = logging.getLogger(__name__)
 
@@ -155,14 +156,10 @@ class LocalFeatureStore:
         return image_id in self._memory or self.path(image_id).is_file()
 
     def put(self, image_id: str, feats: LocalFeatures) -> None:
-        path = self.path(image_id)
-        tmp = path.with_name(f".{path.name}.tmp-{uuid.uuid4().hex}.npz")
-        try:
-            np.savez(tmp, keypoints=feats.keypoints, descriptors=feats.descriptors,
+        # Readers see the old file or the whole new one.
+        with replacing(self.path(image_id)) as tmp, open(tmp, "wb") as f:
+            np.savez(f, keypoints=feats.keypoints, descriptors=feats.descriptors,
                      image_size=np.array(feats.image_size, dtype=np.int64))
-            os.replace(tmp, path)  # readers see the old file or the whole new one
-        finally:
-            tmp.unlink(missing_ok=True)
         self._remember(image_id, feats)
 
     def get(self, image_id: str) -> LocalFeatures:

@@ -18,7 +18,6 @@ from __future__ import annotations
 import importlib
 import logging
 import os
-import uuid
 from collections.abc import Mapping
 from dataclasses import asdict, fields
 from pathlib import Path
@@ -28,6 +27,7 @@ import timm
 import torch
 from torch import nn
 
+from ml.atomic_files import replacing
 from ml.models import LandmarkNet, ModelConfig, create_model
 
 log = logging.getLogger(__name__)
@@ -110,16 +110,10 @@ def load_packaged_backbone(backbone: nn.Module, backbone_name: str) -> None:
 
 def save_checkpoint(path: str | os.PathLike, model: LandmarkNet, config: ModelConfig, **extra: Any) -> Path:
     """Write ``{"config": asdict(config), "model": state_dict, **extra}`` atomically (temp file + rename)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     payload = {"config": asdict(config), "model": model.state_dict(), **extra}
-    tmp = path.with_name(f".{path.name}.tmp-{uuid.uuid4().hex}")
-    try:
+    with replacing(path) as tmp:
         torch.save(payload, tmp)
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
-    return path
+    return Path(path)
 
 
 def read_checkpoint(path: str | os.PathLike) -> dict[str, Any]:

@@ -23,6 +23,8 @@ from pathlib import Path
 
 import numpy as np
 
+from ml.atomic_files import replacing
+
 FILE_NAME = "whitening.npz"
 
 
@@ -55,9 +57,8 @@ class Whitening:
 
     def save(self, directory: str | os.PathLike) -> Path:
         path = Path(directory) / FILE_NAME
-        tmp = path.with_suffix(".tmp.npz")
-        np.savez(tmp, mean=self.mean, projection=self.projection)
-        os.replace(tmp, path)
+        with replacing(path) as tmp, open(tmp, "wb") as f:
+            np.savez(f, mean=self.mean, projection=self.projection)
         return path
 
     @classmethod

@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from ml.atomic_files import copy_rows, npy_bytes, write_bytes, write_npy, write_rows
+from ml.atomic_files import copy_rows, npy_bytes, replacing, write_bytes, write_npy, write_rows
 
 
 def test_write_npy_fills_a_memory_mapped_file_and_renames_it(tmp_path):
@@ -42,3 +42,17 @@ def test_write_bytes_replaces_a_file_whole(tmp_path):
     write_bytes(path, npy_bytes(np.arange(2)))
     assert np.load(path).tolist() == [0, 1]
     assert [p.name for p in path.parent.iterdir()] == ["v.npy"]
+
+
+def test_replacing_publishes_what_the_block_wrote_or_nothing(tmp_path):
+    path = tmp_path / "labels.csv"
+    with replacing(path) as tmp, tmp.open("w") as f:
+        f.write("id,landmark_id\n")
+        assert not path.exists()  # not visible before the block ends
+    assert path.read_text() == "id,landmark_id\n"
+
+    with pytest.raises(ValueError, match="row 3"), replacing(path) as tmp, tmp.open("w") as f:
+        f.write("half of a new file")
+        raise ValueError("row 3: unknown landmark")
+    assert path.read_text() == "id,landmark_id\n"  # the old file, whole
+    assert [p.name for p in tmp_path.iterdir()] == ["labels.csv"]

@@ -4,10 +4,10 @@ label changed or that was left out, with why and who decided."""
 from __future__ import annotations
 
 import csv
-import os
 from collections import defaultdict
 from pathlib import Path
 
+from ml.atomic_files import replacing
 from webapp.catalog.models import Image
 from webapp.curation.models import LabelChange, Verdict
 
@@ -65,10 +65,7 @@ def _unreviewed_drops(pks: set[int], reviewed: set[int]) -> dict[int, str]:
 
 def _write(path: Path, header: list[str], rows: list[list[str]]) -> None:
     """Write a CSV atomically: a reader never sees half a file."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    with tmp.open("w", newline="") as f:
+    with replacing(path) as tmp, tmp.open("w", newline="") as f:
         w = csv.writer(f)
         w.writerow(header)
         w.writerows(rows)
-    os.replace(tmp, path)
