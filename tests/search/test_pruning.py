@@ -1,0 +1,69 @@
+"""`prune_indexes`: old index versions and embedding sets are deleted, rows and files, keeping the active
+index and what rollback can go back to; nothing while a job is queued or running."""
+
+from datetime import timedelta
+from pathlib import Path
+
+import pytest
+from django.core.management import CommandError, call_command
+
+from tests.conftest import synthetic_embedding_set
+from webapp.jobs.models import Job
+from webapp.jobs.services import create_job
+from webapp.search.models import EmbeddingSet, IndexVersion
+from webapp.search.services import activate_index
+
+pytestmark = pytest.mark.django_db
+PIPELINE = "baseline-lite0"  # no verification: the index holds the set's vectors as they are
+
+
+def _builds(settings, count: int) -> list[IndexVersion]:
+    """``count`` index versions, each built from its own embedding set under ARTIFACTS_ROOT; oldest first."""
+    out = []
+    for n in range(count):
+        es, _, _ = synthetic_embedding_set(Path(settings.ARTIFACTS_ROOT) / "embeddings" / f"set{n}", 120, 8)
+        call_command("build_index", "--pipeline", PIPELINE, "--embedding-set", str(es.pk))
+        out.append(IndexVersion.objects.get(is_active=True))
+    return out
+
+
+def test_prune_keeps_the_active_index_and_the_most_recent_others(settings, capsys):
+    v1, v2, v3, v4 = _builds(settings, 4)
+    activate_index(v1)  # rolled back to the oldest: the active one is kept whatever its age
+    mine = Path(settings.MEDIA_ROOT) / "mine"  # a folder outside ARTIFACTS_ROOT: its row may go, never its files
+    mine.mkdir(parents=True)
+    outside = IndexVersion.objects.create(embedding_set=v2.embedding_set, path=str(mine), size=1,
+                                          published_at=v1.published_at - timedelta(days=1))
+    everything = [v1, v2, v3, v4]
+    set_path = {iv.pk: Path(iv.embedding_set.path) for iv in everything}
+
+    call_command("prune_indexes", "--keep", "1", "--dry-run")
+    assert capsys.readouterr().out.count("would delete index #") == 3
+    assert IndexVersion.objects.count() == 5 and all(Path(iv.path).is_dir() for iv in everything)
+
+    call_command("prune_indexes", "--keep", "1")
+    said = capsys.readouterr().out
+    # Kept: v1 (active), v4 (the most recent other) and their sets; v4's is also the newest set.
+    assert set(IndexVersion.objects.values_list("pk", flat=True)) == {v1.pk, v4.pk}
+    assert set(EmbeddingSet.objects.values_list("pk", flat=True)) == {v1.embedding_set_id, v4.embedding_set_id}
+    for iv in (v1, v4):
+        assert Path(iv.path).is_dir() and set_path[iv.pk].is_dir()
+    for iv in (v2, v3):
+        assert not Path(iv.path).exists() and not set_path[iv.pk].exists()
+    assert not IndexVersion.objects.filter(pk=outside.pk).exists()
+    assert mine.is_dir() and f"left in place (outside ARTIFACTS_ROOT): {mine.resolve()}" in said
+    assert "deleted 3 index versions and 2 embedding sets: 4 folders" in said
+
+    call_command("rollback", "--index", str(v4.pk))  # what is left can still be switched to
+    assert IndexVersion.objects.get(is_active=True) == v4
+
+
+def test_prune_refuses_while_a_job_is_queued_or_running(settings):
+    v1, v2, v3 = _builds(settings, 3)
+    create_job(Job.Kind.BUILD_INDEX, {"pipeline": PIPELINE, "embedding_set": v1.embedding_set_id})
+    with pytest.raises(CommandError, match=r"jobs are queued or running \(#\d+ build_index \(queued\)\)"):
+        call_command("prune_indexes", "--keep", "0")
+    assert IndexVersion.objects.count() == 3 and all(Path(iv.path).is_dir() for iv in (v1, v2, v3))
+    Job.objects.update(state=Job.State.SUCCEEDED)
+    with pytest.raises(CommandError, match="keep must be >= 0"):
+        call_command("prune_indexes", "--keep", "-1")

@@ -1,0 +1,106 @@
+"""Deleting old index versions and embedding sets, files and rows.
+
+Every build publishes a new index folder and, unless it reuses one, a new embedding set; nothing is deleted
+by itself, so that any earlier version can be rolled back to. At scale that fills disks: at 4 M images an
+index holds 20 GB of vectors and a set 10 GB, plus 200 GB of region descriptors. ``prune`` keeps the
+active index and the ``keep`` most recently published other versions (what `rollback` can go back to),
+and the embedding sets those use plus the ``keep`` newest sets; it deletes the rest.
+
+It refuses while a job is queued or running: a build, an embedding or a cleaning may be reading a set or
+an index it would delete (a clean plan names its set only in its own files). It deletes files only under
+ARTIFACTS_ROOT, and never a folder that a kept row also points to.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from django.conf import settings
+from django.db import transaction
+from django.db.models.functions import Coalesce
+
+from webapp.jobs.models import Job
+from webapp.search.models import EmbeddingSet, IndexVersion
+
+
+class PruneRefused(RuntimeError):
+    """Pruning now could delete what a job is using."""
+
+
+@dataclass
+class Prune:
+    """What ``prune`` deletes (or, in a dry run, would delete)."""
+
+    indexes: list[IndexVersion] = field(default_factory=list)
+    sets: list[EmbeddingSet] = field(default_factory=list)
+    folders: list[Path] = field(default_factory=list)  # under ARTIFACTS_ROOT, used by no kept row
+    left: list[Path] = field(default_factory=list)  # outside ARTIFACTS_ROOT: the rows go, the files stay
+    bytes: int = 0
+
+
+def plan(keep: int) -> Prune:
+    """What pruning to the active index plus ``keep`` other versions (and ``keep`` newest sets) deletes."""
+    if keep < 0:
+        raise ValueError(f"keep must be >= 0, got {keep}")
+    busy = Job.objects.exclude(state__in=Job.FINISHED_STATES)
+    if busy.exists():
+        jobs = ", ".join(f"#{j.pk} {j.kind} ({j.state})" for j in busy[:5])
+        raise PruneRefused(f"jobs are queued or running ({jobs}); prune when they have finished")
+    newest_first = (Coalesce("published_at", "created_at").desc(), "-id")  # NULLs sort apart per database
+    indexes = list(IndexVersion.objects.order_by(*newest_first))
+    kept = [iv for iv in indexes if iv.is_active] + [iv for iv in indexes if not iv.is_active][:keep]
+    kept_ids = {iv.pk for iv in kept}
+    sets = list(EmbeddingSet.objects.order_by("-created_at", "-id"))
+    kept_sets = {iv.embedding_set_id for iv in kept} | {es.pk for es in sets[:keep]}
+    out = Prune(indexes=[iv for iv in indexes if iv.pk not in kept_ids],
+                sets=[es for es in sets if es.pk not in kept_sets])
+    in_use = {_resolved(iv.path) for iv in kept} | {_resolved(es.path) for es in sets if es.pk in kept_sets}
+    root = Path(settings.ARTIFACTS_ROOT).resolve()
+    for path in {_resolved(row.path) for row in [*out.indexes, *out.sets]} - in_use - {None}:
+        (out.folders if path.is_relative_to(root) and path != root else out.left).append(path)
+    out.folders.sort()
+    out.left.sort()
+    out.bytes = _size(out.folders, kept=[p for p in in_use if p is not None])
+    return out
+
+
+def prune(keep: int, dry_run: bool = False) -> Prune:
+    """Delete what ``plan(keep)`` lists: the rows in one transaction, then their folders."""
+    out = plan(keep)
+    if dry_run:
+        return out
+    with transaction.atomic():
+        IndexVersion.objects.filter(pk__in=[iv.pk for iv in out.indexes]).delete()
+        EmbeddingSet.objects.filter(pk__in=[es.pk for es in out.sets]).delete()
+    for folder in out.folders:  # after the rows: no row ever points to a folder half deleted
+        shutil.rmtree(folder, ignore_errors=True)
+    return out
+
+
+def _resolved(path: str) -> Path | None:
+    return Path(path).resolve() if path else None
+
+
+def _size(folders: list[Path], kept: list[Path]) -> int:
+    """Bytes deleting ``folders`` frees: each file once, none that a kept folder also links (a set and the
+    indexes built from it share their region file)."""
+    seen: set[tuple[int, int]] = set()
+    for _, st in _files(kept):
+        seen.add((st.st_dev, st.st_ino))
+    total = 0
+    for _, st in _files(folders):
+        if (st.st_dev, st.st_ino) not in seen:
+            seen.add((st.st_dev, st.st_ino))
+            total += st.st_size
+    return total
+
+
+def _files(folders: list[Path]):
+    for folder in folders:
+        for parent, _, names in os.walk(folder):
+            for name in names:
+                path = os.path.join(parent, name)
+                yield path, os.lstat(path)
