@@ -120,6 +120,7 @@ def test_api_search_with_token(client, active_index, viewer_user):
     assert len(body["results"]) == 5 and set(body["results"][0]) == {"image_id", "landmark_id", "score", "inliers"}
     assert body["results"][0]["landmark_id"] == "1" and isinstance(body["results"][0]["inliers"], int)
     assert body["query_url"].startswith("http://testserver/search/")
+    assert body["index_version"] == active_index.pk
 
 
 def test_api_phone_sized_upload_is_decoded_no_larger_than_the_search_needs(client, active_index, viewer_user):

@@ -88,7 +88,7 @@ def search(request):
     results = [{"image_id": r.image.external_id, "landmark_id": r.image.landmark.external_id if r.image.landmark else None,
                 "score": r.score, "inliers": r.inliers}
                for r in query.results.select_related("image__landmark").order_by("rank")[:k]]
-    return JsonResponse({"landmark": landmark, "results": results,
+    return JsonResponse({"landmark": landmark, "results": results, "index_version": query.index_version_id,
                          "query_url": request.build_absolute_uri(reverse("search-results", args=[query.uid]))})
 
 
