@@ -53,6 +53,7 @@ import faiss
 import numpy as np
 
 from ml.atomic_files import write_rows
+from ml.columns import IdColumn
 
 log = logging.getLogger(__name__)
 
@@ -125,7 +126,7 @@ class LoadedIndex:
 
     path: Path | None
     kind: str
-    ids: list[str]
+    ids: Sequence[str]  # an IdColumn when loaded from a folder, a list when made in memory
     vectors: np.ndarray  # (count, dim) float32, usually a read-only memmap
     config: IndexConfig
     faiss_index: faiss.Index | None = None  # approximate structure, or the GPU copy of an exact index
@@ -344,7 +345,7 @@ def load_index(
         raise IndexFolderError(f"{directory}: index format {meta.get('format')} is not {FORMAT_VERSION}")
     if meta.get("kind") == SHARDED:
         return _load_sharded(directory, meta, config, mmap)
-    ids = (directory / IDS).read_text().splitlines()
+    ids = IdColumn.from_lines((directory / IDS).read_bytes())  # compact: 16 bytes an id, not a string object
     vectors = np.load(directory / VECTORS, mmap_mode="r" if mmap else None)
     if len(ids) != meta["count"] or vectors.shape != (meta["count"], meta["dim"]):
         raise IndexFolderError(f"{directory}: {len(ids)} ids and vectors {vectors.shape} but meta says {meta['count']}")
@@ -390,8 +391,14 @@ def search(index: LoadedIndex, queries: np.ndarray, k: int) -> tuple[np.ndarray,
 
 
 def _ids_of(ids: Sequence[str], pos: np.ndarray) -> np.ndarray:
-    table = np.asarray(list(ids) + [None], dtype=object)  # position -1 -> None
-    return table[np.where(pos < 0, len(ids), pos)]
+    """The ids at ``pos`` as an object array of its shape; position -1 -> None."""
+    out = np.full(pos.shape, None, dtype=object)
+    hit = pos >= 0
+    if isinstance(ids, IdColumn):
+        out[hit] = np.char.decode(ids.raw[pos[hit]]).astype(object)
+    else:
+        out[hit] = np.asarray(ids, dtype=object)[pos[hit]]
+    return out
 
 
 def search_sharded(
@@ -477,8 +484,11 @@ class ShardedIndex:
     def __post_init__(self) -> None:
         if not self.shards:
             raise ValueError("a sharded index needs at least one shard")
-        self.ids: list[str] = [i for shard in self.shards for i in shard.ids]
-        self.offsets = np.cumsum([0] + [s.count for s in self.shards[:-1]]).astype(np.int64)
+        counts = [s.count for s in self.shards]
+        self.ids = IdColumn.concat([shard.ids for shard in self.shards])
+        self.offsets = np.cumsum([0] + counts[:-1]).astype(np.int64)
+        for shard, lo, n in zip(self.shards, self.offsets, counts, strict=True):
+            shard.ids = self.ids[lo:lo + n]  # views of the one array: the ids are held once
         # One shard: its memmap as is; several: rows read across the shards' memmaps.
         self.vectors = self.shards[0].vectors if len(self.shards) == 1 else RowConcat([s.vectors for s in self.shards])
         kinds = {s.kind for s in self.shards}

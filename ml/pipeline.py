@@ -295,7 +295,7 @@ class SearchDatabase:
     regions: np.ndarray | None = None  # (N, R, D) region descriptors by index position (ml.regional)
 
     @property
-    def ids(self) -> list[str]:
+    def ids(self) -> Sequence[str]:
         return self.index.ids
 
 

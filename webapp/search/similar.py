@@ -8,6 +8,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from ml.columns import IdColumn
 from webapp.catalog.models import Image, Landmark
 from webapp.search.engine import NoIndexError, current_engine
 
@@ -19,24 +20,24 @@ def _engine_or_none():
         return None
 
 
-def _positions(engine) -> dict[str, int]:
-    """External id -> row in the index (built once per loaded index)."""
-    cache = getattr(engine, "_positions", None)
-    if cache is None:
-        cache = {i: n for n, i in enumerate(engine.database.ids)}
-        engine._positions = cache
-    return cache
-
-
 def vectors_for(ids: list[str], engine=None) -> tuple[list[str], np.ndarray] | None:
     """The indexed vectors of those of ``ids`` that are in the active index."""
     engine = engine or _engine_or_none()
     if engine is None:
         return None
-    pos = _positions(engine)
+    pos = _positions(engine.database.ids, ids)
     found = [i for i in ids if i in pos]
     vectors = np.asarray(engine.database.index.vectors[[pos[i] for i in found]], dtype=np.float32)
     return found, vectors
+
+
+def _positions(indexed, ids: list[str]) -> dict[str, int]:
+    """Index position of each of ``ids`` that is indexed: looked up in the IdColumn of a loaded index (a
+    dict of every id would cost the web process hundreds of MB at millions of images)."""
+    if isinstance(indexed, IdColumn):
+        return dict(indexed.positions(ids))
+    wanted = set(ids)
+    return {i: n for n, i in enumerate(indexed) if i in wanted}
 
 
 def ranked_like(vector: np.ndarray, k: int, exclude: set[str] = frozenset(), engine=None) -> list[tuple[str, float]]:
