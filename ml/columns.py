@@ -22,7 +22,18 @@ import numpy as np
 NO_LABEL = -1
 
 
-class LabelColumn(Sequence):
+class _Column(Sequence):
+    """Equal to any sequence with the same items, like the list it stands for."""
+
+    def __eq__(self, other: object) -> bool:
+        if isinstance(other, Sequence) and not isinstance(other, str):
+            return len(self) == len(other) and all(a == b for a, b in zip(self, other, strict=True))
+        return NotImplemented
+
+    __hash__ = None  # compared by content, like a list
+
+
+class LabelColumn(_Column):
     """Read-only sequence of labels (None: unlabelled) backed by int32 codes."""
 
     def __init__(self, codes: np.ndarray, table: Sequence[Hashable]) -> None:
@@ -41,13 +52,6 @@ class LabelColumn(Sequence):
             return LabelColumn(self.codes[i], self.table)
         code = self.codes[i]
         return None if code == NO_LABEL else self.table[code]
-
-    def __eq__(self, other: object) -> bool:
-        if isinstance(other, Sequence) and not isinstance(other, str):
-            return len(self) == len(other) and all(a == b for a, b in zip(self, other, strict=True))
-        return NotImplemented
-
-    __hash__ = None  # compared by content, like a list
 
     def __repr__(self) -> str:
         return f"LabelColumn({len(self)} positions, {len(self.table)} distinct labels)"
@@ -71,7 +75,7 @@ class LabelColumnBuilder:
         return LabelColumn(codes, list(self._index))
 
 
-class IdColumn(Sequence):
+class IdColumn(_Column):
     """Read-only sequence of string ids backed by a fixed-width UTF-8 bytes array."""
 
     def __init__(self, raw: np.ndarray) -> None:
@@ -108,13 +112,6 @@ class IdColumn(Sequence):
         if isinstance(i, slice):
             return IdColumn(self.raw[i])
         return self.raw[i].decode()
-
-    def __eq__(self, other: object) -> bool:
-        if isinstance(other, Sequence) and not isinstance(other, str):
-            return len(self) == len(other) and all(a == b for a, b in zip(self, other, strict=True))
-        return NotImplemented
-
-    __hash__ = None  # compared by content, like a list
 
     def __repr__(self) -> str:
         return f"IdColumn({len(self)} ids)"
