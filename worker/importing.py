@@ -20,7 +20,7 @@ from django.db import transaction
 from ml.datasets import ImageRecord, read_dataset
 from ml.images import BadImage, ImageInfo, inspect_image_file
 from webapp.catalog.limits import image_limits
-from webapp.catalog.models import CatalogRevision, Image, Landmark
+from webapp.catalog.models import CatalogRevision, Image, Landmark, by_external_ids
 
 log = logging.getLogger(__name__)
 Progress = Callable[[int, int], None]
@@ -77,9 +77,9 @@ def _ensure_landmarks(records, result: ImportResult) -> dict[str, int]:
 
 def _pks(model, external_ids: list[str]) -> dict[str, int]:
     found: dict[str, int] = {}
-    for i in range(0, len(external_ids), 900):  # stay under SQLite's bound-parameter limit
-        chunk = external_ids[i:i + 900]
-        found.update(model.objects.filter(external_id__in=chunk).values_list("external_id", "pk"))
+    # 900 a query: under the 999 bound parameters of older SQLite builds.
+    for _, rows in by_external_ids(model.objects.values_list("external_id", "pk"), external_ids, chunk=900):
+        found.update(rows)
     return found
 
 

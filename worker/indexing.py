@@ -33,7 +33,7 @@ from ml.regional import load_regions, whole_image_vectors
 from ml.rerank import database_augmentation
 from ml.spatial import LocalFeatureStore
 from ml.whitening import learn_whitening
-from webapp.catalog.models import Image
+from webapp.catalog.models import Image, by_external_ids
 from webapp.jobs.models import Job
 from webapp.search.engine import labels_of
 from webapp.search.models import EmbeddingSet, IndexVersion, ModelVersion
@@ -45,7 +45,6 @@ from worker.runner import TRANSIENT_ERRORS, JobContext, JobDeferred, job_functio
 # The collection users search: every image but the evaluation queries and test photos.
 DEFAULT_INDEX_SPLITS = [Image.Split.TRAIN, Image.Split.INDEX]
 WRITE_BATCH = 65_536  # rows converted to float32 at a time when the input vectors are written
-ID_CHUNK = 5000  # ids per catalogue query (SQLite allows 250,000 variables; one IN list per million ids is slow anyway)
 REGIONS_DIGEST = "regions.sha256"  # sha256 of the ids the regions file was made for, one per line
 
 
@@ -147,11 +146,10 @@ def plan(job: Job, ctx: JobContext) -> dict:
 
 
 def _paths_of(ids: list[str], pipeline) -> list[str]:
-    """The image files of embedded ``ids`` (an EmbeddingSet holds vectors, not paths), read ID_CHUNK ids a
-    query: one query for a million ids failed on SQLite ("too many SQL variables")."""
+    """The image files of embedded ``ids`` (an EmbeddingSet holds vectors, not paths), read in chunks of ids:
+    one query for a million ids failed on SQLite ("too many SQL variables")."""
     found = {}
-    for start in range(0, len(ids), ID_CHUNK):
-        rows = Image.objects.filter(external_id__in=ids[start:start + ID_CHUNK]).only("external_id", "file", "path")
+    for _, rows in by_external_ids(Image.objects.only("external_id", "file", "path"), ids):
         found.update((im.external_id, image_file_path(im)) for im in rows)
     missing = [i for i in ids if i not in found]
     if missing:

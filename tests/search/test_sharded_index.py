@@ -218,12 +218,12 @@ def test_whitening_pipeline_is_learned_from_the_catalogue_labels_and_applied_to_
 
 def test_the_files_of_an_embedding_set_are_looked_up_in_chunks(imported_mini, monkeypatch, django_assert_num_queries):
     # One query of a million ids failed on SQLite ("too many SQL variables"): build_index --embedding-set
-    # with a pipeline that verifies reads the set's image files ID_CHUNK ids at a time.
+    # with a pipeline that verifies reads the set's image files ID_CHUNK ids a query.
     from webapp.catalog.models import Image
 
     expected = dict(Image.objects.values_list("external_id", "path"))
     ids = sorted(expected)[::-1]
-    monkeypatch.setattr(indexing, "ID_CHUNK", 50)
+    monkeypatch.setattr("webapp.catalog.models.ID_CHUNK", 50)
     pipeline = indexing.get_pipeline("web-fast")
     with django_assert_num_queries(-(-len(ids) // 50)):
         paths = indexing._paths_of(ids, pipeline)

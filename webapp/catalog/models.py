@@ -1,11 +1,25 @@
 """Landmarks and their images. External ids are the dataset's own ids (GLDv2's hex image ids and
 integer landmark ids, or names for folder-per-landmark data); every command, export and API uses them."""
 
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 from django.core.files.storage import default_storage
 from django.db import models
 from django.urls import reverse
+
+ID_CHUNK = 5000  # external ids per IN query (see by_external_ids)
+
+
+def by_external_ids(queryset: models.QuerySet, ids: Sequence[str], chunk: int | None = None,
+                    ) -> Iterator[tuple[list[str], models.QuerySet]]:
+    """(ids, ``queryset`` filtered to them) for each run of ``chunk`` (default ID_CHUNK) of ``ids``: one IN
+    list per run keeps every query under the database's bound-parameter limit (SQLite here: 250,000; old
+    builds: 999) however many ids there are, a million included."""
+    size = chunk or ID_CHUNK
+    for start in range(0, len(ids), size):
+        part = list(ids[start:start + size])
+        yield part, queryset.filter(external_id__in=part)
 
 
 class Landmark(models.Model):

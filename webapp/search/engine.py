@@ -27,7 +27,7 @@ from ml.pipeline import SearchDatabase, embedded_as, get_pipeline, load_models, 
 from ml.regional import load_regions
 from ml.spatial import LocalFeatureStore
 from ml.whitening import Whitening
-from webapp.catalog.models import CatalogRevision, Image
+from webapp.catalog.models import CatalogRevision, Image, by_external_ids
 from webapp.search.models import IndexVersion
 
 log = logging.getLogger(__name__)
@@ -86,10 +86,9 @@ def labels_of(ids: Sequence[str]) -> LabelColumn:
     """Current labels by index position; deleted and taken-down images vote for nothing. Read in chunks
     and kept as codes (``ml.columns``), so memory stays small at millions of images."""
     column = LabelColumnBuilder()
-    for start in range(0, len(ids), 5000):
-        chunk = list(ids[start:start + 5000])
-        current = dict(Image.objects.filter(external_id__in=chunk, taken_down=False)
-                       .values_list("external_id", "landmark__external_id"))
+    visible = Image.objects.filter(taken_down=False).values_list("external_id", "landmark__external_id")
+    for chunk, rows in by_external_ids(visible, ids):
+        current = dict(rows)
         column.extend(current.get(i) for i in chunk)
     return column.build()
 

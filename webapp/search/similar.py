@@ -25,19 +25,11 @@ def vectors_for(ids: list[str], engine=None) -> tuple[list[str], np.ndarray] | N
     engine = engine or _engine_or_none()
     if engine is None:
         return None
-    pos = _positions(engine.database.ids, ids)
+    # Looked up in the index's sorted ids: a dict of every id would cost hundreds of MB at millions of images.
+    pos = IdColumn.from_ids(engine.database.ids).positions(ids)
     found = [i for i in ids if i in pos]
     vectors = np.asarray(engine.database.index.vectors[[pos[i] for i in found]], dtype=np.float32)
     return found, vectors
-
-
-def _positions(indexed, ids: list[str]) -> dict[str, int]:
-    """Index position of each of ``ids`` that is indexed: looked up in the IdColumn of a loaded index (a
-    dict of every id would cost the web process hundreds of MB at millions of images)."""
-    if isinstance(indexed, IdColumn):
-        return dict(indexed.positions(ids))
-    wanted = set(ids)
-    return {i: n for n, i in enumerate(indexed) if i in wanted}
 
 
 def ranked_like(vector: np.ndarray, k: int, exclude: set[str] = frozenset(), engine=None) -> list[tuple[str, float]]:
