@@ -7,19 +7,21 @@ channels) is a local descriptor. Only the positions where the last layer fires h
 attention proxy as in DELF. They are matched by mutual nearest neighbour and verified with a MAGSAC++
 homography on grid coordinates.
 
-Measured on landmarks-mini (docs/benchmarks.md, "A lead for the unlabelled target"):
-- at >= 20 inliers it accepts 76 of the 145 true query-database pairs, against 59 for RootSIFT at >= 15;
-- it accepts 27 of the 4,785 false ones;
-- fused by rank into ``default`` it gave 67.43 -> 73 mAP without labels and 80.7 -> 85 with them.
+In the pipeline (``ml.pipeline``) it is a second verification of the top of the ranking: a database photo
+with at least ``min_inliers`` dense inliers gains ``weight * min(cap, inliers) / cap`` on its ranking
+score, beside the RootSIFT bonus. Database photos' dense features are computed once and cached on disk
+(``DenseFeatureStore``, next to the RootSIFT cache), about 90 KB a photo.
 
-Not yet a step of ``ml.pipeline``: this module extracts and matches, and the pipeline step is still to build.
+Measured on landmarks-mini: docs/benchmarks.md, "Dense spatial matching in the default pipeline".
 """
 
 from __future__ import annotations
 
+import hashlib
+import os
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
-import cv2
 import numpy as np
 import torch
 import torch.nn.functional as F
@@ -27,29 +29,53 @@ from PIL import Image, ImageOps
 
 from ml.embed import normalise, prepare_image
 from ml.models import LandmarkNet
+from ml.spatial import (
+    FeatureStore,
+    LocalFeatures,
+    MatchConfig,
+    Verification,
+    fit_geometry,
+    matches_from_similarities,
+)
 
 MIN_PAIRS = 5  # a homography needs 4 correspondences; fewer than 5 is no evidence
 
 
 @dataclass(frozen=True)
 class DenseMatchConfig:
+    """Dense spatial matching of the top of a ranking, and how its inliers change the order."""
+
+    top_n: int = 0  # database photos matched per query; 0 = off
+    min_inliers: int = 20  # fewer is no evidence (unrelated pairs get 8-10, docs/benchmarks.md)
+    inlier_cap: int = 60  # inliers beyond this add nothing
+    weight: float = 1.0  # ranking score + weight * min(cap, inliers) / cap, for photos with >= min_inliers
     block: int = 4  # index into the backbone's ``blocks``; lite2's block 4 has stride 16
-    image_size: int = 512
     keep: float = 0.5  # share of positions kept, those where the head's activations are strongest
     threshold: float = 1.5  # RANSAC reprojection threshold, in feature-map cells
 
     def __post_init__(self) -> None:
-        if not 0.0 < self.keep <= 1.0 or self.threshold <= 0 or self.image_size < 32:
+        if not 0.0 < self.keep <= 1.0 or self.threshold <= 0 or self.top_n < 0 or self.inlier_cap < 1:
             raise ValueError(
-                f"dense matching needs 0 < keep <= 1, threshold > 0 and image_size >= 32, got "
-                f"keep={self.keep}, threshold={self.threshold}, image_size={self.image_size}"
+                f"dense matching needs 0 < keep <= 1, threshold > 0, top_n >= 0 and inlier_cap >= 1, got "
+                f"keep={self.keep}, threshold={self.threshold}, top_n={self.top_n}, inlier_cap={self.inlier_cap}"
             )
+
+    @property
+    def enabled(self) -> bool:
+        return self.top_n > 0
+
+    def bonus(self, inliers: np.ndarray) -> np.ndarray:
+        """weight * min(cap, inliers) / cap where inliers >= min_inliers, else 0."""
+        inl = np.asarray(inliers, dtype=np.float32)
+        return np.where(inl >= self.min_inliers, self.weight * np.minimum(inl, self.inlier_cap) / self.inlier_cap,
+                        0.0).astype(np.float32)
 
 
 @dataclass
 class DenseFeatures:
-    descriptors: np.ndarray  # (K, C) float32, L2-normalised rows
-    positions: np.ndarray  # (K, 2) float32 (x, y) in cells of the feature map
+    descriptors: np.ndarray  # (K, C) unit rows (float16 when loaded from the cache)
+    positions: np.ndarray  # (K, 2) (x, y) in cells of the feature map
+    grid: tuple[int, int]  # (width, height) of the feature map
 
     def __len__(self) -> int:
         return len(self.descriptors)
@@ -70,12 +96,21 @@ def _block_and_head(model: LandmarkNet, x: torch.Tensor, block: int) -> tuple[to
 
 
 @torch.inference_mode()
-def extract_dense(model: LandmarkNet, image: Image.Image, cfg: DenseMatchConfig | None = None) -> DenseFeatures:
-    """The kept local descriptors of one photo (EXIF rotation honoured, long side ``cfg.image_size``)."""
+def extract_dense(
+    model: LandmarkNet, image: Image.Image, cfg: DenseMatchConfig | None = None, image_size: int = 512
+) -> DenseFeatures:
+    """The kept local descriptors of one photo (EXIF rotation honoured, long side ``image_size``).
+
+    A JPEG is decoded as ``ml.embed`` decodes it (draft mode at about ``image_size``), so a query and the
+    same file in the database get the same pixels."""
     cfg = cfg or DenseMatchConfig()
+    if image_size < 32:
+        raise ValueError(f"dense matching needs image_size >= 32, got {image_size}")
+    if image.format == "JPEG":
+        image.draft("RGB", (image_size, image_size))
     img = ImageOps.exif_transpose(image).convert("RGB")
     device = next(model.parameters()).device
-    x = normalise(prepare_image(img, cfg.image_size).unsqueeze(0).to(device))
+    x = normalise(prepare_image(img, image_size).unsqueeze(0).to(device))
     features, head = _block_and_head(model, x, cfg.block)
     channels, height, width = features.shape[1:]
     # Where the last layer responds strongly, on the chosen block's grid.
@@ -86,19 +121,68 @@ def extract_dense(model: LandmarkNet, image: Image.Image, cfg: DenseMatchConfig 
     descriptors = F.normalize(features[0].float().reshape(channels, -1).T[keep], dim=1)
     ys, xs = keep // width, keep % width
     positions = torch.stack([xs, ys], dim=1).float()
-    return DenseFeatures(descriptors.cpu().numpy(), positions.cpu().numpy())
+    return DenseFeatures(descriptors.cpu().numpy(), positions.cpu().numpy(), (int(width), int(height)))
 
 
 def dense_inliers(query: DenseFeatures, other: DenseFeatures, cfg: DenseMatchConfig | None = None) -> int:
     """Mutual-nearest-neighbour matches of two photos that one homography explains (0 when too few)."""
+    return dense_verification(query, other, cfg).inliers
+
+
+def dense_verification(query: DenseFeatures, other: DenseFeatures, cfg: DenseMatchConfig | None = None) -> Verification:
+    """``dense_inliers`` with the inlier correspondences, in cells of each photo's feature map."""
     cfg = cfg or DenseMatchConfig()
-    if len(query) < MIN_PAIRS or len(other) < MIN_PAIRS:
-        return 0
-    sims = query.descriptors @ other.descriptors.T
-    forward, backward = sims.argmax(axis=1), sims.argmax(axis=0)
-    mutual = np.nonzero(backward[forward] == np.arange(len(forward)))[0]
-    if len(mutual) < MIN_PAIRS:
-        return 0
-    src, dst = query.positions[mutual], other.positions[forward[mutual]]
-    _, mask = cv2.findHomography(src, dst, cv2.USAC_MAGSAC, cfg.threshold)
-    return 0 if mask is None else int(mask.sum())
+    sims = np.asarray(query.descriptors, np.float32) @ np.asarray(other.descriptors, np.float32).T
+    pairs = matches_from_similarities(sims, ratio=1.0, mutual=True)  # no ratio test: neighbouring cells look alike
+    match = MatchConfig(threshold=cfg.threshold, min_matches=MIN_PAIRS)
+    return fit_geometry(_as_local(query), _as_local(other), pairs, match)
+
+
+def cells_to_pixels(points: np.ndarray, grid: tuple[int, int], image_size: tuple[int, int]) -> np.ndarray:
+    """Feature-map cells (x, y) as pixel coordinates (of the cell centres) in an image of ``image_size``."""
+    scale = np.array(image_size, np.float32) / np.array(grid, np.float32)
+    return (np.asarray(points, np.float32) + 0.5) * scale
+
+
+def dense_inliers_many(query: DenseFeatures, others: Sequence[DenseFeatures], cfg: DenseMatchConfig) -> np.ndarray:
+    return np.array([dense_inliers(query, other, cfg) for other in others], dtype=np.int64)
+
+
+def _as_local(feats: DenseFeatures) -> LocalFeatures:
+    """Grid positions as keypoints, so ``ml.spatial`` fits the geometry."""
+    return LocalFeatures(np.asarray(feats.positions, np.float32), feats.descriptors, feats.grid)
+
+
+class DenseFeatureStore(FeatureStore[DenseFeatures]):
+    """Dense features of database photos, cached per model, image size and extraction setting.
+
+    ``model`` is needed only to extract features not cached yet; a search process only reads."""
+
+    kind = "dense features"
+
+    def __init__(self, folder: str | os.PathLike, cfg: DenseMatchConfig, model_spec: str, image_size: int,
+                 model: LandmarkNet | None = None, memory_items: int = 4096):
+        self.cfg, self.image_size, self.model = cfg, image_size, model
+        super().__init__(folder, cache_key(model_spec, cfg, image_size), memory_items)
+
+    def extract(self, path: str | os.PathLike) -> DenseFeatures:
+        if self.model is None:
+            raise ValueError(f"no dense features cached for {path} and no model to extract them with")
+        with Image.open(path) as image:
+            return extract_dense(self.model, image, self.cfg, self.image_size)
+
+    def _to_arrays(self, feats: DenseFeatures) -> dict[str, np.ndarray]:
+        return {"descriptors": np.asarray(feats.descriptors, np.float16),
+                "positions": np.asarray(feats.positions, np.int16), "grid": np.array(feats.grid, np.int64)}
+
+    def _from_arrays(self, data: Mapping[str, np.ndarray]) -> DenseFeatures:
+        return DenseFeatures(data["descriptors"], data["positions"].astype(np.float32),
+                             tuple(int(v) for v in data["grid"]))
+
+
+def cache_key(model_spec: str, cfg: DenseMatchConfig, image_size: int) -> str:
+    """The cache folder's name: which model made them (a readable part and a hash of the whole spec), how."""
+    name = os.path.basename(str(model_spec).rstrip("/")) or "model"
+    digest = hashlib.sha1(str(model_spec).encode()).hexdigest()[:10]
+    safe = "".join(c if c.isalnum() or c in "-_." else "_" for c in name)[:40]
+    return f"dense-{safe}-{digest}-b{cfg.block}-k{cfg.keep:g}-s{image_size}"

@@ -20,9 +20,10 @@ import logging
 import os
 import zipfile
 from collections import OrderedDict
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Generic, TypeVar
 
 import cv2
 import numpy as np
@@ -33,6 +34,7 @@ from ml.atomic_files import replacing
 log = logging.getLogger(__name__)
 
 Progress = Callable[[int, int], None]
+F = TypeVar("F")
 
 
 @dataclass
@@ -137,15 +139,26 @@ def extract_local_features(
 # ------------------------------------------------------------------------------------------------- cache
 
 
-class LocalFeatureStore:
-    """Per-image local features on disk (``<folder>/<cache_key>/<id>.npz``) with a small memory cache."""
+class FeatureStore(Generic[F]):
+    """Per-image features on disk (``<folder>/<key>/<id>.npz``, each written atomically) with a small memory
+    cache. Subclasses say how features are extracted from an image file and how they map to arrays."""
 
-    def __init__(self, folder: str | os.PathLike, cfg: LocalFeatureConfig | None = None, memory_items: int = 4096):
-        self.cfg = cfg or LocalFeatureConfig()
-        self.folder = Path(folder) / self.cfg.cache_key()
+    kind = "features"  # what they are, in error messages
+
+    def __init__(self, folder: str | os.PathLike, key: str, memory_items: int = 4096):
+        self.folder = Path(folder) / key
         self.folder.mkdir(parents=True, exist_ok=True)
         self.memory_items = memory_items
-        self._memory: OrderedDict[str, LocalFeatures] = OrderedDict()
+        self._memory: OrderedDict[str, F] = OrderedDict()
+
+    def extract(self, path: str | os.PathLike) -> F:
+        raise NotImplementedError
+
+    def _to_arrays(self, feats: F) -> dict[str, np.ndarray]:
+        raise NotImplementedError
+
+    def _from_arrays(self, data: Mapping[str, np.ndarray]) -> F:
+        raise NotImplementedError
 
     def path(self, image_id: str) -> Path:
         if not image_id or "/" in image_id or "\\" in image_id or image_id.startswith("."):
@@ -155,30 +168,28 @@ class LocalFeatureStore:
     def __contains__(self, image_id: str) -> bool:
         return image_id in self._memory or self.path(image_id).is_file()
 
-    def put(self, image_id: str, feats: LocalFeatures) -> None:
+    def put(self, image_id: str, feats: F) -> None:
         # Readers see the old file or the whole new one.
         with replacing(self.path(image_id)) as tmp, open(tmp, "wb") as f:
-            np.savez(f, keypoints=feats.keypoints, descriptors=feats.descriptors,
-                     image_size=np.array(feats.image_size, dtype=np.int64))
+            np.savez(f, **self._to_arrays(feats))
         self._remember(image_id, feats)
 
-    def get(self, image_id: str) -> LocalFeatures:
+    def get(self, image_id: str) -> F:
         if image_id in self._memory:
             self._memory.move_to_end(image_id)
             return self._memory[image_id]
         path = self.path(image_id)
         try:
             with np.load(path) as data:
-                feats = LocalFeatures(data["keypoints"], data["descriptors"],
-                                      tuple(int(v) for v in data["image_size"]))
+                feats = self._from_arrays(data)
         except FileNotFoundError:
             raise
         except (OSError, ValueError, KeyError, zipfile.BadZipFile) as exc:  # cut short, overwritten, not ours
-            raise ValueError(f"unreadable local features of {image_id} ({path}): {exc}") from exc
+            raise ValueError(f"unreadable {self.kind} of {image_id} ({path}): {exc}") from exc
         self._remember(image_id, feats)
         return feats
 
-    def _remember(self, image_id: str, feats: LocalFeatures) -> None:
+    def _remember(self, image_id: str, feats: F) -> None:
         self._memory[image_id] = feats
         self._memory.move_to_end(image_id)
         while len(self._memory) > self.memory_items:
@@ -191,11 +202,31 @@ class LocalFeatureStore:
         computed = 0
         for done, (image_id, path) in enumerate(items, start=1):
             if image_id not in self:
-                self.put(image_id, extract_local_features(path, self.cfg))
+                self.put(image_id, self.extract(path))
                 computed += 1
             if progress is not None:
                 progress(done, len(items))
         return computed
+
+
+class LocalFeatureStore(FeatureStore[LocalFeatures]):
+    """RootSIFT features of database images (raw SIFT as uint8, 128 bytes a keypoint)."""
+
+    kind = "local features"
+
+    def __init__(self, folder: str | os.PathLike, cfg: LocalFeatureConfig | None = None, memory_items: int = 4096):
+        self.cfg = cfg or LocalFeatureConfig()
+        super().__init__(folder, self.cfg.cache_key(), memory_items)
+
+    def extract(self, path: str | os.PathLike) -> LocalFeatures:
+        return extract_local_features(path, self.cfg)
+
+    def _to_arrays(self, feats: LocalFeatures) -> dict[str, np.ndarray]:
+        return {"keypoints": feats.keypoints, "descriptors": feats.descriptors,
+                "image_size": np.array(feats.image_size, dtype=np.int64)}
+
+    def _from_arrays(self, data: Mapping[str, np.ndarray]) -> LocalFeatures:
+        return LocalFeatures(data["keypoints"], data["descriptors"], tuple(int(v) for v in data["image_size"]))
 
 
 # ----------------------------------------------------------------------------------------------- matching
