@@ -3,7 +3,8 @@
 A pipeline is: global descriptor (one model or a concatenated ensemble, optional multi-scale) -> with
 database labels, optionally whitening learned from them (ml.whitening) -> exact / approximate search ->
 optional alpha-QE over the database side (DBA) and the query (QE) -> optional spatial verification of
-the top-N (RootSIFT + MAGSAC), its inliers fused with the global score, QE over verified images only and
+the top-N (RootSIFT + MAGSAC; and dense matching on the backbone's feature maps, ml.dense_matching), its
+inliers fused with the global score, QE over verified images only and
 verification of the new candidates -> with database labels, kNN label voting (inlier bonus) and a
 label-aware re-ranking -> recognition.
 
@@ -26,6 +27,13 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
+from ml.dense_matching import (
+    DenseFeatures,
+    DenseFeatureStore,
+    DenseMatchConfig,
+    dense_inliers_many,
+    extract_dense,
+)
 from ml.embed import EmbedConfig, concat_ensemble, embed_image, embed_images
 from ml.index import IndexConfig, LoadedIndex, build_index, in_memory_index
 from ml.models import LandmarkNet
@@ -92,6 +100,7 @@ class PipelineConfig:
     qe: ExpansionConfig = field(default_factory=ExpansionConfig)
     regional: RegionalConfig = field(default_factory=RegionalConfig)  # re-score the shortlist by regions
     verification: VerificationConfig = field(default_factory=VerificationConfig)
+    dense: DenseMatchConfig = field(default_factory=DenseMatchConfig)  # spatial matching on feature maps
     local_features: LocalFeatureConfig = field(default_factory=LocalFeatureConfig)
     matching: MatchConfig = field(default_factory=MatchConfig)
     label_vote: LabelVoteConfig = field(default_factory=LabelVoteConfig)
@@ -110,6 +119,10 @@ class PipelineConfig:
     @property
     def uses_local_features(self) -> bool:
         return self.verification.top_n > 0
+
+    @property
+    def uses_dense(self) -> bool:
+        return self.dense.enabled
 
     def as_dict(self) -> dict:
         return asdict(self)
@@ -145,6 +158,10 @@ _REGIONS = RegionalConfig(levels=3, shortlist=400)
 # mean covers both, for the global descriptor and each region. Twice the forward passes; on landmarks-mini
 # recall@1 76.5 -> 79.4 in both regimes (docs/benchmarks.md).
 _ENSEMBLE = ("tf_efficientnet_lite0", "tf_efficientnet_lite2")
+# Dense spatial matching of the top 50 on lite2's block-4 feature maps (ml.dense_matching): it verifies
+# day/night and season pairs RootSIFT cannot. >= 20 inliers adds min(60, inliers)/60 to the ranking score;
+# on landmarks-mini 67.4 -> 73.2 mAP without labels, 80.7 -> 85.7 with them (docs/benchmarks.md).
+_DENSE = DenseMatchConfig(top_n=50, min_inliers=20, inlier_cap=60, weight=1.0)
 
 PIPELINES: dict[str, PipelineConfig] = {
     p.name: p
@@ -183,10 +200,16 @@ PIPELINES: dict[str, PipelineConfig] = {
                 "+ R-MAC regional re-scoring of the top 400 + alpha-QE + spatial verification + QE over verified; "
                 "with labels: 1-NN label vote with inlier bonus -> discriminative sort + insert",
                 qe=ExpansionConfig(k=2), verification=_VERIFY, regional=_REGIONS, **_LITE2_MS, **_LABELS),
-        _preset("default", "product default: lite2-ms with flip TTA + R-MAC regional re-scoring of the top 400 + "
-                "alpha-QE + spatial verification + QE over verified; with labels: 1-NN label vote with inlier "
-                "bonus -> discriminative sort + insert",
+        _preset("default-nodense", "the default without dense matching (the product default until 2026-12-05): "
+                "lite2-ms with flip TTA + R-MAC regional re-scoring of the top 400 + alpha-QE + spatial "
+                "verification + QE over verified; with labels: 1-NN label vote with inlier bonus -> "
+                "discriminative sort + insert",
                 flip=True, qe=ExpansionConfig(k=2), verification=_VERIFY, regional=_REGIONS, **_LITE2_MS, **_LABELS),
+        _preset("default", "product default: lite2-ms with flip TTA + R-MAC regional re-scoring of the top 400 + "
+                "alpha-QE + spatial verification (RootSIFT, and dense matching on lite2's block-4 maps) + QE over "
+                "verified; with labels: 1-NN label vote with inlier bonus -> discriminative sort + insert",
+                flip=True, qe=ExpansionConfig(k=2), verification=_VERIFY, dense=_DENSE, regional=_REGIONS,
+                **_LITE2_MS, **_LABELS),
         # The web's profile (issue #6: < 1 s p95 with 10 clients on 2 CPU cores at 100 k images): one
         # small forward pass, no QE round trip, cheap SIFT; >= 10 inliers because 500 keypoints on 512 px
         # rarely reach 15 (landmarks-mini: mAP 53.5 -> 56.2 with this verification, docs/benchmarks.md).
@@ -293,6 +316,7 @@ class SearchDatabase:
     features: LocalFeatureStore | None = None  # database local features, keyed by the index's ids
     whitening: Whitening | None = None  # applied to the indexed vectors already; queries get it in search_one
     regions: np.ndarray | None = None  # (N, R, D) region descriptors by index position (ml.regional)
+    dense: DenseFeatureStore | None = None  # database dense features (ml.dense_matching), keyed by the index's ids
 
     @property
     def ids(self) -> Sequence[str]:
@@ -314,15 +338,16 @@ def prepare_database(
 
     ``index_dir`` publishes the index there (atomically); without it the index stays in memory.
     ``feature_dir`` holds the local-feature cache (needed when the pipeline verifies); images already
-    cached there are not recomputed. With regional re-scoring, the region descriptors (unless ``regions``
+    cached there are not recomputed; so are dense features, when the pipeline matches them. With regional re-scoring, the region descriptors (unless ``regions``
     are given) are written beside the index in ``index_dir`` (as ``build_index`` stores them), or kept in
-    memory. Progress counts images embedded, then images with local features, then images with regions.
+    memory. Progress counts images embedded, then images with local features, then with dense features,
+    then with regions.
     """
     ids = [i for i, _ in items]
     paths = [p for _, p in items]
     want_regions = pipeline.regional.enabled and regions is None
     n_steps = len(items) * ((0 if vectors is not None else len(models)) + (1 if pipeline.uses_local_features else 0)
-                            + (1 if want_regions else 0))
+                            + (1 if pipeline.uses_dense else 0) + (1 if want_regions else 0))
 
     def report(done: int) -> None:
         if progress is not None:
@@ -350,11 +375,25 @@ def prepare_database(
         store = LocalFeatureStore(feature_dir, pipeline.local_features)
         store.ensure(list(zip(ids, paths, strict=True)), progress=lambda d, _t: report(done + d))
         done += len(items)
+    dense = None
+    if pipeline.uses_dense:
+        dense = dense_store(pipeline, feature_dir, models[0])
+        dense.ensure(list(zip(ids, paths, strict=True)), progress=lambda d, _t: report(done + d))
+        done += len(items)
     if want_regions:  # beside a published index (as build_index stores them), else in memory
         out = Path(index_dir) / REGIONS_FILE if index_dir is not None else None
         regions = database_regions(models, paths, pipeline, out, progress=lambda d, _t: report(done + d))
     label_list = [labels.get(i) for i in ids] if labels is not None else None
-    return SearchDatabase(index, pipeline, label_list, store, whitening, regions)
+    return SearchDatabase(index, pipeline, label_list, store, whitening, regions, dense)
+
+
+def dense_store(pipeline: PipelineConfig, feature_dir: str | os.PathLike | None,
+                model: LandmarkNet | None = None) -> DenseFeatureStore:
+    """The cache of the pipeline's dense features (made with its first model, at its image size) in
+    ``feature_dir``; ``model`` extracts those not cached yet."""
+    if feature_dir is None:
+        raise ValueError(f"pipeline {pipeline.name} matches dense features: give a feature_dir to cache them in")
+    return DenseFeatureStore(feature_dir, pipeline.dense, pipeline.models[0], pipeline.image_size, model)
 
 
 # ------------------------------------------------------------------------------------------ the search
@@ -369,6 +408,7 @@ class Hit:
     global_score: float  # cosine similarity of the query to the (DBA'd) database descriptor
     inliers: int  # spatially verified inliers; 0 = not verified or nothing consistent
     verification: Verification | None = None  # inlier correspondences, original-image pixels
+    dense_inliers: int = 0  # inliers of dense matching on the backbone's feature maps; 0 = not matched
 
     @property
     def verified(self) -> bool:
@@ -384,15 +424,19 @@ class SearchResult:
 
 @dataclass
 class _Ranking:
-    """Mutable state of one query's ranking: database positions, global scores, inliers (aligned)."""
+    """Mutable state of one query's ranking: database positions, global scores, RootSIFT and dense inliers
+    (aligned)."""
 
     positions: np.ndarray
     scores: np.ndarray
     inliers: np.ndarray
+    dense: np.ndarray
     checks: dict[int, Verification] = field(default_factory=dict)  # position -> result, each pair once
+    dense_checks: dict[int, int] = field(default_factory=dict)  # position -> dense inliers, each pair once
 
     def reorder(self, order: np.ndarray) -> None:
-        self.positions, self.scores, self.inliers = self.positions[order], self.scores[order], self.inliers[order]
+        self.positions, self.scores = self.positions[order], self.scores[order]
+        self.inliers, self.dense = self.inliers[order], self.dense[order]
 
 
 def crop_to_box(image: Image.Image, bbx: Sequence[float] | None) -> tuple[Image.Image, tuple[float, float]]:
@@ -459,7 +503,13 @@ def search_one(
     if database.whitening is not None:
         qvec = database.whitening.apply(qvec)
     timings["embed"] = time.perf_counter() - t
-    result = rank(database, qvec, qfeats, depth=top_k, qregions=qregions)
+    qdense = None
+    if pipeline.uses_dense and database.dense is not None:
+        t = time.perf_counter()
+        source = cropped if cropped is not None else _fresh(image)
+        qdense = extract_dense(models[0], source, pipeline.dense, pipeline.image_size)
+        timings["dense_features"] = time.perf_counter() - t
+    result = rank(database, qvec, qfeats, depth=top_k, qregions=qregions, qdense=qdense)
     result.timings = {**timings, **result.timings}
     result.timings["total"] = time.perf_counter() - started
     return result
@@ -471,10 +521,11 @@ def ranking_depth(count: int) -> int:
 
 def rank(
     database: SearchDatabase, qvec: np.ndarray, qfeats: LocalFeatures | None, depth: int | None = None,
-    qregions: np.ndarray | None = None,
+    qregions: np.ndarray | None = None, qdense: DenseFeatures | None = None,
 ) -> SearchResult:
     """Rank the database for a query descriptor (and its local features, when verifying; its region
-    descriptors, when the pipeline re-scores by regions and the database has them).
+    descriptors, when the pipeline re-scores by regions and the database has them; its dense features,
+    when the pipeline matches them and the database has them).
 
     The search itself always goes ``ranking_depth`` deep, so label insertion and QE see the same
     candidates whatever ``depth`` (the number of hits returned) is. With regions, every search's shortlist
@@ -499,22 +550,24 @@ def rank(
             _rescore_by_regions(database, state, _expansion(database, qregions, added, weights))
     timings["search"] = time.perf_counter() - t
     vcfg = pipeline.verification
-    if vcfg.top_n > 0 and qfeats is not None and database.features is not None:
+    sift = vcfg.top_n > 0 and qfeats is not None and database.features is not None
+    dense = pipeline.uses_dense and qdense is not None and database.dense is not None
+    if sift or dense:
         t = time.perf_counter()
-        _verify_top(database, qfeats, state)
-        state.reorder(rerank_with_inliers(state.scores, state.inliers, vcfg))
+        _verify_top(database, qfeats if sift else None, qdense if dense else None, state)
+        state.reorder(_verified_order(pipeline, state))
         top = slice(0, vcfg.top_n)
-        chosen = verified_expansion(state.scores[top], state.inliers[top], vcfg)
+        chosen = verified_expansion(state.scores[top], state.inliers[top], vcfg) if sift else None
         if chosen is not None:  # QE over the verified images, then verify again
             picked, weights = chosen
             added = state.positions[top][picked]
-            checks = state.checks
+            checks, dense_checks = state.checks, state.dense_checks
             state = _search(index, expand_query(qvec, index.vectors[added], weights), full)
-            state.checks = checks
+            state.checks, state.dense_checks = checks, dense_checks
             if regional:
                 _rescore_by_regions(database, state, _expansion(database, qregions, added, weights))
-            _verify_top(database, qfeats, state)
-            state.reorder(rerank_with_inliers(state.scores, state.inliers, vcfg))
+            _verify_top(database, qfeats, qdense if dense else None, state)
+            state.reorder(_verified_order(pipeline, state))
         timings["verify"] = time.perf_counter() - t
     recognition = None
     if database.labels is not None:
@@ -522,13 +575,14 @@ def rank(
         recognition = _recognize_and_rerank(database, state, qvec)
         timings["labels"] = time.perf_counter() - t
     top = state.positions[:depth]
-    fused = fuse_inliers(state.scores[:depth], state.inliers[:depth], vcfg) if vcfg.top_n else state.scores[:depth]
+    scores = _with_dense_bonus(pipeline, state)[:depth]
+    fused = fuse_inliers(scores, state.inliers[:depth], vcfg) if vcfg.top_n else scores
     # The global score shown is the similarity to the query itself, not to its expanded version.
     direct = np.asarray(index.vectors[np.sort(top)], dtype=np.float32) @ qvec if len(top) else np.zeros(0)
     direct = dict(zip(np.sort(top).tolist(), direct.tolist(), strict=True))
     hits = [
-        Hit(index.ids[p], float(f), float(direct[int(p)]), int(n), state.checks.get(int(p)))
-        for p, f, n in zip(top, fused, state.inliers[:depth], strict=True)
+        Hit(index.ids[p], float(f), float(direct[int(p)]), int(n), state.checks.get(int(p)), int(d))
+        for p, f, n, d in zip(top, fused, state.inliers[:depth], state.dense[:depth], strict=True)
     ]
     return SearchResult(hits, recognition, timings)
 
@@ -568,22 +622,42 @@ def _rescore_by_regions(database: SearchDatabase, state: _Ranking, expansion: li
 def _search(index: LoadedIndex, qvec: np.ndarray, k: int) -> _Ranking:
     scores, pos = index.search_positions(qvec[None, :], k)
     keep = pos[0] >= 0
-    return _Ranking(pos[0][keep], scores[0][keep], np.zeros(int(keep.sum()), np.int64))
+    count = int(keep.sum())
+    return _Ranking(pos[0][keep], scores[0][keep], np.zeros(count, np.int64), np.zeros(count, np.int64))
 
 
-def _verify_top(database: SearchDatabase, qfeats: LocalFeatures, state: _Ranking) -> None:
-    """Verify the top-N not verified yet (each pair once per query) and record inliers in ``state``."""
+def _verify_top(
+    database: SearchDatabase, qfeats: LocalFeatures | None, qdense: DenseFeatures | None, state: _Ranking
+) -> None:
+    """Verify the top-N not verified yet (each pair once per query) with RootSIFT (given ``qfeats``) and
+    dense matching (given ``qdense``), and record both inlier counts in ``state``."""
     pipeline = database.pipeline
-    top = [int(p) for p in state.positions[: pipeline.verification.top_n]]
-    todo = [p for p in top if p not in state.checks]
-    if todo:
-        feats = [database.features.get(database.ids[p]) for p in todo]
-        for p, check in zip(todo, verify_many(qfeats, feats, pipeline.matching), strict=True):
-            state.checks[p] = check
+    positions = state.positions.tolist()
+    if qfeats is not None:
+        todo = [p for p in positions[: pipeline.verification.top_n] if p not in state.checks]
+        if todo:
+            feats = [database.features.get(database.ids[p]) for p in todo]
+            for p, check in zip(todo, verify_many(qfeats, feats, pipeline.matching), strict=True):
+                state.checks[p] = check
+    if qdense is not None:
+        todo = [p for p in positions[: pipeline.dense.top_n] if p not in state.dense_checks]
+        if todo:
+            found = dense_inliers_many(qdense, [database.dense.get(database.ids[p]) for p in todo], pipeline.dense)
+            state.dense_checks.update(zip(todo, found.tolist(), strict=True))
     # Every image verified so far keeps its inliers, also one a re-search moved below the top-N.
-    checks = state.checks
-    state.inliers = np.fromiter((checks[p].inliers if p in checks else 0 for p in state.positions.tolist()),
-                                np.int64, len(state.positions))
+    checks, dense_checks = state.checks, state.dense_checks
+    state.inliers = np.fromiter((checks[p].inliers if p in checks else 0 for p in positions), np.int64, len(positions))
+    state.dense = np.fromiter((dense_checks.get(p, 0) for p in positions), np.int64, len(positions))
+
+
+def _with_dense_bonus(pipeline: PipelineConfig, state: _Ranking) -> np.ndarray:
+    """The ranking scores with the dense-matching bonus added (unchanged when the pipeline does not match)."""
+    return state.scores + pipeline.dense.bonus(state.dense) if pipeline.uses_dense else state.scores
+
+
+def _verified_order(pipeline: PipelineConfig, state: _Ranking) -> np.ndarray:
+    """The order after verification: the scores with the dense bonus, fused with the RootSIFT inliers."""
+    return rerank_with_inliers(_with_dense_bonus(pipeline, state), state.inliers, pipeline.verification)
 
 
 def _recognize_and_rerank(database: SearchDatabase, state: _Ranking, qvec: np.ndarray) -> Recognition:
@@ -615,8 +689,8 @@ def _recognize_and_rerank(database: SearchDatabase, state: _Ranking, qvec: np.nd
             qconf = landmark_confidences(sims, neighbour_labels, pipeline.bridged)
             dconf = known_label_confidences(ranked_labels, pipeline.bridged)
             state.scores = bridged_scores(state.scores, qconf, dconf, pipeline.bridged)
-        if pipeline.verification.top_n > 0:
-            state.reorder(rerank_with_inliers(state.scores, state.inliers, pipeline.verification))
+        if pipeline.verification.top_n > 0 or pipeline.uses_dense:
+            state.reorder(_verified_order(pipeline, state))
         else:
             state.reorder(np.argsort(-state.scores, kind="stable"))
     return recognition

@@ -203,4 +203,5 @@ def active_index(imported_mini, mini_index_files):
     return IndexVersion.objects.create(embedding_set=es, path=str(mini_index_files["index"]), is_active=True,
                                        size=mini_index_files["count"],
                                        params={"pipeline": p.name, "models": list(p.models),
-                                               "feature_dir": str(mini_index_files["features"])})
+                                               "feature_dir": str(mini_index_files["features"]),
+                                               "dense": p.uses_dense})

@@ -22,6 +22,7 @@ from ml.index import RECALL_QUERIES, IndexConfig
 from ml.pipeline import (
     DEFAULT_PIPELINE,
     database_regions,
+    dense_store,
     embed_database,
     embedded_as,
     get_pipeline,
@@ -125,6 +126,10 @@ def plan(job: Job, ctx: JobContext) -> dict:
         store = LocalFeatureStore(feature_dir(), pipeline.local_features)
         store.ensure(list(zip(ids, paths, strict=True)),
                      progress=lambda d, t: ctx.progress(d, t, "local features"))
+    if pipeline.uses_dense:
+        paths = paths or _paths_of(ids, pipeline)
+        dense_store(pipeline, feature_dir(), load_models(pipeline)[0]).ensure(
+            list(zip(ids, paths, strict=True)), progress=lambda d, t: ctx.progress(d, t, "dense features"))
     if pipeline.regional.enabled:
         _regions(job, ctx, ids, paths, pipeline, es=es)
     vectors = _whiten(job, ids, vectors, pipeline)
@@ -138,6 +143,7 @@ def plan(job: Job, ctx: JobContext) -> dict:
         "stamp": f"{timezone.now():%Y%m%d-%H%M%S}-{uuid.uuid4().hex[:6]}", "embedding_set": es.pk,
         "pipeline": pipeline.name, "models": list(pipeline.models), "image_size": pipeline.image_size,
         "scales": list(pipeline.scales), "flip": pipeline.flip, "feature_dir": str(feature_dir()), "kind": kind,
+        "dense": pipeline.uses_dense,
         "index": asdict(replace(index_cfg, kind=kind)),
         "shard_size": int(params.get("shard_size") or settings.INDEX_SHARD_SIZE),
         "recall_queries": int(params.get("recall_queries") or RECALL_QUERIES),

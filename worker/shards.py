@@ -294,7 +294,8 @@ def publish(job: Job, p: dict) -> IndexVersion:
                 path=str(out), size=meta["count"], is_active=True, published_at=timezone.now(), job=job,
                 recall=recall.get("recall"), recall_queries=recall.get("queries"),
                 params={"pipeline": p["pipeline"], "models": p["models"], "image_size": p["image_size"],
-                        "scales": p["scales"], "flip": p.get("flip", False), "feature_dir": p["feature_dir"], "shards": len(meta["shards"]),
+                        "scales": p["scales"], "flip": p.get("flip", False), "feature_dir": p["feature_dir"], "dense": p.get("dense", False),
+                        "shards": len(meta["shards"]),
                         "shard_size": p["shard_size"], "recall_k": recall.get("k")})
     return iv
 

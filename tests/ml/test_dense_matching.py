@@ -1,14 +1,18 @@
 """ml.dense_matching: spatial verification on lite2's block-4 feature maps, on real photos, including a
-day/night pair that RootSIFT cannot verify."""
+day/night pair that RootSIFT cannot verify; its on-disk cache; and the pipeline step that uses it."""
 
 from __future__ import annotations
 
+from dataclasses import replace
+
+import numpy as np
 import pytest
 from PIL import Image
 
-from ml.dense_matching import DenseMatchConfig, dense_inliers, extract_dense
+from ml.dense_matching import DenseFeatureStore, DenseMatchConfig, dense_inliers, extract_dense
+from ml.pipeline import PipelineConfig, get_pipeline, prepare_database, search_one
 from ml.weights import load_model
-from tests.conftest import MINI
+from tests.conftest import MINI, mini_rows
 
 BERLIN_NIGHT, BERLIN_DAY = "52992f5255f55c69", "b9d6a79e1feb8601"  # WxBS berlin: illuminated at night, by day
 LONDON_BRIDGE, TAJ_MAHAL = "233e2de188985424", "7cf2288df52029fc"
@@ -69,3 +73,65 @@ def test_settings_and_blocks_out_of_range_are_refused(lite2):
         DenseMatchConfig(keep=0)
     with pytest.raises(ValueError, match="block 9 is out of range"):
         extract_dense(lite2, _photo(BERLIN_DAY), DenseMatchConfig(block=9))
+
+
+# ------------------------------------------------------------------------------------------- the cache
+
+
+def test_the_cache_keeps_features_compact_and_apart_per_model_and_setting(lite2, features, tmp_path):
+    cfg = DenseMatchConfig()
+    store = DenseFeatureStore(tmp_path, cfg, "tf_efficientnet_lite2", 512, lite2)
+    assert store.ensure([(BERLIN_DAY, MINI / "images" / f"{BERLIN_DAY}.jpg")]) == 1
+    reader = DenseFeatureStore(tmp_path, cfg, "tf_efficientnet_lite2", 512)  # a search process: no model
+    loaded = reader.get(BERLIN_DAY)
+    assert loaded.descriptors.dtype == np.float16 and loaded.grid == features[BERLIN_DAY].grid
+    assert np.array_equal(loaded.positions, features[BERLIN_DAY].positions)
+    # float16 storage costs nothing measurable: the day/night pair verifies as from fresh features
+    assert abs(dense_inliers(features[BERLIN_NIGHT], loaded) - dense_inliers(features[BERLIN_NIGHT],
+                                                                             features[BERLIN_DAY])) <= 3
+    others = [DenseFeatureStore(tmp_path, cfg, "/models/v2/checkpoint.pt", 512),
+              DenseFeatureStore(tmp_path, DenseMatchConfig(keep=0.25), "tf_efficientnet_lite2", 512),
+              DenseFeatureStore(tmp_path, cfg, "tf_efficientnet_lite2", 384)]
+    assert len({store.folder, *(o.folder for o in others)}) == 4
+    assert all(BERLIN_DAY not in o for o in others)
+    with pytest.raises(ValueError, match=f"no dense features cached for .*{LONDON_BRIDGE}.* no model"):
+        reader.ensure([(LONDON_BRIDGE, MINI / "images" / f"{LONDON_BRIDGE}.jpg")])
+    reader.path(TAJ_MAHAL).write_bytes(b"cut short")
+    with pytest.raises(ValueError, match=f"unreadable dense features of {TAJ_MAHAL}"):
+        reader.get(TAJ_MAHAL)
+
+
+def test_the_bonus_counts_only_photos_with_enough_inliers():
+    cfg = DenseMatchConfig(top_n=10, min_inliers=20, inlier_cap=60, weight=0.5)
+    assert np.allclose(cfg.bonus(np.array([0, 19, 20, 60, 200])), [0, 0, 0.5 * 20 / 60, 0.5, 0.5])
+    assert not DenseMatchConfig().enabled and cfg.enabled
+
+
+# ------------------------------------------------------------------------------------ the pipeline step
+
+
+def _dense_pipeline(top_n: int = 8) -> PipelineConfig:
+    return replace(get_pipeline("baseline-lite2"), name="dense-test", dense=DenseMatchConfig(top_n=top_n))
+
+
+def test_the_pipeline_lifts_the_day_photo_for_the_night_query(lite2, tmp_path):
+    pipeline = _dense_pipeline()
+    ids = [BERLIN_DAY] + [r["id"] for r in mini_rows() if r["split"] == "index" and r["id"] != BERLIN_DAY][:11]
+    items = [(i, MINI / "images" / f"{i}.jpg") for i in ids]
+    with pytest.raises(ValueError, match="give a feature_dir"):
+        prepare_database([lite2], items, pipeline)
+    database = prepare_database([lite2], items, pipeline, feature_dir=tmp_path)
+    assert all(i in database.dense for i in ids)  # cached once, beside the RootSIFT cache
+    hits = search_one(database, [lite2], _photo(BERLIN_NIGHT)).hits
+    day = next(h for h in hits if h.image_id == BERLIN_DAY)
+    assert day.dense_inliers >= 20
+    assert day.score == pytest.approx(day.global_score + float(pipeline.dense.bonus(np.array([day.dense_inliers]))[0]),
+                                      abs=1e-5)
+    assert all(h.dense_inliers == 0 for h in hits[pipeline.dense.top_n:])  # only the top N is matched
+    assert [h.score for h in hits] == sorted((h.score for h in hits), reverse=True)
+
+    plain = search_one(replace(database, dense=None), [lite2], _photo(BERLIN_NIGHT)).hits  # an older index
+    assert all(h.dense_inliers == 0 and h.score == pytest.approx(h.global_score, abs=1e-5) for h in plain)
+    rank = [h.image_id for h in hits].index(BERLIN_DAY)
+    assert rank < [h.image_id for h in plain].index(BERLIN_DAY) or rank == 0
+    assert sum(h.dense_inliers >= 20 for h in hits) <= 2  # unrelated buildings stay unverified

@@ -23,7 +23,7 @@ from PIL import Image as PILImage
 
 from ml.columns import LabelColumn, LabelColumnBuilder
 from ml.index import load_index
-from ml.pipeline import SearchDatabase, embedded_as, get_pipeline, load_models, search_one
+from ml.pipeline import SearchDatabase, dense_store, embedded_as, get_pipeline, load_models, search_one
 from ml.regional import load_regions
 from ml.spatial import LocalFeatureStore
 from ml.whitening import Whitening
@@ -111,8 +111,10 @@ def _load(iv: IndexVersion) -> _Engine:
     # Learned whitening, when the build used it: the indexed vectors have it, each query gets it too.
     # Region descriptors, when the build made them (an index built before a pipeline re-scored by regions
     # has none: its searches skip that step).
+    # Dense features, when the build cached them (an index built before the pipeline matched them has none).
+    dense = dense_store(pipeline, iv.params["feature_dir"]) if pipeline.uses_dense and iv.params.get("dense") else None
     database = SearchDatabase(index, pipeline, labels_of(index.ids), features, Whitening.load(iv.path),
-                              load_regions(iv.path))
+                              load_regions(iv.path), dense)
     side = round(pipeline.image_size * max(pipeline.scales))
     if pipeline.uses_local_features:
         side = max(side, pipeline.local_features.max_side)
