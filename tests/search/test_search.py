@@ -1,5 +1,7 @@
 """Search by photo from the web and the API, against the real default pipeline over landmarks-mini."""
 
+import re
+
 import pytest
 from django.core.management import call_command
 from django.urls import reverse
@@ -57,6 +59,21 @@ def test_why_this_match_draws_inlier_lines(viewer_client, active_index):
     best = query.results.order_by("rank").first()
     html = viewer_client.get(reverse("search-match", args=[query.uid, best.image.external_id])).content.decode()
     assert html.count('class="inlier"') >= 8 and "verified local matches" in html
+
+
+def test_a_night_photo_finds_the_day_photo_by_dense_matching_and_says_so(viewer_client, active_index):
+    upload(viewer_client, MINI / "images" / "52992f5255f55c69.jpg")  # WxBS berlin, illuminated at night
+    query = SearchQuery.objects.get()
+    day = query.results.get(image__external_id="b9d6a79e1feb8601")  # the same building by day
+    assert day.dense_inliers >= 20 and day.rank <= 3
+    assert f"{day.dense_inliers} feature-map matches" in viewer_client.get(
+        reverse("search-results", args=[query.uid])).content.decode()
+    html = viewer_client.get(reverse("search-match", args=[query.uid, "b9d6a79e1feb8601"])).content.decode()
+    # redrawn from the stored (re-encoded) photo: about the count the search found
+    drawn = int(re.search(r'id="dense-count">(\d+)<', html).group(1))
+    assert drawn >= 20 and html.count('class="dense"') == drawn
+    # RootSIFT cannot verify this pair: the page credits dense matching, not appearance alone
+    assert 'id="dense-note"' in html and "global appearance alone" not in html
 
 
 def test_options_rerun_the_same_photo(viewer_client, active_index):
@@ -117,7 +134,8 @@ def test_api_search_with_token(client, active_index, viewer_user):
     body = response.json()
     assert body["landmark"]["id"] == "1" and body["landmark"]["name"] == "london_bridge"
     assert 0 < body["landmark"]["confidence"] <= 1
-    assert len(body["results"]) == 5 and set(body["results"][0]) == {"image_id", "landmark_id", "score", "inliers"}
+    assert len(body["results"]) == 5 and set(body["results"][0]) == {"image_id", "landmark_id", "score",
+                                                                     "inliers", "dense_inliers"}
     assert body["results"][0]["landmark_id"] == "1" and isinstance(body["results"][0]["inliers"], int)
     assert body["query_url"].startswith("http://testserver/search/")
     assert body["index_version"] == active_index.pk

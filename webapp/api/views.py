@@ -86,7 +86,7 @@ def search(request):
     if query.landmark:
         landmark = {"id": query.landmark.external_id, "name": query.landmark.name, "confidence": query.confidence}
     results = [{"image_id": r.image.external_id, "landmark_id": r.image.landmark.external_id if r.image.landmark else None,
-                "score": r.score, "inliers": r.inliers}
+                "score": r.score, "inliers": r.inliers, "dense_inliers": r.dense_inliers}
                for r in query.results.select_related("image__landmark").order_by("rank")[:k]]
     return JsonResponse({"landmark": landmark, "results": results, "index_version": query.index_version_id,
                          "query_url": request.build_absolute_uri(reverse("search-results", args=[query.uid]))})

@@ -1,5 +1,6 @@
 """'Why this match': the inlier correspondences between a query photo and a result, drawn as lines
-between the two photos side by side (an SVG built here, so it needs no script)."""
+between the two photos side by side (an SVG built here, so it needs no script): RootSIFT's, and, when the
+pipeline matches them, those of dense matching on the network's feature maps (cell centres)."""
 
 from __future__ import annotations
 
@@ -9,6 +10,7 @@ from django.core.files.storage import default_storage
 from django.urls import reverse
 from PIL import Image as PILImage
 
+from ml.dense_matching import cells_to_pixels, dense_verification, extract_dense
 from ml.spatial import extract_local_features, verify_pair
 from webapp.catalog.models import Image
 from webapp.search.engine import current_engine
@@ -29,6 +31,9 @@ class Drawing:
     lines: list[tuple[float, float, float, float]]
     inliers: int
     putative: int
+    dense_lines: list[tuple[float, float, float, float]]
+    dense_inliers: int  # 0 when the index has no dense features
+    only_dense: bool  # dense matching verifies the pair where RootSIFT does not (day/night, seasons)
 
 
 def match_drawing(query: SearchQuery, image: Image) -> Drawing:
@@ -45,7 +50,21 @@ def match_drawing(query: SearchQuery, image: Image) -> Drawing:
     check = verify_pair(qfeats, dfeats, pipeline.matching)
     qs, ds = HEIGHT / qimg.height, HEIGHT / image.height
     qw, dw = round(qimg.width * qs), round(image.width * ds)
-    lines = [(float(qx * qs), float(qy * qs), float(qw + dx * ds), float(dy * ds))
-             for (qx, qy), (dx, dy) in zip(check.query_points, check.database_points, strict=True)]
+
+    def joined(qpoints, dpoints) -> list[tuple[float, float, float, float]]:
+        return [(float(qx * qs), float(qy * qs), float(qw + dx * ds), float(dy * ds))
+                for (qx, qy), (dx, dy) in zip(qpoints, dpoints, strict=True)]
+
+    dense_lines, dense_inliers = [], 0
+    if engine.database.dense is not None and image.external_id in engine.database.dense:
+        qdense = extract_dense(engine.models[0], qimg, pipeline.dense, pipeline.image_size)
+        ddense = engine.database.dense.get(image.external_id)
+        dense = dense_verification(qdense, ddense, pipeline.dense)
+        dense_inliers = dense.inliers
+        dense_lines = joined(cells_to_pixels(dense.query_points, qdense.grid, qimg.size),
+                             cells_to_pixels(dense.database_points, ddense.grid, (image.width, image.height)))
+    only_dense = dense_inliers >= pipeline.dense.min_inliers and check.inliers < pipeline.verification.min_inliers
     return Drawing(qw + dw, HEIGHT, qw, dw, reverse("search-photo", args=[query.uid]),
-                   reverse("image-preview", args=[image.external_id]), lines, check.inliers, check.putative)
+                   reverse("image-preview", args=[image.external_id]),
+                   joined(check.query_points, check.database_points), check.inliers, check.putative, dense_lines,
+                   dense_inliers, only_dense)

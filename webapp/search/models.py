@@ -115,6 +115,10 @@ class SearchResult(models.Model):
     score = models.FloatField(help_text="The final (re-ranked) score.")
     global_score = models.FloatField(help_text="Cosine similarity of the global descriptors.")
     inliers = models.IntegerField(null=True, blank=True, help_text="Verified local matches; null if not verified.")
+    dense_inliers = models.IntegerField(
+        null=True, blank=True,
+        help_text="Positions of the network's feature maps that one perspective transform matches (dense "
+                  "matching); null if not matched or none agree.")
 
     class Meta:
         ordering = ["query", "rank"]
