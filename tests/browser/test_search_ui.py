@@ -28,6 +28,8 @@ def test_search_by_photo_and_why_this_match(page, live_server, active_index, vie
     page.wait_for_selector("line.inlier")
     assert page.locator("line.inlier").count() >= 8
     assert int(page.locator("#inlier-count").inner_text()) >= 8
+    # the default pipeline also matches feature maps: those matches are drawn too, one line each
+    assert page.locator("line.dense").count() == int(page.locator("#dense-count").inner_text()) >= 20
     check_layout(page, "why-this-match")
 
 
