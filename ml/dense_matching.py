@@ -29,6 +29,7 @@ from PIL import Image, ImageOps
 
 from ml.embed import normalise, prepare_image
 from ml.models import LandmarkNet
+from ml.rerank import capped_bonus
 from ml.spatial import (
     FeatureStore,
     LocalFeatures,
@@ -66,9 +67,7 @@ class DenseMatchConfig:
 
     def bonus(self, inliers: np.ndarray) -> np.ndarray:
         """weight * min(cap, inliers) / cap where inliers >= min_inliers, else 0."""
-        inl = np.asarray(inliers, dtype=np.float32)
-        return np.where(inl >= self.min_inliers, self.weight * np.minimum(inl, self.inlier_cap) / self.inlier_cap,
-                        0.0).astype(np.float32)
+        return (self.weight * capped_bonus(inliers, self.min_inliers, self.inlier_cap)).astype(np.float32)
 
 
 @dataclass

@@ -338,10 +338,10 @@ def prepare_database(
 
     ``index_dir`` publishes the index there (atomically); without it the index stays in memory.
     ``feature_dir`` holds the local-feature cache (needed when the pipeline verifies); images already
-    cached there are not recomputed; so are dense features, when the pipeline matches them. With regional re-scoring, the region descriptors (unless ``regions``
-    are given) are written beside the index in ``index_dir`` (as ``build_index`` stores them), or kept in
-    memory. Progress counts images embedded, then images with local features, then with dense features,
-    then with regions.
+    cached there are not recomputed; so are dense features, when the pipeline matches them. With regional
+    re-scoring, the region descriptors (unless ``regions`` are given) are written beside the index in
+    ``index_dir`` (as ``build_index`` stores them), or kept in memory. Progress counts images embedded,
+    then images with local features, then with dense features, then with regions.
     """
     ids = [i for i, _ in items]
     paths = [p for _, p in items]

@@ -96,10 +96,15 @@ class VerificationConfig:
             raise ValueError(f"mode must be 'fused' or 'verified_first', got {self.mode!r}")
 
 
+def capped_bonus(inliers: np.ndarray, min_inliers: int, cap: int) -> np.ndarray:
+    """min(cap, inliers) / cap where inliers >= min_inliers, 0 otherwise (A.7's verified bonus)."""
+    inl = np.asarray(inliers, dtype=np.float32)
+    return np.where(inl >= min_inliers, np.minimum(inl, cap) / cap, 0.0)
+
+
 def inlier_bonus(inliers: np.ndarray, cfg: VerificationConfig) -> np.ndarray:
     """min(cap, inliers) / cap for verified images (>= min_inliers), 0 otherwise."""
-    inl = np.asarray(inliers, dtype=np.float32)
-    return np.where(inl >= cfg.min_inliers, np.minimum(inl, cfg.inlier_cap) / cfg.inlier_cap, 0.0)
+    return capped_bonus(inliers, cfg.min_inliers, cfg.inlier_cap)
 
 
 def fuse_inliers(scores: np.ndarray, inliers: np.ndarray, cfg: VerificationConfig) -> np.ndarray:
