@@ -111,9 +111,14 @@ def extract_dense(
     device = next(model.parameters()).device
     x = normalise(prepare_image(img, image_size).unsqueeze(0).to(device))
     features, head = _block_and_head(model, x, cfg.block)
+    return _kept(features, head, cfg)
+
+
+def _kept(features: torch.Tensor, head: torch.Tensor, cfg: DenseMatchConfig) -> DenseFeatures:
+    """The first image's positions of the chosen block's map where the head's activations are strongest."""
     channels, height, width = features.shape[1:]
     # Where the last layer responds strongly, on the chosen block's grid.
-    attention = head.float().clamp(min=0).norm(dim=1, keepdim=True)
+    attention = head[:1].float().clamp(min=0).norm(dim=1, keepdim=True)
     attention = F.interpolate(attention, size=(height, width), mode="bilinear", align_corners=False).flatten()
     count = max(MIN_PAIRS, int(cfg.keep * attention.numel()))
     keep = torch.argsort(attention, descending=True)[:count]
@@ -121,6 +126,45 @@ def extract_dense(
     ys, xs = keep // width, keep % width
     positions = torch.stack([xs, ys], dim=1).float()
     return DenseFeatures(descriptors.cpu().numpy(), positions.cpu().numpy(), (int(width), int(height)))
+
+
+class DenseTap:
+    """A photo's dense features caught, with forward hooks, from a pass through the backbone run for its
+    embedding: a query's dense features then cost no forward pass of their own.
+
+    ``view`` is which of the pass's forward calls to keep (``ml.embed.view_position``: the unmirrored
+    scale-1 view gives what ``extract_dense`` computes). One image per call; ``features`` stays None
+    when that call never came.
+    """
+
+    def __init__(self, model: LandmarkNet, cfg: DenseMatchConfig, view: int) -> None:
+        blocks = model.backbone.blocks
+        if not 0 <= cfg.block < len(blocks):
+            raise ValueError(f"block {cfg.block} is out of range: the backbone has {len(blocks)} blocks")
+        self.model, self.cfg, self.view = model, cfg, view
+        self.features: DenseFeatures | None = None
+        self._calls, self._block, self._handles = 0, None, []
+
+    def __enter__(self) -> DenseTap:
+        net = self.model.backbone
+        self._handles = [net.blocks[self.cfg.block].register_forward_hook(self._on_block),
+                         net.bn2.register_forward_hook(self._on_head)]
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        for handle in self._handles:
+            handle.remove()
+        self._block = None
+
+    def _on_block(self, _module: torch.nn.Module, _inputs: object, output: torch.Tensor) -> None:
+        if self._calls == self.view:
+            self._block = output
+
+    def _on_head(self, _module: torch.nn.Module, _inputs: object, output: torch.Tensor) -> None:
+        # The head closes each forward call: count the call, and keep the chosen one's features.
+        if self._calls == self.view and self._block is not None:
+            self.features = _kept(self._block, output, self.cfg)
+        self._calls += 1
 
 
 def dense_inliers(query: DenseFeatures, other: DenseFeatures, cfg: DenseMatchConfig | None = None) -> int:

@@ -189,6 +189,14 @@ def _views(x: torch.Tensor, scales: Sequence[float], flip: bool):
             yield xs.flip(-1)
 
 
+def view_position(scales: Sequence[float], flip: bool, scale: float = 1.0) -> int | None:
+    """Where the unmirrored view at ``scale`` comes in ``_views``'s order; None when it is not one of them."""
+    scales = list(scales)
+    if scale not in scales:
+        return None
+    return scales.index(scale) * (2 if flip else 1)
+
+
 def power_mean(pooled: Sequence[torch.Tensor], p: float) -> torch.Tensor:
     """(mean_v g_v^p)^(1/p) of positive pooled vectors: cirtorch's multi-scale average (C.4)."""
     if len(pooled) == 1:

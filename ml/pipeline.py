@@ -20,6 +20,7 @@ import io
 import os
 import time
 from collections.abc import Callable, Hashable, Mapping, Sequence
+from contextlib import nullcontext
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -31,10 +32,11 @@ from ml.dense_matching import (
     DenseFeatures,
     DenseFeatureStore,
     DenseMatchConfig,
+    DenseTap,
     dense_inliers_many,
     extract_dense,
 )
-from ml.embed import EmbedConfig, concat_ensemble, embed_image, embed_images
+from ml.embed import EmbedConfig, concat_ensemble, embed_image, embed_images, view_position
 from ml.index import IndexConfig, LoadedIndex, build_index, in_memory_index
 from ml.models import LandmarkNet
 from ml.recognize import Recognition, RecognitionConfig, recognize
@@ -494,17 +496,21 @@ def search_one(
         timings["local_features"] = time.perf_counter() - started
     t = time.perf_counter()
     source = cropped if cropped is not None else _fresh(image)
-    qregions = None
-    if pipeline.regional.enabled and database.regions is not None:
-        qregions = embed_query_regions(models, source, pipeline)  # the same forward pass gives both
-        qvec = qregions[0]
-    else:
-        qvec = embed_query(models, source, pipeline)
+    wants_dense = pipeline.uses_dense and database.dense is not None
+    view = view_position(pipeline.scales, pipeline.flip) if wants_dense else None
+    # The dense features come from the embedding's own scale-1 view when it has one: no extra forward.
+    with DenseTap(models[0], pipeline.dense, view) if view is not None else nullcontext() as tap:
+        qregions = None
+        if pipeline.regional.enabled and database.regions is not None:
+            qregions = embed_query_regions(models, source, pipeline)  # the same forward pass gives both
+            qvec = qregions[0]
+        else:
+            qvec = embed_query(models, source, pipeline)
     if database.whitening is not None:
         qvec = database.whitening.apply(qvec)
     timings["embed"] = time.perf_counter() - t
-    qdense = None
-    if pipeline.uses_dense and database.dense is not None:
+    qdense = tap.features if tap is not None else None
+    if wants_dense and qdense is None:
         t = time.perf_counter()
         source = cropped if cropped is not None else _fresh(image)
         qdense = extract_dense(models[0], source, pipeline.dense, pipeline.image_size)

@@ -9,8 +9,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from ml.dense_matching import DenseFeatureStore, DenseMatchConfig, dense_inliers, extract_dense
-from ml.pipeline import PipelineConfig, get_pipeline, prepare_database, search_one
+from ml.dense_matching import DenseFeatureStore, DenseMatchConfig, DenseTap, dense_inliers, extract_dense
+from ml.embed import EmbedConfig, embed_image, view_position
+from ml.pipeline import MULTI_SCALE, PipelineConfig, get_pipeline, prepare_database, search_one
 from ml.weights import load_model
 from tests.conftest import MINI, mini_rows
 
@@ -75,6 +76,28 @@ def test_settings_and_blocks_out_of_range_are_refused(lite2):
         extract_dense(lite2, _photo(BERLIN_DAY), DenseMatchConfig(block=9))
 
 
+def test_the_embedding_pass_gives_the_same_features_with_no_forward_of_their_own(lite2, features):
+    cfg = EmbedConfig(image_size=512, scales=MULTI_SCALE, flip=True)
+    view = view_position(cfg.scales, cfg.flip)
+    assert view == 2 and view_position((0.75,), True) is None  # the scale-1 unmirrored view; none without it
+    calls = []
+    hook = lite2.backbone.bn2.register_forward_hook(lambda *_: calls.append(1))
+    try:
+        with DenseTap(lite2, DenseMatchConfig(), view) as tap:
+            embed_image(lite2, _photo(BERLIN_DAY), cfg)
+    finally:
+        hook.remove()
+    assert len(calls) == 6  # three scales, each mirrored: nothing was run for the dense features
+    fresh, caught = features[BERLIN_DAY], tap.features
+    assert caught.grid == fresh.grid and len(caught) == len(fresh)
+    same = (caught.positions == fresh.positions).all(axis=1).mean()
+    assert same > 0.98, same  # only ties at the kept/dropped border may swap
+    assert abs(dense_inliers(features[BERLIN_NIGHT], caught) - dense_inliers(features[BERLIN_NIGHT], fresh)) <= 2
+    assert not lite2.backbone.bn2._forward_hooks  # the hooks are gone once the pass is over
+    with pytest.raises(ValueError, match="block 9 is out of range"):
+        DenseTap(lite2, DenseMatchConfig(block=9), view)
+
+
 # ------------------------------------------------------------------------------------------- the cache
 
 
@@ -122,13 +145,21 @@ def test_the_pipeline_lifts_the_day_photo_for_the_night_query(lite2, tmp_path):
         prepare_database([lite2], items, pipeline)
     database = prepare_database([lite2], items, pipeline, feature_dir=tmp_path)
     assert all(i in database.dense for i in ids)  # cached once, beside the RootSIFT cache
-    hits = search_one(database, [lite2], _photo(BERLIN_NIGHT)).hits
+    result = search_one(database, [lite2], _photo(BERLIN_NIGHT))
+    hits = result.hits
+    assert "dense_features" not in result.timings  # caught from the embedding's pass (DenseTap)
     day = next(h for h in hits if h.image_id == BERLIN_DAY)
     assert day.dense_inliers >= 20
     assert day.score == pytest.approx(day.global_score + float(pipeline.dense.bonus(np.array([day.dense_inliers]))[0]),
                                       abs=1e-5)
     assert all(h.dense_inliers == 0 for h in hits[pipeline.dense.top_n:])  # only the top N is matched
     assert [h.score for h in hits] == sorted((h.score for h in hits), reverse=True)
+
+    # Embedded without a scale-1 view, the query's dense features take a pass of their own.
+    no_scale_one = replace(database, pipeline=replace(pipeline, scales=(2**-0.5,)))
+    result = search_one(no_scale_one, [lite2], _photo(BERLIN_NIGHT))
+    assert "dense_features" in result.timings
+    assert abs(next(h for h in result.hits if h.image_id == BERLIN_DAY).dense_inliers - day.dense_inliers) <= 2
 
     plain = search_one(replace(database, dense=None), [lite2], _photo(BERLIN_NIGHT)).hits  # an older index
     assert all(h.dense_inliers == 0 and h.score == pytest.approx(h.global_score, abs=1e-5) for h in plain)
