@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import threading
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
@@ -134,7 +135,8 @@ class DenseTap:
 
     ``view`` is which of the pass's forward calls to keep (``ml.embed.view_position``: the unmirrored
     scale-1 view gives what ``extract_dense`` computes). One image per call; ``features`` stays None
-    when that call never came.
+    when that call never came. Only the entering thread's calls count: a web process with several
+    threads runs other searches through the same model at the same time.
     """
 
     def __init__(self, model: LandmarkNet, cfg: DenseMatchConfig, view: int) -> None:
@@ -144,8 +146,10 @@ class DenseTap:
         self.model, self.cfg, self.view = model, cfg, view
         self.features: DenseFeatures | None = None
         self._calls, self._block, self._handles = 0, None, []
+        self._thread = threading.get_ident()
 
     def __enter__(self) -> DenseTap:
+        self._thread = threading.get_ident()
         net = self.model.backbone
         self._handles = [net.blocks[self.cfg.block].register_forward_hook(self._on_block),
                          net.bn2.register_forward_hook(self._on_head)]
@@ -157,11 +161,13 @@ class DenseTap:
         self._block = None
 
     def _on_block(self, _module: torch.nn.Module, _inputs: object, output: torch.Tensor) -> None:
-        if self._calls == self.view:
+        if self._calls == self.view and threading.get_ident() == self._thread:
             self._block = output
 
     def _on_head(self, _module: torch.nn.Module, _inputs: object, output: torch.Tensor) -> None:
         # The head closes each forward call: count the call, and keep the chosen one's features.
+        if threading.get_ident() != self._thread:
+            return
         if self._calls == self.view and self._block is not None:
             self.features = _kept(self._block, output, self.cfg)
         self._calls += 1
