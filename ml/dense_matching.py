@@ -40,6 +40,7 @@ from ml.spatial import (
     matches_from_similarities,
 )
 
+DENSE_KEY_PREFIX = "dense-"  # the start of every dense cache folder's name
 MIN_PAIRS = 5  # a homography needs 4 correspondences; fewer than 5 is no evidence
 
 
@@ -234,4 +235,4 @@ def cache_key(model_spec: str, cfg: DenseMatchConfig, image_size: int) -> str:
     name = os.path.basename(str(model_spec).rstrip("/")) or "model"
     digest = hashlib.sha1(str(model_spec).encode()).hexdigest()[:10]
     safe = "".join(c if c.isalnum() or c in "-_." else "_" for c in name)[:40]
-    return f"dense-{safe}-{digest}-b{cfg.block}-k{cfg.keep:g}-s{image_size}"
+    return f"{DENSE_KEY_PREFIX}{safe}-{digest}-b{cfg.block}-k{cfg.keep:g}-s{image_size}"

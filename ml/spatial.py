@@ -36,6 +36,8 @@ log = logging.getLogger(__name__)
 Progress = Callable[[int, int], None]
 F = TypeVar("F")
 
+SIFT_KEY_PREFIX = "sift-root-"  # the start of every RootSIFT cache folder's name
+
 
 @dataclass
 class LocalFeatureConfig:
@@ -46,7 +48,7 @@ class LocalFeatureConfig:
     contrast_threshold: float = 0.02  # lower than OpenCV's 0.04: keep enough candidates to choose from
 
     def cache_key(self) -> str:
-        return f"sift-root-s{self.max_side}-k{self.max_keypoints}-c{self.contrast_threshold:g}"
+        return f"{SIFT_KEY_PREFIX}s{self.max_side}-k{self.max_keypoints}-c{self.contrast_threshold:g}"
 
 
 @dataclass

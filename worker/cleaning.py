@@ -37,9 +37,8 @@ from webapp.catalog.models import Image, Landmark
 from webapp.curation.models import CleaningRun, NoiseCluster, Verdict
 from webapp.jobs.models import Job
 from webapp.search.models import EmbeddingSet
-from webapp.search.services import active_model_version, image_file_path, model_spec
+from webapp.search.services import active_model_version, feature_dir, image_file_path, model_spec
 from worker import clean_chunks
-from worker.indexing import feature_dir
 from worker.params import config_from
 from worker.runner import TRANSIENT_ERRORS, JobContext, JobDeferred, job_function
 from worker.shards import fail, send_parts

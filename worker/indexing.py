@@ -38,7 +38,13 @@ from webapp.catalog.models import Image, by_external_ids
 from webapp.jobs.models import Job
 from webapp.search.engine import labels_of
 from webapp.search.models import EmbeddingSet, IndexVersion, ModelVersion
-from webapp.search.services import active_model_version, image_file_path, model_spec, packaged_model_version
+from webapp.search.services import (
+    active_model_version,
+    feature_dir,
+    image_file_path,
+    model_spec,
+    packaged_model_version,
+)
 from worker import chunks, shards
 from worker.params import config_from
 from worker.runner import TRANSIENT_ERRORS, JobContext, JobDeferred, job_function
@@ -66,10 +72,6 @@ def embeddings_pipeline(params: dict, es: EmbeddingSet):
         "flip": es.params.get("flip", embed.get("flip", False)),
     }
     return embedded_as(get_pipeline(params.get("pipeline") or DEFAULT_PIPELINE), recorded)
-
-
-def feature_dir() -> Path:
-    return Path(settings.ARTIFACTS_ROOT) / "local-features"
 
 
 @job_function(Job.Kind.BUILD_INDEX)

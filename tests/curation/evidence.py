@@ -6,7 +6,7 @@ from ml.clean import CleaningEvidence, build_evidence
 from ml.embed import read_embedding_shards
 from ml.spatial import LocalFeatureStore
 from webapp.curation.models import CleaningRun, Verdict
-from worker.indexing import feature_dir
+from webapp.search.services import feature_dir
 
 
 def single_task_evidence(run: CleaningRun, like: CleaningEvidence) -> CleaningEvidence:

@@ -18,8 +18,8 @@ from tests.curation.evidence import assert_same_evidence, single_task_evidence, 
 from webapp.curation.models import CleaningRun, Verdict
 from webapp.jobs.models import Job
 from webapp.jobs.services import create_job, start_job
+from webapp.search.services import feature_dir
 from worker import clean_chunks, cleaning
-from worker.indexing import feature_dir
 from worker.runner import JobContext, execute_job
 
 pytestmark = pytest.mark.django_db

@@ -7,11 +7,15 @@ from pathlib import Path
 import pytest
 from django.core.management import CommandError, call_command
 
+from ml.dense_matching import cache_key as dense_cache_key
+from ml.pipeline import get_pipeline
+from ml.spatial import LocalFeatureConfig
 from tests.conftest import synthetic_embedding_set
 from webapp.jobs.models import Job
 from webapp.jobs.services import create_job
 from webapp.search.models import EmbeddingSet, IndexVersion
-from webapp.search.services import activate_index
+from webapp.search.pruning import prune
+from webapp.search.services import activate_index, feature_dir
 
 pytestmark = pytest.mark.django_db
 PIPELINE = "baseline-lite0"  # no verification: the index holds the set's vectors as they are
@@ -52,7 +56,7 @@ def test_prune_keeps_the_active_index_and_the_most_recent_others(settings, capsy
         assert not Path(iv.path).exists() and not set_path[iv.pk].exists()
     assert not IndexVersion.objects.filter(pk=outside.pk).exists()
     assert mine.is_dir() and f"left in place (outside ARTIFACTS_ROOT): {mine.resolve()}" in said
-    assert "deleted 3 index versions and 2 embedding sets: 4 folders" in said
+    assert "deleted 3 index versions, 2 embedding sets and 0 feature caches: 4 folders" in said
 
     call_command("rollback", "--index", str(v4.pk))  # what is left can still be switched to
     assert IndexVersion.objects.get(is_active=True) == v4
@@ -67,3 +71,39 @@ def test_prune_refuses_while_a_job_is_queued_or_running(settings):
     Job.objects.update(state=Job.State.SUCCEEDED)
     with pytest.raises(CommandError, match="keep must be >= 0"):
         call_command("prune_indexes", "--keep", "-1")
+
+
+def _cache(folder: Path, size: int = 4096) -> Path:
+    folder.mkdir(parents=True)
+    (folder / "a1b2.npz").write_bytes(b"x" * size)
+    return folder
+
+
+def test_prune_deletes_the_feature_caches_no_kept_index_reads(settings, capsys):
+    old, new = _builds(settings, 2)  # new is active
+    # As if both had been built by the default pipeline (RootSIFT and dense features), each with its model.
+    default, folder = get_pipeline("default"), feature_dir()
+    for iv, model in ((old, "/models/v1.pt"), (new, "/models/v2.pt")):
+        iv.params = {**iv.params, "pipeline": "default", "models": [model], "image_size": default.image_size,
+                     "dense": True, "feature_dir": str(folder)}
+        IndexVersion.objects.filter(pk=iv.pk).update(params=iv.params)
+    sift = _cache(folder / default.local_features.cache_key())
+    dense_old = _cache(folder / dense_cache_key("/models/v1.pt", default.dense, default.image_size))
+    dense_new = _cache(folder / dense_cache_key("/models/v2.pt", default.dense, default.image_size))
+    other_sift = _cache(folder / LocalFeatureConfig(max_side=800).cache_key())  # a setting no index uses
+    notes = _cache(folder / "notes")  # not named as a cache: never touched
+
+    call_command("prune_indexes", "--keep", "1")  # both versions kept: only the unused setting goes
+    said = capsys.readouterr().out
+    assert f"deleted feature cache {other_sift}" in said and not other_sift.exists()
+    assert all(p.is_dir() for p in (sift, dense_old, dense_new, notes))
+
+    # A kept version of a pipeline since removed: what it reads cannot be told, so every cache stays.
+    IndexVersion.objects.filter(pk=new.pk).update(params={**new.params, "pipeline": "gone"})
+    assert prune(0, dry_run=True).caches == []
+    IndexVersion.objects.filter(pk=new.pk).update(params=new.params)
+
+    out = prune(0)  # the old version goes, and with it the only index that read the v1 model's dense features
+    assert [iv.pk for iv in out.indexes] == [old.pk] and out.caches == [dense_old]
+    assert not dense_old.exists() and out.bytes >= 4096
+    assert all(p.is_dir() for p in (sift, dense_new, notes))  # the active version's, and cleaning's RootSIFT

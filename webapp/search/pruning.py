@@ -6,6 +6,10 @@ index holds 20 GB of vectors and a set 10 GB, plus 200 GB of region descriptors.
 active index and the ``keep`` most recently published other versions (what `rollback` can go back to),
 and the embedding sets those use plus the ``keep`` newest sets; it deletes the rest.
 
+It also deletes the per-image feature caches (RootSIFT, dense) that no kept index uses: the dense features
+of an older model, about 90 KB a photo (360 GB at 4 M photos), are of no use once no index made with that
+model is left. The RootSIFT cache of the default setting stays whatever is kept: cleaning jobs verify with it.
+
 It refuses while a job is queued or running: a build, an embedding or a cleaning may be reading a set or
 an index it would delete (a clean plan names its set only in its own files). It deletes files only under
 ARTIFACTS_ROOT, and never a folder that a kept row also points to.
@@ -22,8 +26,15 @@ from django.conf import settings
 from django.db import transaction
 from django.db.models.functions import Coalesce
 
+from ml.dense_matching import DENSE_KEY_PREFIX
+from ml.dense_matching import cache_key as dense_cache_key
+from ml.pipeline import embedded_as, get_pipeline
+from ml.spatial import SIFT_KEY_PREFIX, LocalFeatureConfig
 from webapp.jobs.models import Job
 from webapp.search.models import EmbeddingSet, IndexVersion
+from webapp.search.services import feature_dir
+
+CACHE_PREFIXES = (SIFT_KEY_PREFIX, DENSE_KEY_PREFIX)
 
 
 class PruneRefused(RuntimeError):
@@ -37,6 +48,7 @@ class Prune:
     indexes: list[IndexVersion] = field(default_factory=list)
     sets: list[EmbeddingSet] = field(default_factory=list)
     folders: list[Path] = field(default_factory=list)  # under ARTIFACTS_ROOT, used by no kept row
+    caches: list[Path] = field(default_factory=list)  # feature caches (one folder per setting) no kept index uses
     left: list[Path] = field(default_factory=list)  # outside ARTIFACTS_ROOT: the rows go, the files stay
     bytes: int = 0
 
@@ -63,8 +75,43 @@ def plan(keep: int) -> Prune:
         (out.folders if path.is_relative_to(root) and path != root else out.left).append(path)
     out.folders.sort()
     out.left.sort()
-    out.bytes = _size(out.folders, kept=[p for p in in_use if p is not None])
+    out.caches = _unused_caches(kept)
+    out.bytes = _size(out.folders + out.caches, kept=[p for p in in_use if p is not None])
     return out
+
+
+def _unused_caches(kept: list[IndexVersion]) -> list[Path]:
+    """The feature caches under the product's feature folder that no kept index version reads.
+
+    Only folders named as caches are candidates; when a kept version's pipeline is unknown (a preset since
+    removed), what it reads cannot be told and every cache stays."""
+    folder = feature_dir()
+    if not folder.is_dir():
+        return []
+    in_use = {LocalFeatureConfig().cache_key()}  # cleaning jobs verify with the default setting
+    for iv in kept:
+        keys = _cache_keys(iv)
+        if keys is None:
+            return []
+        if iv.params.get("feature_dir") and Path(iv.params["feature_dir"]).resolve() == folder.resolve():
+            in_use |= keys
+    return sorted(child for child in folder.iterdir()
+                  if child.is_dir() and child.name.startswith(CACHE_PREFIXES) and child.name not in in_use)
+
+
+def _cache_keys(iv: IndexVersion) -> set[str] | None:
+    """The names of the feature caches searches on ``iv`` read (as ``webapp.search.engine`` opens them);
+    None when its pipeline is unknown."""
+    try:
+        pipeline = embedded_as(get_pipeline(iv.params.get("pipeline")), iv.params)
+    except (KeyError, ValueError):
+        return None
+    keys = set()
+    if pipeline.uses_local_features:
+        keys.add(pipeline.local_features.cache_key())
+    if pipeline.uses_dense and iv.params.get("dense"):
+        keys.add(dense_cache_key(pipeline.models[0], pipeline.dense, pipeline.image_size))
+    return keys
 
 
 def prune(keep: int, dry_run: bool = False) -> Prune:
@@ -75,7 +122,7 @@ def prune(keep: int, dry_run: bool = False) -> Prune:
     with transaction.atomic():
         IndexVersion.objects.filter(pk__in=[iv.pk for iv in out.indexes]).delete()
         EmbeddingSet.objects.filter(pk__in=[es.pk for es in out.sets]).delete()
-    for folder in out.folders:  # after the rows: no row ever points to a folder half deleted
+    for folder in out.folders + out.caches:  # after the rows: no row ever points to a folder half deleted
         shutil.rmtree(folder, ignore_errors=True)
     return out
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from django.conf import settings
 from django.core.files.storage import default_storage
 from django.db import transaction
 
@@ -71,3 +72,8 @@ def image_file_path(image: Image) -> str:
             raise RuntimeError(f"image {image.external_id} is in remote storage; workers need a local "
                                "copy (use FileSystemStorage, or import without --copy)") from exc
     return image.path
+
+
+def feature_dir() -> Path:
+    """Where build_index and cleaning jobs cache per-image features (one folder per setting)."""
+    return Path(settings.ARTIFACTS_ROOT) / "local-features"

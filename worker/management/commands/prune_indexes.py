@@ -7,7 +7,8 @@ from webapp.search.pruning import PruneRefused, prune
 
 class Command(BaseCommand):
     help = ("Delete the index versions other than the active one and the N most recent (what rollback can go "
-            "back to), and the embedding sets none of those uses beyond the N newest: rows and files.")
+            "back to), the embedding sets none of those uses beyond the N newest, and the feature caches none of "
+            "those reads: rows and files.")
 
     def add_arguments(self, parser):
         parser.add_argument("--keep", type=int, default=2, help="Inactive index versions (and sets) to keep (default 2).")
@@ -23,8 +24,10 @@ class Command(BaseCommand):
             self.stdout.write(f"{verb} index #{iv.pk} ({iv.kind}, {iv.size} images, {iv.path})")
         for es in out.sets:
             self.stdout.write(f"{verb} embedding set #{es.pk} ({es.image_count} images, {es.path})")
+        for path in out.caches:
+            self.stdout.write(f"{verb} feature cache {path} (no kept index reads it)")
         for path in out.left:
             self.stdout.write(f"left in place (outside ARTIFACTS_ROOT): {path}")
         self.stdout.write(self.style.SUCCESS(
-            f"{verb} {len(out.indexes)} index versions and {len(out.sets)} embedding sets: "
-            f"{len(out.folders)} folders, {out.bytes / 2**20:.1f} MiB"))
+            f"{verb} {len(out.indexes)} index versions, {len(out.sets)} embedding sets and {len(out.caches)} "
+            f"feature caches: {len(out.folders) + len(out.caches)} folders, {out.bytes / 2**20:.1f} MiB"))
