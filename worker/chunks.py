@@ -73,13 +73,19 @@ def write_plan(job: Job, data: dict) -> dict:
     written = read_plan(job)
     if written is not None:
         return written
-    stale_plan(work_dir(job))
     ids, paths = data.pop("ids"), data.pop("paths")
-    data["count"] = len(ids)
+    return write_chunked_plan(work_dir(job), data, ids, paths)
+
+
+def write_chunked_plan(folder: Path, data: dict, ids: list[str], paths: list[str]) -> dict:
+    """``data`` with the count, written as ``folder``'s plan after one inputs file per chunk of
+    ``data["chunk"]`` images (an older plan there is dropped first); returns it."""
+    stale_plan(folder)
+    data = {**data, "count": len(ids)}
     for i in range(chunk_count(data)):
         lo, hi = chunk_bounds(data, i)
-        write_bytes(inputs_path(job, i), json.dumps({"ids": ids[lo:hi], "paths": paths[lo:hi]}).encode())
-    write_bytes(work_dir(job) / PLAN, json.dumps(data).encode())
+        write_bytes(folder / inputs_name(i), json.dumps({"ids": ids[lo:hi], "paths": paths[lo:hi]}).encode())
+    write_bytes(folder / PLAN, json.dumps(data).encode())
     return data
 
 
@@ -102,8 +108,12 @@ def chunk_bounds(p: dict, i: int) -> tuple[int, int]:
     return i * p["chunk"], min((i + 1) * p["chunk"], p["count"])
 
 
+def inputs_name(i: int) -> str:
+    return f"inputs-{i:06d}.json"
+
+
 def inputs_path(job: Job, i: int) -> Path:
-    return work_dir(job) / f"inputs-{i:06d}.json"
+    return work_dir(job) / inputs_name(i)
 
 
 def chunk_inputs(job: Job, i: int) -> dict:
@@ -136,18 +146,24 @@ def compute_chunk(job: Job, p: dict, i: int, progress=None) -> None:
     with part_lock(path.with_suffix(".lock")) as held:
         if not held or path.exists():
             return
-        if p["spec"] not in _models:
-            _models[p["spec"]] = load_model(p["spec"])
+        model = loaded_model(p["spec"])
         paths = chunk_inputs(job, i)["paths"]
         if p.get("regional"):  # regions first (their own temp + rename), then the vectors that mark it done
-            regions = embed_database_regions([_models[p["spec"]]], paths, embed_config(p),
+            regions = embed_database_regions([model], paths, embed_config(p),
                                              RegionalConfig(**p["regional"]), regions_path(job, i),
                                              progress=progress)
             vectors = whole_image_vectors(regions)
         else:
-            vectors = embed_images(_models[p["spec"]], paths, embed_config(p), progress=progress)
+            vectors = embed_images(model, paths, embed_config(p), progress=progress)
         write_bytes(path, npy_bytes(vectors.astype(np.float32)))
     log.info("job %s: embedded chunk %s (%s images)", job.pk, i, len(paths))
+
+
+def loaded_model(spec: str):
+    """The model of ``spec``, loaded once per worker process (embedding and feature chunks share it)."""
+    if spec not in _models:
+        _models[spec] = load_model(spec)
+    return _models[spec]
 
 
 def report(job: Job, p: dict, message: str) -> None:

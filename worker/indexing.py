@@ -22,7 +22,6 @@ from ml.index import RECALL_QUERIES, IndexConfig
 from ml.pipeline import (
     DEFAULT_PIPELINE,
     database_regions,
-    dense_store,
     embed_database,
     embedded_as,
     get_pipeline,
@@ -32,7 +31,6 @@ from ml.pipeline import (
 from ml.regional import FILE_NAME as REGIONS_FILE
 from ml.regional import load_regions, whole_image_vectors
 from ml.rerank import database_augmentation
-from ml.spatial import LocalFeatureStore
 from ml.whitening import learn_whitening
 from webapp.catalog.models import Image, by_external_ids
 from webapp.jobs.models import Job
@@ -45,7 +43,7 @@ from webapp.search.services import (
     model_spec,
     packaged_model_version,
 )
-from worker import chunks, shards
+from worker import chunks, feature_chunks, shards
 from worker.params import config_from
 from worker.runner import TRANSIENT_ERRORS, JobContext, JobDeferred, job_function
 
@@ -92,8 +90,9 @@ def run_build_index(job: Job, ctx: JobContext) -> dict:
 
 
 def _discard(job: Job) -> None:
-    """Drop the job's unpublished work: its embedding chunks and its index plan, vectors and shards."""
+    """Drop the job's unpublished work: its embedding and feature chunks, and its index plan, vectors and shards."""
     shards.drop(chunks.work_dir(job))
+    shards.drop(feature_chunks.work_dir(job))
     shards.discard(job)
 
 
@@ -123,15 +122,9 @@ def plan(job: Job, ctx: JobContext) -> dict:
     shards.stale_plan(shards.work_dir(job))
     params = job.params
     es, ids, vectors, pipeline, paths = _embeddings(job, ctx)
-    if pipeline.uses_local_features:
+    if pipeline.uses_local_features or pipeline.uses_dense:  # on the workers in chunks (JobDeferred) or here
         paths = paths or _paths_of(ids, pipeline)
-        store = LocalFeatureStore(feature_dir(), pipeline.local_features)
-        store.ensure(list(zip(ids, paths, strict=True)),
-                     progress=lambda d, t: ctx.progress(d, t, "local features"))
-    if pipeline.uses_dense:
-        paths = paths or _paths_of(ids, pipeline)
-        dense_store(pipeline, feature_dir(), load_models(pipeline)[0]).ensure(
-            list(zip(ids, paths, strict=True)), progress=lambda d, t: ctx.progress(d, t, "dense features"))
+        feature_chunks.cache_features(job, ctx, ids, paths, pipeline)
     if pipeline.regional.enabled:
         _regions(job, ctx, ids, paths, pipeline, es=es)
     vectors = _whiten(job, ids, vectors, pipeline)

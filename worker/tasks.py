@@ -8,7 +8,7 @@ from celery import shared_task
 from django.db import DatabaseError, close_old_connections, connection
 
 import worker.registry  # noqa: F401 - registers the job functions
-from worker import chunks, clean_chunks, cleaning, shards
+from worker import chunks, clean_chunks, cleaning, feature_chunks, shards
 from worker.runner import TRANSIENT_ERRORS, execute_job
 from worker.watchdog import recover_jobs
 
@@ -40,6 +40,13 @@ def embed_chunk(job_id: int, chunk: int) -> int:
     """One chunk of an embedding job (idempotent: a chunk already on disk is not computed again)."""
     close_old_connections()
     return wait_out_database_errors(chunks.run_chunk, job_id, chunk)
+
+
+@shared_task(name="worker.feature_chunk", **CHORD_PART)
+def feature_chunk(job_id: int, chunk: int) -> int:
+    """One chunk of a build_index job's RootSIFT and dense features (idempotent: a chunk done is not redone)."""
+    close_old_connections()
+    return wait_out_database_errors(feature_chunks.run_chunk, job_id, chunk)
 
 
 def wait_out_database_errors(fn, *args):

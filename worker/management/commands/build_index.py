@@ -22,7 +22,8 @@ class Command(JobCommand):
         parser.add_argument("--embedding-set", type=int,
                             help="Index the vectors of this EmbeddingSet (from `embed`) instead of embedding here.")
         parser.add_argument("--chunk-size", type=int,
-                            help="Images per embedding chunk, each embedded by its own task (default: 512).")
+                            help="Images per embedding chunk and per feature chunk, each done by its own task "
+                                 "(default: 512).")
         parser.add_argument("--shard-size", type=int,
                             help="Vectors per index shard, each built by its own task (default: INDEX_SHARD_SIZE).")
         parser.add_argument("--index-kind", choices=KINDS,
