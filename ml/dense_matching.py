@@ -146,8 +146,7 @@ class DenseTap:
             raise ValueError(f"block {cfg.block} is out of range: the backbone has {len(blocks)} blocks")
         self.model, self.cfg, self.view = model, cfg, view
         self.features: DenseFeatures | None = None
-        self._calls, self._block, self._handles = 0, None, []
-        self._thread = threading.get_ident()
+        self._calls, self._block, self._handles, self._thread = 0, None, [], None
 
     def __enter__(self) -> DenseTap:
         self._thread = threading.get_ident()
