@@ -36,6 +36,7 @@ from ml.dense_matching import (
     dense_inliers_many,
     extract_dense,
 )
+from ml.dense_matching import cache_key as dense_cache_key
 from ml.embed import EmbedConfig, concat_ensemble, embed_image, embed_images, view_position
 from ml.index import IndexConfig, LoadedIndex, build_index, in_memory_index
 from ml.models import LandmarkNet
@@ -387,6 +388,16 @@ def prepare_database(
         regions = database_regions(models, paths, pipeline, out, progress=lambda d, _t: report(done + d))
     label_list = [labels.get(i) for i in ids] if labels is not None else None
     return SearchDatabase(index, pipeline, label_list, store, whitening, regions, dense)
+
+
+def feature_cache_keys(pipeline: PipelineConfig, dense: bool = True) -> set[str]:
+    """The names of the per-image feature caches (folders in a feature_dir) that searches with ``pipeline``
+    read: RootSIFT when it verifies, dense features when it matches them and ``dense`` (an index built before
+    the pipeline matched them has none). The stores below open the same folders; pruning keeps these."""
+    keys = {pipeline.local_features.cache_key()} if pipeline.uses_local_features else set()
+    if pipeline.uses_dense and dense:
+        keys.add(dense_cache_key(pipeline.models[0], pipeline.dense, pipeline.image_size))
+    return keys
 
 
 def dense_store(pipeline: PipelineConfig, feature_dir: str | os.PathLike | None,

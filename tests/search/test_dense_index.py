@@ -9,7 +9,7 @@ import pytest
 from django.core.management import call_command
 
 from ml.images import load_rgb
-from ml.pipeline import DEFAULT_PIPELINE, dense_store, get_pipeline
+from ml.pipeline import DEFAULT_PIPELINE, dense_store, embedded_as, feature_cache_keys, get_pipeline
 from ml.spatial import LocalFeatureStore
 from tests.conftest import wait_for
 from webapp.catalog.models import Image
@@ -36,6 +36,10 @@ def test_the_default_build_caches_dense_features_and_search_matches_them(importe
 
     engine = current_engine()
     assert engine.database.dense is not None
+    # Pruning keeps the caches feature_cache_keys names: exactly those the engine opened.
+    pipeline = embedded_as(get_pipeline(DEFAULT_PIPELINE), iv.params)
+    opened = {engine.database.features.folder.name, engine.database.dense.folder.name}
+    assert opened == feature_cache_keys(pipeline)
     photo = Image.objects.get(external_id=ids[3])
     hits = search_photo(load_rgb(image_file_path(photo))).hits
     assert hits[0].image_id == photo.external_id and hits[0].dense_inliers >= 100  # itself, everywhere
@@ -48,7 +52,8 @@ def test_the_default_build_caches_dense_features_and_search_matches_them(importe
     old.job = None
     IndexVersion.objects.filter(is_active=True).update(is_active=False)
     old.save()
-    assert current_engine().database.dense is None
+    database = current_engine().database
+    assert database.dense is None and {database.features.folder.name} == feature_cache_keys(pipeline, dense=False)
     assert all(h.dense_inliers == 0 for h in search_photo(load_rgb(image_file_path(photo))).hits)
 
 

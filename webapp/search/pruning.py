@@ -27,8 +27,7 @@ from django.db import transaction
 from django.db.models.functions import Coalesce
 
 from ml.dense_matching import DENSE_KEY_PREFIX
-from ml.dense_matching import cache_key as dense_cache_key
-from ml.pipeline import embedded_as, get_pipeline
+from ml.pipeline import embedded_as, feature_cache_keys, get_pipeline
 from ml.spatial import SIFT_KEY_PREFIX, LocalFeatureConfig
 from webapp.jobs.models import Job
 from webapp.search.models import EmbeddingSet, IndexVersion
@@ -100,18 +99,13 @@ def _unused_caches(kept: list[IndexVersion]) -> list[Path]:
 
 
 def _cache_keys(iv: IndexVersion) -> set[str] | None:
-    """The names of the feature caches searches on ``iv`` read (as ``webapp.search.engine`` opens them);
+    """The names of the feature caches searches on ``iv`` read (``webapp.search.engine`` opens the same);
     None when its pipeline is unknown."""
     try:
         pipeline = embedded_as(get_pipeline(iv.params.get("pipeline")), iv.params)
     except (KeyError, ValueError):
         return None
-    keys = set()
-    if pipeline.uses_local_features:
-        keys.add(pipeline.local_features.cache_key())
-    if pipeline.uses_dense and iv.params.get("dense"):
-        keys.add(dense_cache_key(pipeline.models[0], pipeline.dense, pipeline.image_size))
-    return keys
+    return feature_cache_keys(pipeline, dense=bool(iv.params.get("dense")))
 
 
 def prune(keep: int, dry_run: bool = False) -> Prune:
