@@ -28,7 +28,7 @@ import torch
 import torch.nn.functional as F
 from PIL import Image, ImageOps
 
-from ml.embed import normalise, prepare_image
+from ml.embed import EmbedConfig, normalise, prepare_image, view_position
 from ml.models import LandmarkNet
 from ml.rerank import capped_bonus
 from ml.spatial import (
@@ -116,28 +116,29 @@ def extract_dense(
     return _kept(features, head, cfg)
 
 
-def _kept(features: torch.Tensor, head: torch.Tensor, cfg: DenseMatchConfig) -> DenseFeatures:
-    """The first image's positions of the chosen block's map where the head's activations are strongest."""
+def _kept(features: torch.Tensor, head: torch.Tensor, cfg: DenseMatchConfig, i: int = 0) -> DenseFeatures:
+    """Image ``i``'s positions of the chosen block's map where the head's activations are strongest."""
     channels, height, width = features.shape[1:]
     # Where the last layer responds strongly, on the chosen block's grid.
-    attention = head[:1].float().clamp(min=0).norm(dim=1, keepdim=True)
+    attention = head[i : i + 1].float().clamp(min=0).norm(dim=1, keepdim=True)
     attention = F.interpolate(attention, size=(height, width), mode="bilinear", align_corners=False).flatten()
     count = max(MIN_PAIRS, int(cfg.keep * attention.numel()))
     keep = torch.argsort(attention, descending=True)[:count]
-    descriptors = F.normalize(features[0].float().reshape(channels, -1).T[keep], dim=1)
+    descriptors = F.normalize(features[i].float().reshape(channels, -1).T[keep], dim=1)
     ys, xs = keep // width, keep % width
     positions = torch.stack([xs, ys], dim=1).float()
     return DenseFeatures(descriptors.cpu().numpy(), positions.cpu().numpy(), (int(width), int(height)))
 
 
 class DenseTap:
-    """A photo's dense features caught, with forward hooks, from a pass through the backbone run for its
-    embedding: a query's dense features then cost no forward pass of their own.
+    """Photos' dense features caught, with forward hooks, from a pass through the backbone run for their
+    embedding: they then cost no forward pass of their own.
 
     ``view`` is which of the pass's forward calls to keep (``ml.embed.view_position``: the unmirrored
-    scale-1 view gives what ``extract_dense`` computes). One image per call; ``features`` stays None
-    when that call never came. Only the entering thread's calls count: a web process with several
-    threads runs other searches through the same model at the same time.
+    scale-1 view gives what ``extract_dense`` computes). ``batch`` holds the features of every image of
+    that call (None when it never came), ``features`` the first's (a query's); ``reset`` starts counting
+    again for the next batch. Only the entering thread's calls count: a web process with several threads
+    runs other searches through the same model at the same time.
     """
 
     def __init__(self, model: LandmarkNet, cfg: DenseMatchConfig, view: int) -> None:
@@ -145,8 +146,15 @@ class DenseTap:
         if not 0 <= cfg.block < len(blocks):
             raise ValueError(f"block {cfg.block} is out of range: the backbone has {len(blocks)} blocks")
         self.model, self.cfg, self.view = model, cfg, view
-        self.features: DenseFeatures | None = None
+        self.batch: list[DenseFeatures] | None = None
         self._calls, self._block, self._handles, self._thread = 0, None, [], None
+
+    @property
+    def features(self) -> DenseFeatures | None:
+        return self.batch[0] if self.batch else None
+
+    def reset(self) -> None:
+        self._calls, self._block, self.batch = 0, None, None
 
     def __enter__(self) -> DenseTap:
         self._thread = threading.get_ident()
@@ -169,7 +177,8 @@ class DenseTap:
         if threading.get_ident() != self._thread:
             return
         if self._calls == self.view and self._block is not None:
-            self.features = _kept(self._block, output, self.cfg)
+            self.batch = [_kept(self._block, output, self.cfg, i) for i in range(len(output))]
+            self._block = None
         self._calls += 1
 
 
@@ -227,6 +236,45 @@ class DenseFeatureStore(FeatureStore[DenseFeatures]):
     def _from_arrays(self, data: Mapping[str, np.ndarray]) -> DenseFeatures:
         return DenseFeatures(data["descriptors"], data["positions"].astype(np.float32),
                              tuple(int(v) for v in data["grid"]))
+
+
+class DenseCacheFill:
+    """Database photos' dense features cached from their embedding's own passes (``ml.embed.embed_images``
+    and ``ml.regional.embed_database_regions`` take it as ``tap``): a ``DenseTap`` on the network that
+    embeds (the BN-fused copy on the CPU), and after each batch its photos' features go into ``store``.
+    The store's own pass (``ensure``) then finds them cached: one forward pass and one decode less per
+    photo, and batched on the embedding's device. Photos cached already keep their features."""
+
+    def __init__(self, store: DenseFeatureStore, ids: Sequence[str], view: int) -> None:
+        self.store, self.ids, self.view = store, ids, view
+        self._tap: DenseTap | None = None
+        self.filled = 0  # photos whose features were written
+
+    @classmethod
+    def for_embedding(cls, store: DenseFeatureStore, ids: Sequence[str], cfg: EmbedConfig) -> DenseCacheFill | None:
+        """None when the embedding's views cannot give the store's features: none is the unmirrored image
+        at scale 1, or it is embedded at another size than the store's."""
+        view = view_position(cfg.scales, cfg.flip)
+        if view is None or cfg.image_size != store.image_size:
+            return None
+        return cls(store, ids, view)
+
+    def attach(self, net: LandmarkNet) -> DenseTap:
+        """The hooks on ``net`` (the network that runs), as a context manager."""
+        self._tap = DenseTap(net, self.store.cfg, self.view)
+        return self._tap
+
+    def collect(self, positions: Sequence[int]) -> None:
+        """Cache the features of the batch just embedded (images ``positions`` of ``ids``)."""
+        batch = self._tap.batch
+        self._tap.reset()
+        if batch is None:  # not caught: the store's own pass extracts them later
+            return
+        for position, feats in zip(positions, batch, strict=True):
+            image_id = self.ids[position]
+            if image_id not in self.store:
+                self.store.put(image_id, feats)
+                self.filled += 1
 
 
 def cache_key(model_spec: str, cfg: DenseMatchConfig, image_size: int) -> str:

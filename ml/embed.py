@@ -27,9 +27,10 @@ import os
 import shutil
 import uuid
 from collections.abc import Callable, Iterable, Iterator, Sequence
+from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import numpy as np
 import torch
@@ -261,19 +262,38 @@ def _num_workers(items: Sequence[Any], cfg: EmbedConfig) -> int:
     return min(cfg.num_workers, max(1, len(items)))
 
 
+class PassTap(Protocol):
+    """Something that keeps more than the descriptors from the embedding's forward passes
+    (``ml.dense_matching.DenseCacheFill``: the photos' dense features)."""
+
+    def attach(self, net: LandmarkNet) -> AbstractContextManager:
+        """Hooks on ``net``, the network that runs (a BN-fused copy on the CPU), while the context lasts."""
+
+    def collect(self, positions: list[int]) -> None:
+        """Called after each batch of same-sized images (``positions`` in ``items``) is embedded."""
+
+
+def tapped(tap: PassTap | None, net: LandmarkNet) -> AbstractContextManager:
+    return tap.attach(net) if tap is not None else nullcontext()
+
+
 def embed_images(
-    model: LandmarkNet, items: Sequence[Any], cfg: EmbedConfig | None = None, progress: Progress | None = None
+    model: LandmarkNet, items: Sequence[Any], cfg: EmbedConfig | None = None, progress: Progress | None = None,
+    tap: PassTap | None = None,
 ) -> np.ndarray:
-    """Descriptors (N, D) float32, L2-normalised, in the order of ``items`` (paths or file-like objects)."""
+    """Descriptors (N, D) float32, L2-normalised, in the order of ``items`` (paths or file-like objects);
+    ``tap`` sees every batch's forward passes."""
     cfg = cfg or EmbedConfig()
     out = np.zeros((len(items), model.embedding_dim), dtype=np.float32)
     if len(items) == 0:
         return out
     done = 0
-    with _ModelPrepared(model, cfg, fuse=cfg.fuse_bn) as (net, device):
+    with _ModelPrepared(model, cfg, fuse=cfg.fuse_bn) as (net, device), tapped(tap, net):
         for groups, size in decoded_batches(items, cfg):
             for positions, images in groups:
                 out[positions] = embed_batch(net, images.to(device, non_blocking=True), cfg).cpu().numpy()
+                if tap is not None:
+                    tap.collect(positions)
             done += size
             if progress is not None:
                 progress(done, len(items))

@@ -31,6 +31,7 @@ from ml.pipeline import (
     SearchDatabase,
     SearchResult,
     database_regions,
+    dense_fill,
     embed_database,
     get_pipeline,
     load_models,
@@ -212,16 +213,17 @@ def _prepare(
     vkey = (str(layout.root), key, config.model_weights, config.image_size, tuple(config.scales), config.flip)
     started = time.perf_counter()
     regions = None
+    dense = dense_fill(config, cache.feature_dir, layout.database_ids)  # from the embedding's own passes
     if config.regional.enabled:  # one pass gives regions and vectors (region 0 is the whole image)
         rkey = (*vkey, config.regional.levels, config.regional.overlap)
         if rkey not in cache.regions:
-            found = database_regions(models, layout.database_paths, config, progress=report)
+            found = database_regions(models, layout.database_paths, config, progress=report, dense=dense)
             cache.regions[rkey] = (found, time.perf_counter() - started)
         regions, embed_seconds = cache.regions[rkey]
         vectors = whole_image_vectors(regions)
     else:
         if vkey not in cache.vectors:
-            vectors = embed_database(models, layout.database_paths, config, progress=report)
+            vectors = embed_database(models, layout.database_paths, config, progress=report, dense=dense)
             cache.vectors[vkey] = (vectors, time.perf_counter() - started)
         vectors, embed_seconds = cache.vectors[vkey]
     started = time.perf_counter()

@@ -29,6 +29,7 @@ import numpy as np
 from PIL import Image
 
 from ml.dense_matching import (
+    DenseCacheFill,
     DenseFeatures,
     DenseFeatureStore,
     DenseMatchConfig,
@@ -267,9 +268,10 @@ def load_models(pipeline: PipelineConfig) -> list[LandmarkNet]:
 
 def embed_database(
     models: Sequence[LandmarkNet], paths: Sequence[str | os.PathLike], pipeline: PipelineConfig,
-    progress: Progress | None = None,
+    progress: Progress | None = None, dense: DenseCacheFill | None = None,
 ) -> np.ndarray:
-    """(N, D) L2-normalised descriptors of image files (ensemble concatenated when several models)."""
+    """(N, D) L2-normalised descriptors of image files (ensemble concatenated when several models);
+    ``dense`` (``dense_fill``) caches their dense features from the first model's passes."""
     cfg = pipeline.embed_config()
     total = len(paths) * len(models)
     parts = []
@@ -277,7 +279,7 @@ def embed_database(
         def step(done: int, _total: int, offset: int = m * len(paths)) -> None:
             if progress is not None:
                 progress(offset + done, total)
-        parts.append(embed_images(model, [str(p) for p in paths], cfg, progress=step))
+        parts.append(embed_images(model, [str(p) for p in paths], cfg, progress=step, tap=dense if m == 0 else None))
     return parts[0] if len(parts) == 1 else concat_ensemble(parts, pipeline.model_weights)
 
 
@@ -299,11 +301,12 @@ def embed_query_regions(models: Sequence[LandmarkNet], image: Image.Image, pipel
 def database_regions(
     models: Sequence[LandmarkNet], paths: Sequence[str | os.PathLike], pipeline: PipelineConfig,
     out_path: str | os.PathLike | None = None, progress: Progress | None = None,
+    dense: DenseCacheFill | None = None,
 ) -> np.ndarray:
     """(N, R, D) float16 region descriptors of image files; written to ``out_path`` (and memory-mapped)
-    when given, else in memory."""
+    when given, else in memory. ``dense`` as in ``embed_database``."""
     return embed_database_regions(models, [str(p) for p in paths], pipeline.embed_config(), pipeline.regional,
-                                  out_path, pipeline.model_weights, progress)
+                                  out_path, pipeline.model_weights, progress, tap=dense)
 
 
 # ---------------------------------------------------------------------------------- the search database
@@ -357,7 +360,8 @@ def prepare_database(
             progress(done, n_steps)
 
     if vectors is None:
-        vectors = embed_database(models, paths, pipeline, progress=lambda d, _t: report(d))
+        vectors = embed_database(models, paths, pipeline, progress=lambda d, _t: report(d),
+                                 dense=dense_fill(pipeline, feature_dir, ids))
         done = len(items) * len(models)
     else:
         done = 0
@@ -398,6 +402,15 @@ def feature_cache_keys(pipeline: PipelineConfig, dense: bool = True) -> set[str]
     if pipeline.uses_dense and dense:
         keys.add(dense_cache_key(pipeline.models[0], pipeline.dense, pipeline.image_size))
     return keys
+
+
+def dense_fill(pipeline: PipelineConfig, feature_dir: str | os.PathLike | None,
+               ids: Sequence[str]) -> DenseCacheFill | None:
+    """What caches the dense features of database photos ``ids`` from their embedding's passes, when the
+    pipeline matches them and one of its views is the one they are made from (else their own pass does)."""
+    if not pipeline.uses_dense or feature_dir is None:
+        return None
+    return DenseCacheFill.for_embedding(dense_store(pipeline, feature_dir), ids, pipeline.embed_config())
 
 
 def dense_store(pipeline: PipelineConfig, feature_dir: str | os.PathLike | None,

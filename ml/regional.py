@@ -33,6 +33,7 @@ from ml.atomic_files import write_npy
 from ml.embed import (
     SIZE_MULTIPLE,
     EmbedConfig,
+    PassTap,
     _ModelPrepared,
     _views,
     decoded_batches,
@@ -40,6 +41,7 @@ from ml.embed import (
     l2_normalize,
     normalise,
     prepare_image,
+    tapped,
 )
 from ml.models import LandmarkNet
 
@@ -181,8 +183,10 @@ def embed_database_regions(
     out_path: str | os.PathLike | None = None,
     model_weights: Sequence[float] | None = None,
     progress: Progress | None = None,
+    tap: PassTap | None = None,
 ) -> np.ndarray:
-    """(N, R, D) float16 region descriptors of image files (zero-padded to the most regions of any image).
+    """(N, R, D) float16 region descriptors of image files (zero-padded to the most regions of any image);
+    ``tap`` sees the first model's forward passes (``ml.embed.embed_images``).
 
     With ``out_path`` they are written one image at a time into a memory-mapped temp file renamed into
     place (memory stays bounded whatever N), and returned memory-mapped; without it, kept in memory.
@@ -192,25 +196,29 @@ def embed_database_regions(
     shape = (len(items), rows, sum(m.embedding_dim for m in models))
     if out_path is None:
         out = np.zeros(shape, np.float16)
-        _fill_regions(out, models, items, cfg, regional, model_weights, progress)
+        _fill_regions(out, models, items, cfg, regional, model_weights, progress, tap)
         return out
     write_npy(out_path, shape, np.float16,
-              lambda out: _fill_regions(out, models, items, cfg, regional, model_weights, progress))
+              lambda out: _fill_regions(out, models, items, cfg, regional, model_weights, progress, tap))
     return np.load(out_path, mmap_mode="r")
 
 
 def _fill_regions(
     out: np.ndarray, models: Sequence[LandmarkNet], items: Sequence[Any], cfg: EmbedConfig,
     regional: RegionalConfig, model_weights: Sequence[float] | None, progress: Progress | None,
+    tap: PassTap | None = None,
 ) -> None:
     """Decoded and batched as ``ml.embed.embed_images`` does (decode workers, BN fused on the CPU)."""
     done = 0
     with ExitStack() as stack:
         nets = [stack.enter_context(_ModelPrepared(m, cfg, fuse=cfg.fuse_bn)) for m in models]
+        stack.enter_context(tapped(tap, nets[0][0]))
         for groups, size in decoded_batches(items, cfg):
             for positions, images in groups:
                 parts = [embed_regions_batch(net, images.to(device), cfg, regional).cpu().numpy()
                          for net, device in nets]
+                if tap is not None:
+                    tap.collect(positions)
                 for j, position in enumerate(positions):
                     regions = concat_regions([part[j] for part in parts], model_weights)
                     out[position, : len(regions)] = regions

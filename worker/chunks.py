@@ -20,13 +20,14 @@ from django.conf import settings
 from django.utils import timezone
 
 from ml.atomic_files import copy_rows, npy_bytes, write_bytes, write_npy
+from ml.dense_matching import DenseCacheFill, DenseFeatureStore, DenseMatchConfig
 from ml.embed import EmbedConfig, embed_images, write_embedding_blocks
 from ml.regional import FILE_NAME as REGIONS_FILE
 from ml.regional import RegionalConfig, embed_database_regions, whole_image_vectors
 from ml.weights import load_model
 from webapp.jobs.models import Job
 from webapp.search.models import EmbeddingSet, ModelVersion
-from webapp.search.services import active_model_version, image_file_path, model_spec
+from webapp.search.services import active_model_version, feature_dir, image_file_path, model_spec
 from worker.params import config_from, images_in
 from worker.shards import PLAN, drop, heartbeat, part_lock, read_json_or_none, run_part, stale_plan
 
@@ -147,16 +148,33 @@ def compute_chunk(job: Job, p: dict, i: int, progress=None) -> None:
         if not held or path.exists():
             return
         model = loaded_model(p["spec"])
-        paths = chunk_inputs(job, i)["paths"]
+        inputs = chunk_inputs(job, i)
+        paths = inputs["paths"]
+        dense = dense_fill(p, inputs["ids"])
         if p.get("regional"):  # regions first (their own temp + rename), then the vectors that mark it done
             regions = embed_database_regions([model], paths, embed_config(p),
                                              RegionalConfig(**p["regional"]), regions_path(job, i),
-                                             progress=progress)
+                                             progress=progress, tap=dense)
             vectors = whole_image_vectors(regions)
         else:
-            vectors = embed_images(model, paths, embed_config(p), progress=progress)
+            vectors = embed_images(model, paths, embed_config(p), progress=progress, tap=dense)
         write_bytes(path, npy_bytes(vectors.astype(np.float32)))
-    log.info("job %s: embedded chunk %s (%s images)", job.pk, i, len(paths))
+    caught = f", dense features of {dense.filled} caught" if dense is not None else ""
+    log.info("job %s: embedded chunk %s (%s images%s)", job.pk, i, len(paths), caught)
+
+
+def dense_fill(p: dict, ids: list[str]) -> DenseCacheFill | None:
+    """For build_index's chunks (their plan has the pipeline's ``dense`` settings): the images' dense features
+    cached from the chunk's own passes, so its feature stage (``worker.feature_chunks``) finds them."""
+    if not p.get("dense"):
+        return None
+    return DenseCacheFill.for_embedding(dense_cache(p["dense"], p["spec"], p["embed"]["image_size"]), ids,
+                                        embed_config(p))
+
+
+def dense_cache(dense: dict, spec: str, image_size: int, model=None) -> DenseFeatureStore:
+    """The product's cache of dense features made with ``dense`` settings (a plan's) by model ``spec``."""
+    return DenseFeatureStore(feature_dir(), config_from(DenseMatchConfig, dense), spec, image_size, model)
 
 
 def loaded_model(spec: str):

@@ -23,7 +23,6 @@ from pathlib import Path
 from django.utils import timezone
 
 from ml.atomic_files import write_bytes
-from ml.dense_matching import DenseFeatureStore, DenseMatchConfig
 from ml.spatial import FeatureStore, LocalFeatureConfig, LocalFeatureStore
 from webapp.jobs.models import Job
 from webapp.search.services import feature_dir
@@ -31,6 +30,7 @@ from worker.chunks import (
     DEFAULT_CHUNK,
     chunk_bounds,
     chunk_count,
+    dense_cache,
     inputs_name,
     job_work_dir,
     loaded_model,
@@ -81,23 +81,30 @@ def plan(job: Job, ids: list[str], paths: list[str], pipeline) -> dict | None:
                  "dense": asdict(pipeline.dense) if pipeline.uses_dense else None,
                  "spec": pipeline.models[0], "image_size": pipeline.image_size}
     stores = _stores(settings_, with_model=False)
-    todo = [k for k, image_id in enumerate(ids) if not all(image_id in s for s in stores)]
+    todo, lacking = [], set()  # the images to extract; the kinds of features any of them lacks
+    for k, image_id in enumerate(ids):
+        missing = [kind for kind, store in stores.items() if image_id not in store]
+        if missing:
+            todo.append(k)
+            lacking.update(missing)
     if not todo:
         return None
+    # A cache already full needs no pass: when the embedding chunks caught the dense features, the
+    # chunks only run RootSIFT, on the CPU queue.
+    settings_.update({kind: None for kind in stores if kind not in lacking})
     chunk = int(job.params.get("chunk_size") or DEFAULT_CHUNK)
     return write_chunked_plan(work_dir(job), {**settings_, "chunk": chunk}, [ids[k] for k in todo],
                               [paths[k] for k in todo])
 
 
-def _stores(s: dict, with_model: bool) -> list[FeatureStore]:
-    """The caches the plan's settings fill; with ``with_model`` the dense one can extract."""
-    stores: list[FeatureStore] = []
+def _stores(s: dict, with_model: bool) -> dict[str, FeatureStore]:
+    """The caches the plan's settings fill, by kind; with ``with_model`` the dense one can extract."""
+    stores: dict[str, FeatureStore] = {}
     if s["sift"] is not None:
-        stores.append(LocalFeatureStore(feature_dir(), config_from(LocalFeatureConfig, s["sift"])))
+        stores["sift"] = LocalFeatureStore(feature_dir(), config_from(LocalFeatureConfig, s["sift"]))
     if s["dense"] is not None:
-        model = loaded_model(s["spec"]) if with_model else None
-        stores.append(DenseFeatureStore(feature_dir(), config_from(DenseMatchConfig, s["dense"]), s["spec"],
-                                        s["image_size"], model))
+        stores["dense"] = dense_cache(s["dense"], s["spec"], s["image_size"],
+                                      loaded_model(s["spec"]) if with_model else None)
     return stores
 
 
@@ -121,13 +128,14 @@ def compute_chunk(job: Job, p: dict, i: int, progress=None) -> None:
             return
         chunk = json.loads((work_dir(job) / inputs_name(i)).read_text())
         items = list(zip(chunk["ids"], chunk["paths"], strict=True))
-        stores = _stores(p, with_model=True)
+        kinds = _stores(p, with_model=True)
+        stores = list(kinds.values())
         for n, store in enumerate(stores):
             step = None if progress is None else (
                 lambda d, t, n=n: progress((n * t + d) // len(stores), t))
             store.ensure(items, progress=step)
         write_bytes(done, b"")
-    log.info("job %s: features of chunk %s (%s images)", job.pk, i, len(items))
+    log.info("job %s: %s features of chunk %s (%s images)", job.pk, "+".join(kinds), i, len(items))
 
 
 def report(job: Job, p: dict, message: str) -> None:

@@ -17,11 +17,13 @@ from django.conf import settings
 from django.utils import timezone
 
 from ml.atomic_files import write_bytes, write_rows
+from ml.dense_matching import DenseCacheFill
 from ml.embed import read_embedding_shards, write_embedding_shards
 from ml.index import RECALL_QUERIES, IndexConfig
 from ml.pipeline import (
     DEFAULT_PIPELINE,
     database_regions,
+    dense_fill,
     embed_database,
     embedded_as,
     get_pipeline,
@@ -160,7 +162,7 @@ def _paths_of(ids: list[str], pipeline) -> list[str]:
 
 
 def _regions(job: Job, ctx: JobContext, ids: list[str], paths: list[str] | None, pipeline, models=None,
-             es: EmbeddingSet | None = None) -> np.ndarray:
+             es: EmbeddingSet | None = None, dense: DenseCacheFill | None = None) -> np.ndarray:
     """Region descriptors of the images to index, in index order, in the index folder (they move with the
     shards into place), memory-mapped: those of the embedding set when it carries them for the pipeline's
     grid (a chunked ``embed --regions`` job made them on many workers), else made here. A file left by an
@@ -179,7 +181,7 @@ def _regions(job: Job, ctx: JobContext, ids: list[str], paths: list[str] | None,
         regions = load_regions(out.parent)
     else:
         regions = database_regions(models or load_models(pipeline), paths or _paths_of(ids, pipeline), pipeline,
-                                   out, progress=lambda d, t: ctx.progress(d, t, "region descriptors"))
+                                   out, progress=lambda d, t: ctx.progress(d, t, "region descriptors"), dense=dense)
     write_bytes(digest_file, digest.encode())
     return regions
 
@@ -261,6 +263,7 @@ def _embed_catalogue(job: Job, ctx: JobContext) -> EmbeddingSet:
             "embed": {"image_size": pipeline.image_size, "scales": list(pipeline.scales), "flip": pipeline.flip},
             "chunk": int(params.get("chunk_size") or chunks.DEFAULT_CHUNK),
             "regional": _grid(pipeline) if pipeline.regional.enabled else None,
+            "dense": asdict(pipeline.dense) if pipeline.uses_dense else None,  # caught from the same passes
             "set_params": set_params, "image_filter": image_filter,
         })
     pending = chunks.pending_chunks(job, p)
@@ -278,10 +281,12 @@ def _embed_catalogue(job: Job, ctx: JobContext) -> EmbeddingSet:
 def _embed_here(job: Job, ctx: JobContext, mv: ModelVersion, pipeline, ids: list[str], paths: list[str],
                 set_params: dict, image_filter: dict) -> EmbeddingSet:
     models = load_models(pipeline)
+    dense = dense_fill(pipeline, feature_dir(), ids)  # the dense features from the same passes
     if pipeline.regional.enabled:  # region 0 is the whole image: one pass gives the vectors and the regions
-        vectors = whole_image_vectors(_regions(job, ctx, ids, paths, pipeline, models))
+        vectors = whole_image_vectors(_regions(job, ctx, ids, paths, pipeline, models, dense=dense))
     else:
-        vectors = embed_database(models, paths, pipeline, progress=lambda d, t: ctx.progress(d, t, "embedding"))
+        vectors = embed_database(models, paths, pipeline, progress=lambda d, t: ctx.progress(d, t, "embedding"),
+                                 dense=dense)
     out = Path(settings.ARTIFACTS_ROOT) / "embeddings" / f"{timezone.now():%Y%m%d-%H%M%S}-{uuid.uuid4().hex[:6]}"
     emb_dir = write_embedding_shards(out, ids, vectors)
     if pipeline.regional.enabled:  # the set keeps them too: a later build from it does not make them again

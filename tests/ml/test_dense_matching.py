@@ -10,9 +10,17 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from ml.dense_matching import DenseFeatureStore, DenseMatchConfig, DenseTap, dense_inliers, extract_dense
-from ml.embed import EmbedConfig, embed_image, view_position
+from ml.dense_matching import (
+    DenseCacheFill,
+    DenseFeatureStore,
+    DenseMatchConfig,
+    DenseTap,
+    dense_inliers,
+    extract_dense,
+)
+from ml.embed import EmbedConfig, embed_image, embed_images, view_position
 from ml.pipeline import MULTI_SCALE, PipelineConfig, get_pipeline, prepare_database, search_one
+from ml.regional import RegionalConfig, embed_database_regions
 from ml.weights import load_model
 from tests.conftest import MINI, mini_rows
 
@@ -103,6 +111,44 @@ def test_the_embedding_pass_gives_the_same_features_with_no_forward_of_their_own
         DenseTap(lite2, DenseMatchConfig(block=9), view)
 
 
+def _agree(caught, fresh) -> float:
+    """The share of kept positions two extractions of one photo agree on."""
+    assert caught.grid == fresh.grid and len(caught) == len(fresh)
+    return float((np.asarray(caught.positions) == np.asarray(fresh.positions)).all(axis=1).mean())
+
+
+def test_database_photos_get_their_dense_features_from_their_batched_embedding(lite2, features, tmp_path):
+    """As a worker embeds (batches, BN fused on the CPU), a DenseCacheFill caches each photo's dense features
+    from its scale-1 view: the store's own pass then finds nothing left to extract."""
+    ids = [BERLIN_DAY, BERLIN_NIGHT, LONDON_BRIDGE, TAJ_MAHAL]
+    items = [(i, str(MINI / "images" / f"{i}.jpg")) for i in ids]
+    paths = [p for _, p in items]
+    cfg = EmbedConfig(image_size=512, scales=MULTI_SCALE, flip=True, batch_size=4, num_workers=0)
+    store = DenseFeatureStore(tmp_path / "a", DenseMatchConfig(), "tf_efficientnet_lite2", 512, lite2)
+    store.put(TAJ_MAHAL, features[TAJ_MAHAL])  # cached already: left as it is
+    before = store.path(TAJ_MAHAL).stat().st_mtime_ns
+    fill = DenseCacheFill.for_embedding(store, ids, cfg)
+    vectors = embed_images(lite2, paths, cfg, tap=fill)
+    assert fill.filled == 3 and store.path(TAJ_MAHAL).stat().st_mtime_ns == before
+    assert store.ensure(items) == 0  # nothing left for the store's own pass
+    assert np.allclose(vectors, embed_images(lite2, paths, cfg), atol=1e-5)  # the tap changes no vector
+    assert not any(m._forward_hooks for m in lite2.modules())
+    for i in ids:  # what extract_dense gives, but for ties at the kept/dropped border (BN fusion rounds)
+        assert _agree(store.get(i), features[i]) > 0.95, i
+    night = features[BERLIN_NIGHT]
+    assert abs(dense_inliers(night, store.get(BERLIN_DAY)) - dense_inliers(night, features[BERLIN_DAY])) <= 3
+
+    # The region pass (the default pipeline's database embedding) catches the same features.
+    regions = DenseFeatureStore(tmp_path / "b", DenseMatchConfig(), "tf_efficientnet_lite2", 512)
+    fill = DenseCacheFill.for_embedding(regions, ids, cfg)
+    embed_database_regions([lite2], paths, cfg, RegionalConfig(levels=2), tap=fill)
+    assert fill.filled == 4 and all(_agree(regions.get(i), store.get(i)) > 0.99 for i in ids[:3])
+
+    # Views that cannot give them: no unmirrored scale-1 view, or another image size.
+    assert DenseCacheFill.for_embedding(store, ids, replace(cfg, scales=(0.75, 1.5))) is None
+    assert DenseCacheFill.for_embedding(store, ids, replace(cfg, image_size=384)) is None
+
+
 # ------------------------------------------------------------------------------------------- the cache
 
 
@@ -171,3 +217,4 @@ def test_the_pipeline_lifts_the_day_photo_for_the_night_query(lite2, tmp_path):
     rank = [h.image_id for h in hits].index(BERLIN_DAY)
     assert rank < [h.image_id for h in plain].index(BERLIN_DAY) or rank == 0
     assert sum(h.dense_inliers >= 20 for h in hits) <= 2  # unrelated buildings stay unverified
+

@@ -1,8 +1,9 @@
 """build_index with the default pipeline caches the database's dense features (ml.dense_matching) beside
-the RootSIFT ones and records it, in chunks that the workers share when the job is queued; the web engine
-then matches every search's top 50 with them. An index whose build did not cache them is searched without
-the step."""
+the RootSIFT ones and records it: caught from its embedding chunks' own passes, or, for images embedded
+before, in feature chunks that the workers share when the job is queued; the web engine then matches every
+search's top 50 with them. An index whose build did not cache them is searched without the step."""
 
+import logging
 from dataclasses import replace
 
 import pytest
@@ -24,8 +25,12 @@ from worker.runner import JobContext
 pytestmark = pytest.mark.django_db
 
 
-def test_the_default_build_caches_dense_features_and_search_matches_them(imported_mini):
+def test_the_default_build_caches_dense_features_and_search_matches_them(imported_mini, caplog):
+    caplog.set_level(logging.INFO, logger="worker")
     call_command("build_index", "--splits", "query")  # the default pipeline over the 34 query photos
+    # Caught from the embedding's own passes: the feature stage has only RootSIFT left to extract.
+    assert "embedded chunk 0 (34 images, dense features of 34 caught)" in caplog.text
+    assert "sift features of chunk 0 (34 images)" in caplog.text and "dense features of chunk" not in caplog.text
     iv = IndexVersion.objects.get(is_active=True)
     assert iv.params["pipeline"] == DEFAULT_PIPELINE and iv.params["dense"] is True
     store = dense_store(get_pipeline(DEFAULT_PIPELINE), iv.params["feature_dir"])
@@ -90,8 +95,9 @@ def test_a_resumed_feature_stage_skips_done_chunks_and_finishes_half_done_ones(i
 @pytest.mark.django_db(transaction=True)
 def test_a_queued_build_extracts_the_features_in_chunks_on_the_workers(celery_worker_process, imported_mini,
                                                                        tmp_path):
-    """A queued build sends the images' RootSIFT and dense features to the workers in chunks (a chord, as
-    its embedding chunks), whose callback hands the job back to build_index: it indexes and publishes."""
+    """A queued build sends the images' RootSIFT features to the workers in chunks (a chord, as its
+    embedding chunks, which caught the dense features), whose callback hands the job back to build_index:
+    it indexes and publishes."""
     job = start_job(Job.Kind.BUILD_INDEX, {"splits": ["query"], "chunk_size": 12})
     log = tmp_path / "worker.log"
     assert wait_for(lambda: Job.objects.get(pk=job.pk).is_finished, 400), log.read_text()[-3000:]
@@ -99,6 +105,9 @@ def test_a_queued_build_extracts_the_features_in_chunks_on_the_workers(celery_wo
     assert job.state == Job.State.SUCCEEDED, job.error
     text = log.read_text()
     assert text.count("worker.feature_chunk") >= 3 and text.count("worker.resume_job") >= 2
+    # The embedding chunks caught the dense features; the feature chunks extracted RootSIFT only.
+    assert text.count("dense features of 12 caught") == 2 and "dense features of 10 caught" in text
+    assert "sift features of chunk" in text and "dense features of chunk" not in text
     ids = list(Image.objects.filter(split=Image.Split.QUERY).values_list("external_id", flat=True))
     pipeline = get_pipeline(DEFAULT_PIPELINE)
     stores = [LocalFeatureStore(feature_dir(), pipeline.local_features), dense_store(pipeline, feature_dir())]
