@@ -17,6 +17,7 @@ what it measures is what the product does.
 from __future__ import annotations
 
 import io
+import logging
 import os
 import time
 from collections.abc import Callable, Hashable, Mapping, Sequence
@@ -71,6 +72,7 @@ from ml.rerank import (
     verified_expansion,
 )
 from ml.spatial import (
+    FeatureStore,
     LocalFeatureConfig,
     LocalFeatures,
     LocalFeatureStore,
@@ -84,6 +86,7 @@ from ml.weights import load_model
 from ml.whitening import Whitening, WhiteningConfig, learn_whitening
 
 Progress = Callable[[int, int], None]
+log = logging.getLogger(__name__)
 FULL_RANKING_UP_TO = 10_000  # databases up to this size are ranked completely, larger ones to SHORTLIST
 SHORTLIST = 1_000
 
@@ -457,7 +460,8 @@ class _Ranking:
     scores: np.ndarray
     inliers: np.ndarray
     dense: np.ndarray
-    checks: dict[int, Verification] = field(default_factory=dict)  # position -> result, each pair once
+    # position -> result, each pair once (None: the photo's features could not be read, it stays unverified)
+    checks: dict[int, Verification | None] = field(default_factory=dict)
     dense_checks: dict[int, int] = field(default_factory=dict)  # position -> dense inliers, each pair once
 
     def reorder(self, order: np.ndarray) -> None:
@@ -656,6 +660,16 @@ def _search(index: LoadedIndex, qvec: np.ndarray, k: int) -> _Ranking:
     return _Ranking(pos[0][keep], scores[0][keep], np.zeros(count, np.int64), np.zeros(count, np.int64))
 
 
+def _cached(store: FeatureStore, image_id: str):
+    """A database photo's cached features; None when its file is missing or unreadable (lost, cut short,
+    from another setting): that photo is then ranked as unverified, and the search goes on."""
+    try:
+        return store.get(image_id)
+    except (FileNotFoundError, ValueError) as exc:
+        log.warning("%s of %s cannot be read; ranked unverified: %s", store.kind, image_id, exc)
+        return None
+
+
 def _verify_top(
     database: SearchDatabase, qfeats: LocalFeatures | None, qdense: DenseFeatures | None, state: _Ranking
 ) -> None:
@@ -665,18 +679,24 @@ def _verify_top(
     positions = state.positions.tolist()
     if qfeats is not None:
         todo = [p for p in positions[: pipeline.verification.top_n] if p not in state.checks]
+        cached = {p: _cached(database.features, database.ids[p]) for p in todo}
+        state.checks.update({p: None for p, f in cached.items() if f is None})
+        todo = [p for p in todo if cached[p] is not None]
         if todo:
-            feats = [database.features.get(database.ids[p]) for p in todo]
-            for p, check in zip(todo, verify_many(qfeats, feats, pipeline.matching), strict=True):
+            for p, check in zip(todo, verify_many(qfeats, [cached[p] for p in todo], pipeline.matching), strict=True):
                 state.checks[p] = check
     if qdense is not None:
         todo = [p for p in positions[: pipeline.dense.top_n] if p not in state.dense_checks]
+        cached = {p: _cached(database.dense, database.ids[p]) for p in todo}
+        state.dense_checks.update({p: 0 for p, f in cached.items() if f is None})
+        todo = [p for p in todo if cached[p] is not None]
         if todo:
-            found = dense_inliers_many(qdense, [database.dense.get(database.ids[p]) for p in todo], pipeline.dense)
+            found = dense_inliers_many(qdense, [cached[p] for p in todo], pipeline.dense)
             state.dense_checks.update(zip(todo, found.tolist(), strict=True))
     # Every image verified so far keeps its inliers, also one a re-search moved below the top-N.
     checks, dense_checks = state.checks, state.dense_checks
-    state.inliers = np.fromiter((checks[p].inliers if p in checks else 0 for p in positions), np.int64, len(positions))
+    inliers = (checks[p].inliers if checks.get(p) is not None else 0 for p in positions)
+    state.inliers = np.fromiter(inliers, np.int64, len(positions))
     state.dense = np.fromiter((dense_checks.get(p, 0) for p in positions), np.int64, len(positions))
 
 

@@ -19,8 +19,17 @@ from ml.dense_matching import (
     extract_dense,
 )
 from ml.embed import EmbedConfig, embed_image, embed_images, view_position
-from ml.pipeline import MULTI_SCALE, PipelineConfig, get_pipeline, prepare_database, search_one
+from ml.pipeline import (
+    DEFAULT_PIPELINE,
+    MULTI_SCALE,
+    PipelineConfig,
+    dense_store,
+    get_pipeline,
+    prepare_database,
+    search_one,
+)
 from ml.regional import RegionalConfig, embed_database_regions
+from ml.spatial import LocalFeatureStore
 from ml.weights import load_model
 from tests.conftest import MINI, mini_rows
 
@@ -218,3 +227,27 @@ def test_the_pipeline_lifts_the_day_photo_for_the_night_query(lite2, tmp_path):
     assert rank < [h.image_id for h in plain].index(BERLIN_DAY) or rank == 0
     assert sum(h.dense_inliers >= 20 for h in hits) <= 2  # unrelated buildings stay unverified
 
+
+def test_a_lost_or_damaged_cache_file_leaves_its_photo_unverified_not_the_search_failed(lite2, tmp_path, caplog):
+    """A database photo's cached features gone (a disk error, a hand-made cleanup) or cut short: searches
+    still answer, that photo is ranked as unverified, and the log names it."""
+    pipeline = replace(_dense_pipeline(), verification=get_pipeline(DEFAULT_PIPELINE).verification)
+    ids = [BERLIN_DAY] + [r["id"] for r in mini_rows() if r["split"] == "index" and r["id"] != BERLIN_DAY][:11]
+    database = prepare_database([lite2], [(i, MINI / "images" / f"{i}.jpg") for i in ids], pipeline,
+                                feature_dir=tmp_path)
+    before = {h.image_id: h for h in search_one(database, [lite2], _photo(BERLIN_NIGHT)).hits}
+    assert before[BERLIN_DAY].dense_inliers >= 20 and before[BERLIN_DAY].verified
+
+    database.features.path(BERLIN_DAY).unlink()
+    database.dense.path(BERLIN_DAY).write_bytes(b"cut short")
+    reopened = replace(database, features=LocalFeatureStore(tmp_path, pipeline.local_features),
+                       dense=dense_store(pipeline, tmp_path))  # a fresh process: nothing in memory
+    hits = {h.image_id: h for h in search_one(reopened, [lite2], _photo(BERLIN_NIGHT)).hits}
+    assert set(hits) == set(before)
+    assert not hits[BERLIN_DAY].verified and hits[BERLIN_DAY].inliers == 0 and hits[BERLIN_DAY].dense_inliers == 0
+    assert hits[BERLIN_DAY].score == pytest.approx(hits[BERLIN_DAY].global_score, abs=1e-5)
+    others = [i for i in ids if i != BERLIN_DAY]
+    assert all(hits[i].verified and hits[i].dense_inliers == before[i].dense_inliers for i in others)
+    warned = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
+    assert any(f"local features of {BERLIN_DAY} cannot be read" in m for m in warned), warned
+    assert any(f"dense features of {BERLIN_DAY} cannot be read" in m for m in warned), warned

@@ -1,20 +1,25 @@
 """Search by photo from the web and the API, against the real default pipeline over landmarks-mini."""
 
 import re
+import shutil
 
 import pytest
 from django.core.management import call_command
 from django.urls import reverse
 
+from ml.pipeline import dense_store
+from ml.spatial import LocalFeatureStore
 from tests.conftest import MINI
 from webapp.api.models import ApiToken
 from webapp.catalog.models import Image
 from webapp.curation import actions
 from webapp.search.engine import search_photo
-from webapp.search.models import SearchQuery
+from webapp.search.models import EmbeddingSet, IndexVersion, SearchQuery
+from webapp.search.services import packaged_model_version
 
 pytestmark = pytest.mark.django_db
 QUERY = MINI / "images" / "233e2de188985424.jpg"  # a London Bridge query (split 'query')
+DAY = "b9d6a79e1feb8601"  # WxBS berlin by day, in the index; its night photo is a query
 
 
 @pytest.fixture
@@ -74,6 +79,32 @@ def test_a_night_photo_finds_the_day_photo_by_dense_matching_and_says_so(viewer_
     assert drawn >= 20 and html.count('class="dense"') == drawn
     # RootSIFT cannot verify this pair: the page credits dense matching, not appearance alone
     assert 'id="dense-note"' in html and "global appearance alone" not in html
+
+
+def test_a_lost_or_damaged_feature_file_leaves_its_photo_unverified_and_why_this_match_redraws_it(
+        viewer_client, imported_mini, mini_index_files, tmp_path):
+    """The day photo's cached RootSIFT file is gone and its dense one cut short: the search still answers
+    (that photo unverified), and "why this match" computes its features from the photo instead."""
+    features = tmp_path / "features"
+    shutil.copytree(mini_index_files["features"], features)  # the session's files stay whole
+    pipeline = mini_index_files["pipeline"]
+    LocalFeatureStore(features, pipeline.local_features).path(DAY).unlink()
+    dense_store(pipeline, features).path(DAY).write_bytes(b"cut short")
+    (tmp_path / "index").symlink_to(mini_index_files["index"])  # another path: this process loads it afresh
+    es = EmbeddingSet.objects.create(model_version=packaged_model_version("+".join(pipeline.models)), path="",
+                                     dim=0, image_count=mini_index_files["count"])
+    IndexVersion.objects.create(embedding_set=es, path=str(tmp_path / "index"), is_active=True,
+                                size=mini_index_files["count"],
+                                params={"pipeline": pipeline.name, "models": list(pipeline.models),
+                                        "feature_dir": str(features), "dense": True})
+
+    assert upload(viewer_client, MINI / "images" / "52992f5255f55c69.jpg").status_code == 302
+    query = SearchQuery.objects.get()
+    day = query.results.get(image__external_id=DAY)
+    assert day.inliers is None and day.dense_inliers is None  # unverified, not an error
+    assert query.results.filter(inliers__isnull=False).exclude(image__external_id=DAY).exists()
+    html = viewer_client.get(reverse("search-match", args=[query.uid, DAY])).content.decode()
+    assert int(re.search(r'id="dense-count">(\d+)<', html).group(1)) >= 20  # made from the photo
 
 
 def test_options_rerun_the_same_photo(viewer_client, active_index):

@@ -11,7 +11,7 @@ from django.urls import reverse
 from PIL import Image as PILImage
 
 from ml.dense_matching import cells_to_pixels, dense_verification, extract_dense
-from ml.spatial import extract_local_features, verify_pair
+from ml.spatial import FeatureStore, extract_local_features, verify_pair
 from webapp.catalog.models import Image
 from webapp.search.engine import current_engine
 from webapp.search.models import SearchQuery
@@ -43,10 +43,9 @@ def match_drawing(query: SearchQuery, image: Image) -> Drawing:
         qimg = PILImage.open(f)
         qimg.load()
     qfeats = extract_local_features(qimg, pipeline.local_features)
-    if engine.database.features is not None and image.external_id in engine.database.features:
-        dfeats = engine.database.features.get(image.external_id)
-    else:  # an index built without verification: compute the result's features now
-        dfeats = extract_local_features(PILImage.open(image_file_path(image)), pipeline.local_features)
+    # An index built without verification has no cache: the result's features are computed now.
+    dfeats = _cached_or_made(engine.database.features, image, lambda photo: extract_local_features(
+        photo, pipeline.local_features))
     check = verify_pair(qfeats, dfeats, pipeline.matching)
     qs, ds = HEIGHT / qimg.height, HEIGHT / image.height
     qw, dw = round(qimg.width * qs), round(image.width * ds)
@@ -56,9 +55,10 @@ def match_drawing(query: SearchQuery, image: Image) -> Drawing:
                 for (qx, qy), (dx, dy) in zip(qpoints, dpoints, strict=True)]
 
     dense_lines, dense_inliers = [], 0
-    if engine.database.dense is not None and image.external_id in engine.database.dense:
+    if engine.database.dense is not None:
         qdense = extract_dense(engine.models[0], qimg, pipeline.dense, pipeline.image_size)
-        ddense = engine.database.dense.get(image.external_id)
+        ddense = _cached_or_made(engine.database.dense, image, lambda photo: extract_dense(
+            engine.models[0], photo, pipeline.dense, pipeline.image_size))
         dense = dense_verification(qdense, ddense, pipeline.dense)
         dense_inliers = dense.inliers
         dense_lines = joined(cells_to_pixels(dense.query_points, qdense.grid, qimg.size),
@@ -68,3 +68,14 @@ def match_drawing(query: SearchQuery, image: Image) -> Drawing:
                    reverse("image-preview", args=[image.external_id]),
                    joined(check.query_points, check.database_points), check.inliers, check.putative, dense_lines,
                    dense_inliers, only_dense)
+
+
+def _cached_or_made(store: FeatureStore | None, image: Image, make):
+    """The result's cached features, else (no cache, or its file lost or cut short) ``make`` of its photo."""
+    if store is not None:
+        try:
+            return store.get(image.external_id)
+        except (FileNotFoundError, ValueError):
+            pass
+    with PILImage.open(image_file_path(image)) as photo:
+        return make(photo)
