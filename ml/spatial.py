@@ -141,6 +141,13 @@ def extract_local_features(
 # ------------------------------------------------------------------------------------------------- cache
 
 
+def cache_file_name(image_id: str) -> str:
+    """The name of ``image_id``'s file in a feature cache; an id that could name another path is refused."""
+    if not image_id or "/" in image_id or "\\" in image_id or image_id.startswith("."):
+        raise ValueError(f"image id {image_id!r} cannot name a cache file")
+    return f"{image_id}.npz"
+
+
 class FeatureStore(Generic[F]):
     """Per-image features on disk (``<folder>/<key>/<id>.npz``, each written atomically) with a small memory
     cache. Subclasses say how features are extracted from an image file and how they map to arrays."""
@@ -163,9 +170,7 @@ class FeatureStore(Generic[F]):
         raise NotImplementedError
 
     def path(self, image_id: str) -> Path:
-        if not image_id or "/" in image_id or "\\" in image_id or image_id.startswith("."):
-            raise ValueError(f"image id {image_id!r} cannot name a cache file")
-        return self.folder / f"{image_id}.npz"
+        return self.folder / cache_file_name(image_id)
 
     def __contains__(self, image_id: str) -> bool:
         return image_id in self._memory or self.path(image_id).is_file()

@@ -6,11 +6,13 @@ from pathlib import Path
 
 import pytest
 from django.core.management import CommandError, call_command
+from django.db import transaction
 
 from ml.dense_matching import cache_key as dense_cache_key
 from ml.pipeline import get_pipeline
 from ml.spatial import LocalFeatureConfig
 from tests.conftest import synthetic_embedding_set
+from webapp.catalog.models import Image
 from webapp.jobs.models import Job
 from webapp.jobs.services import create_job
 from webapp.search.models import EmbeddingSet, IndexVersion
@@ -107,3 +109,28 @@ def test_prune_deletes_the_feature_caches_no_kept_index_reads(settings, capsys):
     assert [iv.pk for iv in out.indexes] == [old.pk] and out.caches == [dense_old]
     assert not dense_old.exists() and out.bytes >= 4096
     assert all(p.is_dir() for p in (sift, dense_new, notes))  # the active version's, and cleaning's RootSIFT
+
+
+def test_a_deleted_image_loses_its_cached_features_once_the_deletion_commits(imported_mini,
+                                                                            django_capture_on_commit_callbacks):
+    """Its id may be imported again for another photo: that one must not be verified with the old one's
+    features. Other photos' files, and folders not named as caches, are not touched."""
+    gone, kept = list(Image.objects.order_by("pk")[:2])
+    default, folder = get_pipeline("default"), feature_dir()
+    caches = [folder / default.local_features.cache_key(),
+              folder / dense_cache_key("/models/v1.pt", default.dense, default.image_size), folder / "notes"]
+    for cache in caches:
+        cache.mkdir(parents=True)
+        for image in (gone, kept):
+            (cache / f"{image.external_id}.npz").write_bytes(b"x")
+
+    with pytest.raises(RuntimeError), transaction.atomic():  # a deletion rolled back: nothing goes
+        gone.delete()
+        raise RuntimeError("rolled back")
+    assert all((cache / f"{gone.external_id}.npz").exists() for cache in caches)
+
+    with django_capture_on_commit_callbacks(execute=True):
+        Image.objects.filter(external_id=gone.external_id).delete()  # (the rolled-back delete cleared gone.pk)
+    assert not any((cache / f"{gone.external_id}.npz").exists() for cache in caches[:2])
+    assert (caches[2] / f"{gone.external_id}.npz").exists()  # not a cache
+    assert all((cache / f"{kept.external_id}.npz").exists() for cache in caches)

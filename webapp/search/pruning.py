@@ -9,6 +9,8 @@ and the embedding sets those use plus the ``keep`` newest sets; it deletes the r
 It also deletes the per-image feature caches (RootSIFT, dense) that no kept index uses: the dense features
 of an older model, about 90 KB a photo (360 GB at 4 M photos), are of no use once no index made with that
 model is left. The RootSIFT cache of the default setting stays whatever is kept: cleaning jobs verify with it.
+A photo deleted from the catalogue loses its files in every cache as soon as the deletion commits
+(``forget_features``, connected in ``webapp.search.apps``).
 
 It refuses while a job is queued or running: a build, an embedding or a cleaning may be reading a set or
 an index it would delete (a clean plan names its set only in its own files). It deletes files only under
@@ -28,7 +30,7 @@ from django.db.models.functions import Coalesce
 
 from ml.dense_matching import DENSE_KEY_PREFIX
 from ml.pipeline import embedded_as, feature_cache_keys, get_pipeline
-from ml.spatial import SIFT_KEY_PREFIX, LocalFeatureConfig
+from ml.spatial import SIFT_KEY_PREFIX, LocalFeatureConfig, cache_file_name
 from webapp.jobs.models import Job
 from webapp.search.models import EmbeddingSet, IndexVersion
 from webapp.search.services import feature_dir
@@ -85,8 +87,6 @@ def _unused_caches(kept: list[IndexVersion]) -> list[Path]:
     Only folders named as caches are candidates; when a kept version's pipeline is unknown (a preset since
     removed), what it reads cannot be told and every cache stays."""
     folder = feature_dir()
-    if not folder.is_dir():
-        return []
     in_use = {LocalFeatureConfig().cache_key()}  # cleaning jobs verify with the default setting
     for iv in kept:
         keys = _cache_keys(iv)
@@ -94,8 +94,35 @@ def _unused_caches(kept: list[IndexVersion]) -> list[Path]:
             return []
         if iv.params.get("feature_dir") and Path(iv.params["feature_dir"]).resolve() == folder.resolve():
             in_use |= keys
-    return sorted(child for child in folder.iterdir()
-                  if child.is_dir() and child.name.startswith(CACHE_PREFIXES) and child.name not in in_use)
+    return [cache for cache in cache_folders() if cache.name not in in_use]
+
+
+def cache_folders() -> list[Path]:
+    """The per-setting feature caches under the product's feature folder (only folders named as caches)."""
+    folder = feature_dir()
+    if not folder.is_dir():
+        return []
+    return sorted(child for child in folder.iterdir() if child.is_dir() and child.name.startswith(CACHE_PREFIXES))
+
+
+def forget_features(image_ids: list[str]) -> int:
+    """Delete the cached features of ``image_ids`` (deleted from the catalogue) from every cache; returns
+    the files deleted. An id imported again later gets features of its new file, not the old one's."""
+    names = []
+    for image_id in image_ids:
+        try:
+            names.append(cache_file_name(image_id))
+        except ValueError:
+            pass  # such an id never had a cache file
+    deleted = 0
+    for cache in cache_folders():
+        for name in names:
+            try:
+                (cache / name).unlink()
+                deleted += 1
+            except FileNotFoundError:
+                pass
+    return deleted
 
 
 def _cache_keys(iv: IndexVersion) -> set[str] | None:
