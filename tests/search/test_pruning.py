@@ -134,3 +134,24 @@ def test_a_deleted_image_loses_its_cached_features_once_the_deletion_commits(imp
     assert not any((cache / f"{gone.external_id}.npz").exists() for cache in caches[:2])
     assert (caches[2] / f"{gone.external_id}.npz").exists()  # not a cache
     assert all((cache / f"{kept.external_id}.npz").exists() for cache in caches)
+
+
+def test_prune_deletes_the_cached_files_of_photos_no_longer_in_the_catalogue(imported_mini, capsys):
+    """Files left by photos deleted before their files went with them (by hand, or by an older version)."""
+    photo = Image.objects.order_by("pk").first()
+    sift = feature_dir() / LocalFeatureConfig().cache_key()  # the cache cleaning uses: always kept
+    sift.mkdir(parents=True)
+    for image_id in (photo.external_id, "0ld1d", "0ld2d"):
+        (sift / f"{image_id}.npz").write_bytes(b"x" * 100)
+    (sift / ".0ld3d.npz.tmp").write_bytes(b"x")  # being written: not an entry
+    notes = feature_dir() / "notes"  # not named as a cache: never touched
+    notes.mkdir()
+    (notes / "0ld1d.npz").write_bytes(b"x")
+
+    planned = prune(2, dry_run=True)
+    assert planned.orphans == [sift / "0ld1d.npz", sift / "0ld2d.npz"] and planned.bytes == 200
+    assert (sift / "0ld1d.npz").exists()
+    call_command("prune_indexes")
+    assert "deleted 2 cached feature files of photos no longer in the catalogue" in capsys.readouterr().out
+    assert sorted(p.name for p in sift.iterdir()) == [".0ld3d.npz.tmp", f"{photo.external_id}.npz"]
+    assert (notes / "0ld1d.npz").exists()

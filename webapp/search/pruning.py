@@ -10,7 +10,8 @@ It also deletes the per-image feature caches (RootSIFT, dense) that no kept inde
 of an older model, about 90 KB a photo (360 GB at 4 M photos), are of no use once no index made with that
 model is left. The RootSIFT cache of the default setting stays whatever is kept: cleaning jobs verify with it.
 A photo deleted from the catalogue loses its files in every cache as soon as the deletion commits
-(``forget_features``, connected in ``webapp.search.apps``).
+(``forget_features``, connected in ``webapp.search.apps``); files left by photos deleted otherwise (before
+that existed, or in the database by hand) go when pruning.
 
 It refuses while a job is queued or running: a build, an embedding or a cleaning may be reading a set or
 an index it would delete (a clean plan names its set only in its own files). It deletes files only under
@@ -31,6 +32,7 @@ from django.db.models.functions import Coalesce
 from ml.dense_matching import DENSE_KEY_PREFIX
 from ml.pipeline import embedded_as, feature_cache_keys, get_pipeline
 from ml.spatial import SIFT_KEY_PREFIX, LocalFeatureConfig, cache_file_name
+from webapp.catalog.models import ID_CHUNK, Image
 from webapp.jobs.models import Job
 from webapp.search.models import EmbeddingSet, IndexVersion
 from webapp.search.services import feature_dir
@@ -50,6 +52,7 @@ class Prune:
     sets: list[EmbeddingSet] = field(default_factory=list)
     folders: list[Path] = field(default_factory=list)  # under ARTIFACTS_ROOT, used by no kept row
     caches: list[Path] = field(default_factory=list)  # feature caches (one folder per setting) no kept index uses
+    orphans: list[Path] = field(default_factory=list)  # files, in the caches that stay, of photos since deleted
     left: list[Path] = field(default_factory=list)  # outside ARTIFACTS_ROOT: the rows go, the files stay
     bytes: int = 0
 
@@ -77,7 +80,9 @@ def plan(keep: int) -> Prune:
     out.folders.sort()
     out.left.sort()
     out.caches = _unused_caches(kept)
+    out.orphans = _orphans([cache for cache in cache_folders() if cache not in out.caches])
     out.bytes = _size(out.folders + out.caches, kept=[p for p in in_use if p is not None])
+    out.bytes += sum(path.stat().st_size for path in out.orphans)
     return out
 
 
@@ -125,6 +130,28 @@ def forget_features(image_ids: list[str]) -> int:
     return deleted
 
 
+def _orphans(caches: list[Path]) -> list[Path]:
+    """The files in ``caches`` of photos no longer in the catalogue (deleted before ``forget_features``
+    existed, or by hand in the database), read a chunk of ids at a time."""
+    out: list[Path] = []
+    for cache in caches:
+        ids: list[str] = []
+        with os.scandir(cache) as entries:
+            for entry in entries:
+                if entry.name.endswith(".npz") and not entry.name.startswith("."):  # ".x.tmp": being written
+                    ids.append(entry.name.removesuffix(".npz"))
+                if len(ids) == ID_CHUNK:
+                    out += _not_in_catalogue(cache, ids)
+                    ids = []
+        out += _not_in_catalogue(cache, ids)
+    return sorted(out)
+
+
+def _not_in_catalogue(cache: Path, ids: list[str]) -> list[Path]:
+    known = set(Image.objects.filter(external_id__in=ids).values_list("external_id", flat=True))
+    return [cache / cache_file_name(i) for i in ids if i not in known]
+
+
 def _cache_keys(iv: IndexVersion) -> set[str] | None:
     """The names of the feature caches searches on ``iv`` read (``webapp.search.engine`` opens the same);
     None when its pipeline is unknown."""
@@ -145,6 +172,8 @@ def prune(keep: int, dry_run: bool = False) -> Prune:
         EmbeddingSet.objects.filter(pk__in=[es.pk for es in out.sets]).delete()
     for folder in out.folders + out.caches:  # after the rows: no row ever points to a folder half deleted
         shutil.rmtree(folder, ignore_errors=True)
+    for path in out.orphans:
+        path.unlink(missing_ok=True)
     return out
 
 

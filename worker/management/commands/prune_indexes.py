@@ -7,8 +7,8 @@ from webapp.search.pruning import PruneRefused, prune
 
 class Command(BaseCommand):
     help = ("Delete the index versions other than the active one and the N most recent (what rollback can go "
-            "back to), the embedding sets none of those uses beyond the N newest, and the feature caches none of "
-            "those reads: rows and files.")
+            "back to), the embedding sets none of those uses beyond the N newest, the feature caches none of "
+            "those reads, and cached features of photos no longer in the catalogue: rows and files.")
 
     def add_arguments(self, parser):
         parser.add_argument("--keep", type=int, default=2, help="Inactive index versions (and sets) to keep (default 2).")
@@ -26,6 +26,8 @@ class Command(BaseCommand):
             self.stdout.write(f"{verb} embedding set #{es.pk} ({es.image_count} images, {es.path})")
         for path in out.caches:
             self.stdout.write(f"{verb} feature cache {path} (no kept index reads it)")
+        if out.orphans:
+            self.stdout.write(f"{verb} {len(out.orphans)} cached feature files of photos no longer in the catalogue")
         for path in out.left:
             self.stdout.write(f"left in place (outside ARTIFACTS_ROOT): {path}")
         self.stdout.write(self.style.SUCCESS(
