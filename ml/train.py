@@ -61,6 +61,7 @@ class TrainConfig:
     amp: str | None = None  # None, "bf16" or "fp16"; CUDA only (ignored on CPU)
     checkpoint_every: int = 0  # steps; 0 = only the final checkpoint
     checkpoint_dir: str | None = None  # default: <out_dir>/checkpoints
+    keep_checkpoints: int = 0  # the newest intermediate checkpoints kept on disk; 0 = all (each holds the head)
     resume_from: str | None = None
     freeze_bn_last_epoch: bool = False
     # Few-shot fine-tuning (a handful of images per landmark): BatchNorm frozen throughout (batch statistics
@@ -333,6 +334,7 @@ def train(
             if cfg.checkpoint_every and state["step"] % cfg.checkpoint_every == 0:
                 path = ckpt_dir / f"step-{state['step']:07d}.pt"
                 written.append(_save(path, model, model_config, optimizer, scheduler, scaler, state, metrics, extra))
+                _drop_older(ckpt_dir, cfg.keep_checkpoints)
             if state["step"] >= total_steps:
                 break
         else:
@@ -428,6 +430,19 @@ def set_rng_state(state: dict[str, Any]) -> None:
     random.setstate((version, tuple(internal), gauss))
     if "cuda" in state and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def step_checkpoints(folder: str | Path) -> list[Path]:
+    """The intermediate checkpoints in ``folder``, oldest first."""
+    folder = Path(folder)
+    return sorted(folder.glob("step-*.pt")) if folder.is_dir() else []
+
+
+def _drop_older(folder: Path, keep: int) -> None:
+    """Delete all but the ``keep`` newest intermediate checkpoints (the one just written among them); 0 keeps all."""
+    if keep > 0:
+        for path in step_checkpoints(folder)[:-keep]:
+            path.unlink(missing_ok=True)
 
 
 def _save(path, model, model_config, optimizer, scheduler, scaler, state, metrics, extra) -> Path:

@@ -161,6 +161,9 @@ CLEAN_CHUNK_PAIRS = env.int("CLEAN_CHUNK_PAIRS", default=2000)
 # small idle CPU is fastest decoding in its own process (0), which leaves every core to torch.
 EMBED_BATCH_SIZE = env.int("EMBED_BATCH_SIZE", default=1)
 EMBED_DECODE_WORKERS = env.int("EMBED_DECODE_WORKERS", default=1)
+# --- Training jobs: a checkpoint every this many steps (unless the job sets its own), so a job whose worker
+# died resumes from the last one instead of starting again; only the newest is kept while it runs.
+TRAIN_CHECKPOINT_EVERY = env.int("TRAIN_CHECKPOINT_EVERY", default=500)
 
 # --- Image limits: what import and upload accept.
 IMAGE_MAX_BYTES = env.int("IMAGE_MAX_BYTES", default=50 * 1024 * 1024)

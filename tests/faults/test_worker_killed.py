@@ -1,6 +1,7 @@
 """Kill a worker (SIGKILL, no warm shutdown) in the middle of a chunked job: the watchdog sends the job again
 to a second worker, which resumes from the parts already on disk (not computed again) and ends with what an
-uninterrupted run gives. Embedding chunks, index shards and cleaning verification chunks."""
+uninterrupted run gives. Embedding chunks, index shards and cleaning verification chunks; and training,
+from its last checkpoint."""
 
 import os
 import re
@@ -11,12 +12,14 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 from django.core.management import call_command
 
 from ml.clean import CleaningEvidence
 from ml.embed import read_embedding_shards
 from ml.index import IndexConfig, build_index, shard_complete
 from ml.regional import load_regions
+from ml.weights import read_checkpoint
 from tests.conftest import (
     clear_broker,
     clustered_vectors,
@@ -26,11 +29,12 @@ from tests.conftest import (
     wait_for,
 )
 from tests.curation.evidence import assert_same_evidence, verdict_rows
+from tests.faults.private_services import start_worker_env
 from webapp.curation.models import CleaningRun
 from webapp.jobs.models import Job
 from webapp.jobs.services import start_job
 from webapp.search.engine import current_engine
-from webapp.search.models import EmbeddingSet, IndexVersion
+from webapp.search.models import EmbeddingSet, IndexVersion, ModelVersion
 from worker import chunks, clean_chunks, shards
 from worker.watchdog import recover_jobs
 
@@ -193,3 +197,39 @@ def test_killed_clean_resumes_from_finished_chunks(imported_mini, settings, tmp_
     evidence = CleaningEvidence.load(run.evidence_path)
     assert_same_evidence(evidence, reference_evidence)
     assert evidence.meta["chunks"] == n and not clean_chunks.work_dir(job).exists()
+
+
+TRAIN_ARGS = ["--splits", "index", "--max-steps", "30", "--batch-size", "8", "--image-size", "128",
+              "--augmentation", "none", "--num-workers", "0"]
+
+
+def test_killed_training_resumes_from_its_last_checkpoint(imported_mini, settings, tmp_path):
+    """A training job checkpoints every TRAIN_CHECKPOINT_EVERY steps into a folder of its own; killed, it
+    is sent again and resumes from the newest one: the same curve, one row per step, and about the same
+    weights as an uninterrupted run (exact resume; the processes' thread counts differ)."""
+    call_command("train", *TRAIN_ARGS, "--name", "whole")  # the uninterrupted run, here
+    whole = read_checkpoint(ModelVersion.objects.get(name="whole").checkpoint)
+
+    clear_broker(settings)
+    first = start_worker_env(settings, tmp_path / "first.log", "first", env={"TRAIN_CHECKPOINT_EVERY": "2"})
+    call_command("train", *TRAIN_ARGS, "--name", "resumed", "--queue")
+    job = Job.objects.filter(kind=Job.Kind.TRAIN).latest("pk")
+    checkpoints = Path(settings.ARTIFACTS_ROOT) / "models" / "resumed" / "checkpoints"
+
+    def newest_step() -> int:
+        found = sorted(checkpoints.glob("job-*/step-*.pt"))
+        return int(found[-1].stem.removeprefix("step-")) if found else 0
+
+    kill_when(first, lambda: newest_step() >= 4, tmp_path / "first.log")
+    at = newest_step()
+    # Only the newest is kept (the one before it too, when the kill fell between writing and deleting).
+    assert 4 <= at < 30 and len(list(checkpoints.glob("job-*/step-*.pt"))) <= 2
+
+    resume(settings, tmp_path, job)
+    assert f"resuming resumed from its checkpoint at step {at}" in job.log and job.result["steps"] == 30
+    mv = ModelVersion.objects.get(name="resumed")
+    assert [row["step"] for row in mv.metrics["steps"]] == list(range(1, 31))  # none twice, none missing
+    assert not list(checkpoints.glob("job-*"))  # the job's own checkpoints go once the model is out
+    resumed = read_checkpoint(mv.checkpoint)
+    for key, value in whole["model"].items():
+        assert torch.allclose(resumed["model"][key].float(), value.float(), atol=1e-3, rtol=1e-3), key

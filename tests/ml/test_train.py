@@ -12,7 +12,7 @@ import torch
 
 from ml.data import TarShardDataset, TrainingManifest, write_tar_shards
 from ml.models import ModelConfig, create_model, freeze_batchnorm
-from ml.train import TrainConfig, accumulate_gradients, lr_at, set_rng_state, train
+from ml.train import TrainConfig, accumulate_gradients, lr_at, set_rng_state, step_checkpoints, train
 from ml.weights import load_model, read_checkpoint
 
 MINI = Path(os.environ.get("LANDMARKS_SHARED_DATA", Path(__file__).resolve().parents[3] / "shared" / "data")) \
@@ -115,6 +115,9 @@ def test_exact_resume_reproduces_the_loss_curve(tmp_path):
     assert all(torch.allclose(a[k].float(), b[k].float(), atol=1e-5) for k in a)
     # The lrs are the warm-up then cosine schedule, stepped per optimizer step.
     assert [r["lr"] for r in full.metrics] == pytest.approx([lr_at(s, cfg, 7) for s in range(7)])
+    # Keeping only the newest intermediate checkpoint (each holds the whole head: 800 MB at 203 k landmarks).
+    train(_model_config(), _train_config(**{**cfg.__dict__, "keep_checkpoints": 1}), manifest, tmp_path / "kept")
+    assert [p.name for p in step_checkpoints(tmp_path / "kept" / "checkpoints")] == ["step-0000006.pt"]
 
 
 def test_loss_decreases_and_checkpoint_loads(tmp_path):
