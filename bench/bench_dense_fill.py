@@ -16,7 +16,6 @@ import argparse
 import csv
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 import numpy as np
@@ -24,20 +23,17 @@ import numpy as np
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from bench.common import SHARED_DATA, record, table  # noqa: E402
+from bench.common import SHARED_DATA, best_of, record, table  # noqa: E402
 from ml.dense_matching import DenseCacheFill, dense_inliers  # noqa: E402
 from ml.pipeline import DEFAULT_PIPELINE, database_regions, dense_store, get_pipeline, load_models  # noqa: E402
 
 
-def best_of(rounds: int, fn) -> tuple[float, object]:
-    """The shortest of ``rounds`` runs of ``fn(folder)``, each given an empty folder; its last result."""
-    best, out = float("inf"), None
-    for _ in range(rounds):
+def in_empty_folder(fn):
+    """``fn(folder)`` as a call of no arguments, each call given an empty folder of its own."""
+    def run():
         with tempfile.TemporaryDirectory() as tmp:
-            started = time.perf_counter()
-            out = fn(Path(tmp))
-            best = min(best, time.perf_counter() - started)
-    return best, out
+            return fn(Path(tmp))
+    return run
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -68,15 +64,15 @@ def main(argv: list[str] | None = None) -> None:
         assert fill.filled == len(ids)
         kept["caught"] = {i: fill.store.get(i) for i in ids}
 
-    t_regions, _ = best_of(args.rounds, regions_only)
-    t_own, _ = best_of(args.rounds, own_pass)
-    t_caught, _ = best_of(args.rounds, caught)
+    t_regions, _ = best_of(args.rounds, in_empty_folder(regions_only))
+    t_own, _ = best_of(args.rounds, in_empty_folder(own_pass))
+    t_caught, _ = best_of(args.rounds, in_empty_folder(caught))
     rows = [
         ["descriptors + regions, no dense features", f"{t_regions:.1f}", f"{len(paths) / t_regions:.2f}", "-"],
         ["+ dense features by a pass of their own (before)", f"{t_own:.1f}", f"{len(paths) / t_own:.2f}",
-         f"+{t_own - t_regions:.1f} s"],
+         f"{t_own - t_regions:+.1f} s"],
         ["+ dense features caught from the same pass (now)", f"{t_caught:.1f}", f"{len(paths) / t_caught:.2f}",
-         f"+{t_caught - t_regions:.1f} s"],
+         f"{t_caught - t_regions:+.1f} s"],
     ]
     agree = np.mean([(kept["own"][i].positions == kept["caught"][i].positions).all(axis=1).mean() for i in ids])
     pairs = _same_landmark_pairs(ids)
@@ -87,7 +83,7 @@ def main(argv: list[str] | None = None) -> None:
              f"{pipeline.image_size} px, scales {', '.join(f'{s:.3f}' for s in pipeline.scales)}, flip "
              f"{pipeline.flip}), best of {args.rounds} rounds. Caught against own-pass features: "
              f"{agree:.1%} of kept positions agree; over {len(pairs)} pairs of photos of one landmark the "
-             f"dense inliers differ by {np.mean(gaps):.1f} on average (largest {max(gaps, default=0)}).")
+             f"dense inliers differ by {np.mean(gaps) if gaps else 0:.1f} on average (largest {max(gaps, default=0)}).")
     command = "python bench/bench_dense_fill.py " + " ".join(argv if argv is not None else sys.argv[1:])
     if args.no_write:
         print(body)

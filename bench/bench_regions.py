@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import argparse
 import sys
-import time
 from dataclasses import replace
 from pathlib import Path
 
@@ -23,18 +22,9 @@ import numpy as np
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from bench.common import SHARED_DATA, record, table  # noqa: E402
+from bench.common import SHARED_DATA, best_of, record, table  # noqa: E402
 from ml.pipeline import DEFAULT_PIPELINE, embed_database, get_pipeline, load_models  # noqa: E402
 from ml.regional import embed_database_regions, whole_image_vectors  # noqa: E402
-
-
-def best_of(rounds: int, fn) -> tuple[float, object]:
-    best, out = float("inf"), None
-    for _ in range(rounds):
-        started = time.perf_counter()
-        out = fn()
-        best = min(best, time.perf_counter() - started)
-    return best, out
 
 
 def main(argv: list[str] | None = None) -> None:

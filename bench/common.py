@@ -6,6 +6,7 @@ import datetime as dt
 import os
 import platform
 import sys
+import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -28,6 +29,16 @@ def machine() -> str:
     if torch is not None and torch.cuda.is_available():
         line += f", GPU {torch.cuda.get_device_name(0)} (torch {torch.__version__})"
     return line
+
+
+def best_of(rounds: int, fn) -> tuple[float, object]:
+    """The shortest time, in seconds, of ``rounds`` calls of ``fn()``, and the last call's result."""
+    best, out = float("inf"), None
+    for _ in range(rounds):
+        started = time.perf_counter()
+        out = fn()
+        best = min(best, time.perf_counter() - started)
+    return best, out
 
 
 def table(headers: list[str], rows: list[list]) -> str:
