@@ -21,4 +21,4 @@ def _forget_deleted_image(instance, **_kwargs) -> None:
     from webapp.search.pruning import forget_features
 
     image_id = instance.external_id
-    transaction.on_commit(lambda: forget_features([image_id]))
+    transaction.on_commit(lambda: forget_features([image_id]), robust=True)  # never fails the deletion

@@ -20,6 +20,7 @@ ARTIFACTS_ROOT, and never a folder that a kept row also points to.
 
 from __future__ import annotations
 
+import logging
 import os
 import shutil
 from dataclasses import dataclass, field
@@ -38,6 +39,7 @@ from webapp.search.models import EmbeddingSet, IndexVersion
 from webapp.search.services import feature_dir
 
 CACHE_PREFIXES = (SIFT_KEY_PREFIX, DENSE_KEY_PREFIX)
+log = logging.getLogger(__name__)
 
 
 class PruneRefused(RuntimeError):
@@ -127,6 +129,8 @@ def forget_features(image_ids: list[str]) -> int:
                 deleted += 1
             except FileNotFoundError:
                 pass
+            except OSError as exc:  # not ours to delete here (a read-only mount): prune_indexes finds it later
+                log.warning("cannot delete the cached features %s: %s", cache / name, exc)
     return deleted
 
 
