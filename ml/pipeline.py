@@ -17,7 +17,6 @@ what it measures is what the product does.
 from __future__ import annotations
 
 import io
-import logging
 import os
 import time
 from collections.abc import Callable, Hashable, Mapping, Sequence
@@ -72,7 +71,6 @@ from ml.rerank import (
     verified_expansion,
 )
 from ml.spatial import (
-    FeatureStore,
     LocalFeatureConfig,
     LocalFeatures,
     LocalFeatureStore,
@@ -86,7 +84,6 @@ from ml.weights import load_model
 from ml.whitening import Whitening, WhiteningConfig, learn_whitening
 
 Progress = Callable[[int, int], None]
-log = logging.getLogger(__name__)
 FULL_RANKING_UP_TO = 10_000  # databases up to this size are ranked completely, larger ones to SHORTLIST
 SHORTLIST = 1_000
 
@@ -660,16 +657,6 @@ def _search(index: LoadedIndex, qvec: np.ndarray, k: int) -> _Ranking:
     return _Ranking(pos[0][keep], scores[0][keep], np.zeros(count, np.int64), np.zeros(count, np.int64))
 
 
-def _cached(store: FeatureStore, image_id: str):
-    """A database photo's cached features; None when its file is missing or unreadable (lost, cut short,
-    from another setting): that photo is then ranked as unverified, and the search goes on."""
-    try:
-        return store.get(image_id)
-    except (FileNotFoundError, ValueError) as exc:
-        log.warning("%s of %s cannot be read; ranked unverified: %s", store.kind, image_id, exc)
-        return None
-
-
 def _verify_top(
     database: SearchDatabase, qfeats: LocalFeatures | None, qdense: DenseFeatures | None, state: _Ranking
 ) -> None:
@@ -679,7 +666,7 @@ def _verify_top(
     positions = state.positions.tolist()
     if qfeats is not None:
         todo = [p for p in positions[: pipeline.verification.top_n] if p not in state.checks]
-        cached = {p: _cached(database.features, database.ids[p]) for p in todo}
+        cached = {p: database.features.readable(database.ids[p]) for p in todo}
         state.checks.update({p: None for p, f in cached.items() if f is None})
         todo = [p for p in todo if cached[p] is not None]
         if todo:
@@ -687,7 +674,7 @@ def _verify_top(
                 state.checks[p] = check
     if qdense is not None:
         todo = [p for p in positions[: pipeline.dense.top_n] if p not in state.dense_checks]
-        cached = {p: _cached(database.dense, database.ids[p]) for p in todo}
+        cached = {p: database.dense.readable(database.ids[p]) for p in todo}
         state.dense_checks.update({p: 0 for p, f in cached.items() if f is None})
         todo = [p for p in todo if cached[p] is not None]
         if todo:

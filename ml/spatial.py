@@ -196,6 +196,15 @@ class FeatureStore(Generic[F]):
         self._remember(image_id, feats)
         return feats
 
+    def readable(self, image_id: str) -> F | None:
+        """``get``, or None (logged) when the file is missing or unreadable (lost, cut short, from another
+        setting): a search then ranks that photo as unverified, "why this match" makes them from the photo."""
+        try:
+            return self.get(image_id)
+        except (FileNotFoundError, ValueError) as exc:
+            log.warning("%s of %s cannot be read (searches rank it unverified): %s", self.kind, image_id, exc)
+            return None
+
     def _remember(self, image_id: str, feats: F) -> None:
         self._memory[image_id] = feats
         self._memory.move_to_end(image_id)

@@ -72,10 +72,8 @@ def match_drawing(query: SearchQuery, image: Image) -> Drawing:
 
 def _cached_or_made(store: FeatureStore | None, image: Image, make):
     """The result's cached features, else (no cache, or its file lost or cut short) ``make`` of its photo."""
-    if store is not None:
-        try:
-            return store.get(image.external_id)
-        except (FileNotFoundError, ValueError):
-            pass
+    feats = store.readable(image.external_id) if store is not None else None
+    if feats is not None:
+        return feats
     with PILImage.open(image_file_path(image)) as photo:
         return make(photo)
