@@ -12,7 +12,6 @@ the BN-fused network, which rounds differently) and the inliers of the pairs of 
 
 from __future__ import annotations
 
-import argparse
 import csv
 import sys
 import tempfile
@@ -23,7 +22,7 @@ import numpy as np
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from bench.common import SHARED_DATA, best_of, record, table  # noqa: E402
+from bench.common import SHARED_DATA, best_of, photo_bench, record, table  # noqa: E402
 from ml.dense_matching import DenseCacheFill, dense_inliers  # noqa: E402
 from ml.pipeline import DEFAULT_PIPELINE, database_regions, dense_store, get_pipeline, load_models  # noqa: E402
 
@@ -37,15 +36,9 @@ def in_empty_folder(fn):
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--data", type=Path, default=SHARED_DATA / "landmarks-mini" / "images")
-    parser.add_argument("--images", type=int, default=145)
-    parser.add_argument("--rounds", type=int, default=2)
-    parser.add_argument("--no-write", action="store_true")
-    args = parser.parse_args(argv)
+    args, paths = photo_bench(__doc__.splitlines()[0], argv)
     pipeline = get_pipeline(DEFAULT_PIPELINE)
     models = load_models(pipeline)
-    paths = [str(p) for p in sorted(args.data.glob("*.jpg"))[: args.images]]
     ids = [Path(p).stem for p in paths]
     kept: dict[str, dict] = {}
 

@@ -12,7 +12,6 @@ machine, several times slower on a busy one (docs/benchmarks.md, "Embedding thro
 
 from __future__ import annotations
 
-import argparse
 import sys
 from dataclasses import replace
 from pathlib import Path
@@ -22,21 +21,15 @@ import numpy as np
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from bench.common import SHARED_DATA, best_of, record, table  # noqa: E402
+from bench.common import best_of, photo_bench, record, table  # noqa: E402
 from ml.pipeline import DEFAULT_PIPELINE, embed_database, get_pipeline, load_models  # noqa: E402
 from ml.regional import embed_database_regions, whole_image_vectors  # noqa: E402
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--data", type=Path, default=SHARED_DATA / "landmarks-mini" / "images")
-    parser.add_argument("--images", type=int, default=145)
-    parser.add_argument("--rounds", type=int, default=2)
-    parser.add_argument("--no-write", action="store_true")
-    args = parser.parse_args(argv)
+    args, paths = photo_bench(__doc__.splitlines()[0], argv)
     pipeline = get_pipeline(DEFAULT_PIPELINE)
     models = load_models(pipeline)
-    paths = [str(p) for p in sorted(args.data.glob("*.jpg"))[: args.images]]
     cfg = pipeline.embed_config()
     before = replace(cfg, fuse_bn=False, num_workers=0)
 

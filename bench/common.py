@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import datetime as dt
 import os
 import platform
@@ -29,6 +30,18 @@ def machine() -> str:
     if torch is not None and torch.cuda.is_available():
         line += f", GPU {torch.cuda.get_device_name(0)} (torch {torch.__version__})"
     return line
+
+
+def photo_bench(description: str, argv: list[str] | None) -> tuple[argparse.Namespace, list[str]]:
+    """The options of a benchmark over landmarks-mini photos (--data, --images, --rounds, --no-write), and
+    the first ``--images`` of those photos, by name."""
+    parser = argparse.ArgumentParser(description=description)
+    parser.add_argument("--data", type=Path, default=SHARED_DATA / "landmarks-mini" / "images")
+    parser.add_argument("--images", type=int, default=145)
+    parser.add_argument("--rounds", type=int, default=2)
+    parser.add_argument("--no-write", action="store_true")
+    args = parser.parse_args(argv)
+    return args, [str(p) for p in sorted(args.data.glob("*.jpg"))[: args.images]]
 
 
 def best_of(rounds: int, fn) -> tuple[float, object]:
