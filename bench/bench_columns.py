@@ -38,7 +38,7 @@ def label_list(labels: list[str]) -> list[str]:
 
 def label_column(labels: list[str]):
     column = LabelColumnBuilder()
-    for start in range(0, len(labels), 5000):  # as webapp.search.engine.labels_of reads them
+    for start in range(0, len(labels), 5000):  # as webapp.catalog.labels.labels_of reads them
         column.extend(s.encode().decode() for s in labels[start:start + 5000])
     return column.build()
 

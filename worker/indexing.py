@@ -34,9 +34,9 @@ from ml.regional import FILE_NAME as REGIONS_FILE
 from ml.regional import load_regions, whole_image_vectors
 from ml.rerank import database_augmentation
 from ml.whitening import learn_whitening
+from webapp.catalog.labels import labels_of
 from webapp.catalog.models import Image, by_external_ids
 from webapp.jobs.models import Job
-from webapp.search.engine import labels_of
 from webapp.search.models import EmbeddingSet, IndexVersion, ModelVersion
 from webapp.search.services import (
     active_model_version,

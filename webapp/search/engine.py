@@ -14,20 +14,19 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections.abc import Sequence
 from dataclasses import dataclass, replace
 
 from django.conf import settings
 from django.db import connection
 from PIL import Image as PILImage
 
-from ml.columns import LabelColumn, LabelColumnBuilder
 from ml.index import load_index
 from ml.pipeline import SearchDatabase, dense_store, embedded_as, get_pipeline, load_models, search_one
 from ml.regional import load_regions
 from ml.spatial import LocalFeatureStore
 from ml.whitening import Whitening
-from webapp.catalog.models import CatalogRevision, Image, by_external_ids
+from webapp.catalog.labels import hidden_ids, labels_of
+from webapp.catalog.models import CatalogRevision
 from webapp.search.models import IndexVersion
 
 log = logging.getLogger(__name__)
@@ -80,23 +79,6 @@ class Outcome:
 def _labels_stamp() -> int:
     """Moves whenever labels or the searchable set change (relabel, takedown, import, delete): one query."""
     return CatalogRevision.current()
-
-
-def labels_of(ids: Sequence[str]) -> LabelColumn:
-    """Current labels by index position; deleted and taken-down images vote for nothing. Read in chunks
-    and kept as codes (``ml.columns``), so memory stays small at millions of images."""
-    column = LabelColumnBuilder()
-    visible = Image.objects.filter(taken_down=False).values_list("external_id", "landmark__external_id")
-    for chunk, rows in by_external_ids(visible, ids):
-        current = dict(rows)
-        column.extend(current.get(i) for i in chunk)
-    return column.build()
-
-
-def hidden_ids(ids: list[str]) -> set[str]:
-    """Of ``ids``, those deleted or taken down since the index was built (they never appear in results)."""
-    visible = set(Image.objects.filter(external_id__in=ids, taken_down=False).values_list("external_id", flat=True))
-    return set(ids) - visible
 
 
 def _key(iv: IndexVersion) -> tuple[int, str]:

@@ -1,51 +1,118 @@
-"""Model versions: the list and one model's page with its training curves."""
+"""Search by photo: the upload, the results page (landmark, ranked grid, score cutoff, paging, options),
+the user's history, and "why this match"."""
 
+from __future__ import annotations
+
+from functools import wraps
+
+from django.conf import settings
 from django.contrib import messages
+from django.contrib.auth.decorators import login_not_required
+from django.contrib.auth.views import redirect_to_login
 from django.core.paginator import Paginator
+from django.http import FileResponse, Http404
 from django.shortcuts import get_object_or_404, redirect, render
-from django.utils.safestring import mark_safe
 from django.views.decorators.http import require_POST
 
-from webapp.curation.roles import ADMIN, role_required
-from webapp.search.models import IndexVersion, ModelVersion
-from webapp.search.plots import line_chart
-from webapp.search.services import activate_index, activate_model, active_model_version
+from ml.images import BadImage
+from webapp.search.engine import NoIndexError, Options
+from webapp.search.matching import match_drawing
+from webapp.search.models import SearchQuery
+from webapp.search.querying import rerun_search, run_search
+from webapp.search.ratelimit import allow_upload
+
+PAGE_SIZE = 20
 
 
-def model_list(request):
-    page = Paginator(ModelVersion.objects.select_related("job").defer("metrics"), 25).get_page(request.GET.get("page"))
-    indexes = IndexVersion.objects.select_related("embedding_set__model_version")[:20]
-    return render(request, "search/model_list.html", {"page": page, "active": active_model_version(),
-                                                      "indexes": indexes})
+def public_search(view):
+    """Search pages open to anonymous visitors when SEARCH_PUBLIC is true; a login otherwise."""
+    @login_not_required
+    @wraps(view)
+    def wrapped(request, *args, **kwargs):
+        if not request.user.is_authenticated and not settings.SEARCH_PUBLIC:
+            return redirect_to_login(request.get_full_path())
+        return view(request, *args, **kwargs)
+    return wrapped
 
 
-@role_required(ADMIN)
+def _options_from(post) -> Options:
+    return Options(verify="verify" in post, query_expansion="query_expansion" in post, use_labels="use_labels" in post)
+
+
+@public_search
+def search_home(request):
+    if request.method == "POST":
+        upload = request.FILES.get("image")
+        if upload is None:
+            return render(request, "search/search.html", {"error": "Choose a photo to search with."}, status=400)
+        allowed, wait = allow_upload(request)
+        if not allowed:
+            response = render(request, "search/search.html", {
+                "error": f"Too many searches: at most {settings.SEARCH_RATE_LIMIT} a minute. Try again in {wait} s."},
+                status=429)
+            response["Retry-After"] = str(wait)
+            return response
+        options = _options_from(request.POST) if request.POST.get("options") else Options()
+        try:
+            query = run_search(upload.read(), upload.name, request.user, options)
+        except BadImage as exc:
+            return render(request, "search/search.html",
+                          {"error": f"“{upload.name}” cannot be searched: {exc}."}, status=400)
+        except NoIndexError as exc:
+            return render(request, "search/search.html", {"error": str(exc)}, status=503)
+        return redirect("search-results", uid=query.uid)
+    return render(request, "search/search.html", {})
+
+
+@public_search
+def search_results(request, uid):
+    query = get_object_or_404(SearchQuery.objects.select_related("landmark", "index_version", "model_version"),
+                              uid=uid)
+    min_score = _float(request.GET.get("min_score"))
+    results = query.results.select_related("image__landmark").order_by("rank")
+    if min_score is not None:
+        results = results.filter(score__gte=min_score)
+    page = Paginator(results, PAGE_SIZE).get_page(request.GET.get("page"))
+    return render(request, "search/results.html", {"query": query, "page": page, "min_score": min_score,
+                                                   "options": Options.from_dict(query.options)})
+
+
+@public_search
 @require_POST
-def model_activate(request, pk: int):
-    """Pin a model as the active one, or (pk 0) go back to 'the latest trained model'."""
-    activate_model(get_object_or_404(ModelVersion, pk=pk) if pk else None)
-    messages.success(request, f"Active model: {active_model_version().name}. Rebuild the index to search with it.")
-    return redirect("model-list")
-
-
-@role_required(ADMIN)
-@require_POST
-def index_activate(request, pk: int):
-    iv = get_object_or_404(IndexVersion, pk=pk)
+def search_rerun(request, uid):
+    query = get_object_or_404(SearchQuery, uid=uid)
     try:
-        activate_index(iv)
-        messages.success(request, f"Index #{iv.pk} now answers every search.")
-    except ValueError as exc:
+        new = rerun_search(query, request.user, _options_from(request.POST))
+    except NoIndexError as exc:
         messages.error(request, str(exc))
-    return redirect("model-list")
+        return redirect("search-results", uid=uid)
+    return redirect("search-results", uid=new.uid)
 
 
-def model_detail(request, pk: int):
-    mv = get_object_or_404(ModelVersion.objects.select_related("job"), pk=pk)
-    steps = mv.metrics.get("steps", [])
-    charts = [mark_safe(line_chart([(s["step"], s[key]) for s in steps if key in s], label))  # noqa: S308 - built with escape()
-              for key, label in [("loss", "loss"), ("accuracy", "accuracy"), ("lr", "learning rate")]]
-    template = "search/_model_curves.html" if request.htmx else "search/model_detail.html"
-    return render(request, template, {"mv": mv, "charts": [c for c in charts if c], "steps": len(steps),
-                                      "last": steps[-1] if steps else None,
-                                      "is_active": active_model_version() == mv})
+def search_history(request):
+    page = Paginator(SearchQuery.objects.filter(user=request.user).select_related("landmark"), 25).get_page(
+        request.GET.get("page"))
+    return render(request, "search/history.html", {"page": page})
+
+
+@public_search
+def query_photo(request, uid):
+    query = get_object_or_404(SearchQuery, uid=uid)
+    return FileResponse(query.photo.open("rb"), content_type="image/jpeg")
+
+
+@public_search
+def why_match(request, uid, image_id: str):
+    query = get_object_or_404(SearchQuery, uid=uid)
+    result = query.results.select_related("image__landmark").filter(image__external_id=image_id).first()
+    if result is None:
+        raise Http404("that image is not among this search's results")
+    drawing = match_drawing(query, result.image)
+    return render(request, "search/match.html", {"query": query, "result": result, "drawing": drawing})
+
+
+def _float(value) -> float | None:
+    try:
+        return float(value) if value not in (None, "") else None
+    except ValueError:
+        return None
