@@ -7,7 +7,7 @@ from webapp.catalog import explore
 from webapp.catalog import views as catalog
 from webapp.curation import views as curation
 from webapp.jobs import views as jobs
-from webapp.search import search_views
+from webapp.search import versions
 from webapp.search import views as search
 
 urlpatterns = [
@@ -24,17 +24,17 @@ urlpatterns = [
     path("jobs/<int:pk>/", jobs.job_detail, name="job-detail"),
     path("jobs/<int:pk>/cancel/", jobs.job_cancel, name="job-cancel"),
     path("jobs/<int:pk>/retry/", jobs.job_retry, name="job-retry"),
-    path("search/", search_views.search_home, name="search"),
-    path("search/history/", search_views.search_history, name="search-history"),
-    path("search/<uuid:uid>/", search_views.search_results, name="search-results"),
-    path("search/<uuid:uid>/photo.jpg", search_views.query_photo, name="search-photo"),
+    path("search/", search.search_home, name="search"),
+    path("search/history/", search.search_history, name="search-history"),
+    path("search/<uuid:uid>/", search.search_results, name="search-results"),
+    path("search/<uuid:uid>/photo.jpg", search.query_photo, name="search-photo"),
     path("search/<uuid:uid>/map/", explore.search_map, name="search-map"),
-    path("search/<uuid:uid>/again/", search_views.search_rerun, name="search-rerun"),
-    path("search/<uuid:uid>/match/<str:image_id>/", search_views.why_match, name="search-match"),
-    path("models/", search.model_list, name="model-list"),
-    path("models/<int:pk>/", search.model_detail, name="model-detail"),
-    path("models/<int:pk>/activate/", search.model_activate, name="model-activate"),
-    path("indexes/<int:pk>/activate/", search.index_activate, name="index-activate"),
+    path("search/<uuid:uid>/again/", search.search_rerun, name="search-rerun"),
+    path("search/<uuid:uid>/match/<str:image_id>/", search.why_match, name="search-match"),
+    path("models/", versions.model_list, name="model-list"),
+    path("models/<int:pk>/", versions.model_detail, name="model-detail"),
+    path("models/<int:pk>/activate/", versions.model_activate, name="model-activate"),
+    path("indexes/<int:pk>/activate/", versions.index_activate, name="index-activate"),
     path("curation/", curation.queue, name="curation-queue"),
     path("curation/clusters/<int:pk>/", curation.cluster_detail, name="cluster-detail"),
     path("curation/clusters/<int:pk>/apply/", curation.cluster_apply, name="cluster-apply"),

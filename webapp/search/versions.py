@@ -1,4 +1,4 @@
-"""Model versions: the list and one model's page with its training curves."""
+"""Model and index versions: the list, one model's page with its training curves, and making a version active."""
 
 from django.contrib import messages
 from django.core.paginator import Paginator
