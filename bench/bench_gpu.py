@@ -26,9 +26,12 @@ from bench.bench_embed import naive_embed  # noqa: E402
 from bench.common import SHARED_DATA, record, table  # noqa: E402
 from ml.data import TrainingManifest  # noqa: E402
 from ml.embed import EmbedConfig, embed_images  # noqa: E402
-from ml.models import ModelConfig, create_model  # noqa: E402
+from ml.models import ModelConfig  # noqa: E402
 from ml.train import TrainConfig, train  # noqa: E402
-from ml.weights import load_model  # noqa: E402
+from ml.weights import (
+    create_model,  # noqa: E402
+    load_model,  # noqa: E402
+)
 
 MINI = SHARED_DATA / "landmarks-mini"
 BACKBONE = "tf_efficientnet_lite0"

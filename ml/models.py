@@ -13,7 +13,9 @@ scaled cosine logits, or the linear logits for softmax):
 - ``adacos``: adaptive scale, with the additive angular margin lyakaap's variant adds;
 - ``subcenter_arcface``: K sub-centers per class, max over them, per-class dynamic margins (E.1, 2020 3rd).
 
-``create_model(ModelConfig(...))`` is the one factory; ``HEADS`` is its registry of heads.
+``LandmarkNet(ModelConfig(...))`` is the architecture; ``HEADS`` is the registry of heads. Weights come from
+``ml.weights`` (``create_model``: the network with the pretrained weights its config names), which imports
+this module, never the other way round.
 """
 
 from __future__ import annotations
@@ -23,7 +25,6 @@ import logging
 import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from pathlib import Path
 
 import timm
 import torch
@@ -320,30 +321,7 @@ class LandmarkNet(nn.Module):
         return self.forward_neck(self.forward_pooled(x))
 
 
-def create_model(cfg: ModelConfig) -> LandmarkNet:
-    """Build a LandmarkNet and load the weights ``cfg.pretrained`` names (see ModelConfig)."""
-    model = LandmarkNet(cfg)
-    if cfg.neck_init == "identity":
-        _identity_neck(model)
-    source = cfg.pretrained
-    if source is None:
-        return model
-    from ml import weights  # late import: weights imports this module for load_model
-
-    if source == "packaged":
-        weights.load_packaged_backbone(model.backbone, cfg.backbone)
-    elif source == "hub":
-        _load_hub_backbone(model, cfg.backbone)
-    elif Path(source).exists():
-        weights.load_pretrained_checkpoint(model, source)
-    else:
-        raise ValueError(
-            f"pretrained={source!r} is neither 'packaged', 'hub', None nor an existing checkpoint path"
-        )
-    return model
-
-
-def _identity_neck(model: LandmarkNet) -> None:
+def init_identity_neck(model: LandmarkNet) -> None:
     width = model.backbone.num_features
     if model.config.embedding_dim != width:
         raise ValueError(f"neck_init='identity' needs embedding_dim = backbone width ({width}), "
@@ -352,16 +330,6 @@ def _identity_neck(model: LandmarkNet) -> None:
         model.fc.weight.copy_(torch.eye(width))
         model.fc.bias.zero_()
     # A fresh BatchNorm1d (mean 0, var 1, weight 1, bias 0) is already the identity up to its eps.
-
-
-def _load_hub_backbone(model: LandmarkNet, name: str) -> None:
-    try:
-        hub = timm.create_model(name, pretrained=True, num_classes=0, global_pool="")
-    except Exception as exc:  # timm raises many kinds when offline
-        raise RuntimeError(
-            f"could not download timm weights for {name} ({exc}); use pretrained='packaged' or a checkpoint path"
-        ) from exc
-    model.backbone.load_state_dict(hub.state_dict())
 
 
 def freeze_batchnorm(model: nn.Module) -> int:

@@ -34,8 +34,8 @@ from ml.data import (
     TrainingManifest,
     template_sizes,
 )
-from ml.models import LandmarkNet, ModelConfig, create_model, freeze_batchnorm
-from ml.weights import backbone_width, read_checkpoint, save_checkpoint
+from ml.models import LandmarkNet, ModelConfig, freeze_batchnorm
+from ml.weights import backbone_width, create_model, read_checkpoint, save_checkpoint
 
 log = logging.getLogger(__name__)
 

@@ -28,7 +28,7 @@ import torch
 from torch import nn
 
 from ml.atomic_files import replacing
-from ml.models import LandmarkNet, ModelConfig, create_model
+from ml.models import LandmarkNet, ModelConfig, init_identity_neck
 
 log = logging.getLogger(__name__)
 
@@ -45,6 +45,41 @@ PACKAGED_PREFIX = "packaged:"
 
 class WeightsError(ValueError):
     """Weights that cannot be loaded into the model asked for; the message says which tensor and why."""
+
+
+# ------------------------------------------------------------------------------------------ the factory
+
+
+def create_model(cfg: ModelConfig) -> LandmarkNet:
+    """Build a LandmarkNet and load the weights ``cfg.pretrained`` names (see ModelConfig)."""
+    model = LandmarkNet(cfg)
+    if cfg.neck_init == "identity":
+        init_identity_neck(model)
+    source = cfg.pretrained
+    if source is None:
+        return model
+    if source == "packaged":
+        load_packaged_backbone(model.backbone, cfg.backbone)
+    elif source == "hub":
+        _load_hub_backbone(model, cfg.backbone)
+    elif Path(source).exists():
+        load_pretrained_checkpoint(model, source)
+    else:
+        raise ValueError(
+            f"pretrained={source!r} is neither 'packaged', 'hub', None nor an existing checkpoint path"
+        )
+    return model
+
+
+def _load_hub_backbone(model: LandmarkNet, name: str) -> None:
+    try:
+        hub = timm.create_model(name, pretrained=True, num_classes=0, global_pool="")
+    except Exception as exc:  # timm raises many kinds when offline
+        raise RuntimeError(
+            f"could not download timm weights for {name} ({exc}); use pretrained='packaged' or a checkpoint path"
+        ) from exc
+    model.backbone.load_state_dict(hub.state_dict())
+
 
 
 # ------------------------------------------------------------------------------------ packaged weights

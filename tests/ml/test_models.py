@@ -15,12 +15,11 @@ from ml.models import (
     ModelConfig,
     SoftmaxHead,
     SubCenterArcFaceHead,
-    create_model,
     dynamic_margins,
     freeze_batchnorm,
     fuse_conv_bn,
 )
-from ml.weights import save_checkpoint
+from ml.weights import create_model, save_checkpoint
 
 torch.set_num_threads(1)  # the test machine is shared: one thread is fastest there
 

@@ -11,9 +11,9 @@ import pytest
 import torch
 
 from ml.data import TarShardDataset, TrainingManifest, write_tar_shards
-from ml.models import ModelConfig, create_model, freeze_batchnorm
+from ml.models import ModelConfig, freeze_batchnorm
 from ml.train import TrainConfig, accumulate_gradients, lr_at, set_rng_state, step_checkpoints, train
-from ml.weights import load_model, read_checkpoint
+from ml.weights import create_model, load_model, read_checkpoint
 
 MINI = Path(os.environ.get("LANDMARKS_SHARED_DATA", Path(__file__).resolve().parents[3] / "shared" / "data")) \
     / "landmarks-mini"

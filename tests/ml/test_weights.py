@@ -9,12 +9,13 @@ import torch
 
 from ml.embed import normalise, prepare_image
 from ml.images import load_rgb
-from ml.models import ModelConfig, create_model
+from ml.models import ModelConfig
 from ml.weights import (
     IMAGE_MEAN,
     IMAGE_STD,
     PACKAGED_WEIGHTS,
     WeightsError,
+    create_model,
     load_model,
     load_packaged_backbone,
     map_state_in_order,
