@@ -32,6 +32,8 @@ class Job(models.Model):
     progress_done = models.BigIntegerField(default=0)
     progress_total = models.BigIntegerField(null=True, blank=True)
     message = models.CharField(max_length=500, blank=True, help_text="What the job is doing now.")
+    stage = models.CharField(max_length=200, blank=True, help_text="The stage a job of several stages is in "
+                             "(\"stage 3 of 5: local features\"); its progress counts that stage's items.")
     log = models.TextField(blank=True, help_text="Warnings and notes, one per line (bad files and such).")
     error = models.TextField(blank=True)
     created_by = models.ForeignKey(
