@@ -28,10 +28,7 @@ from ml.data import TrainingManifest  # noqa: E402
 from ml.embed import EmbedConfig, embed_images  # noqa: E402
 from ml.models import ModelConfig  # noqa: E402
 from ml.train import TrainConfig, train  # noqa: E402
-from ml.weights import (
-    create_model,  # noqa: E402
-    load_model,  # noqa: E402
-)
+from ml.weights import create_model, load_model  # noqa: E402
 
 MINI = SHARED_DATA / "landmarks-mini"
 BACKBONE = "tf_efficientnet_lite0"
