@@ -62,7 +62,7 @@ SWEEP: list[tuple[str, dict]] = [
 
 
 def measure(model_spec: str) -> dict:
-    pipeline = replace(get_pipeline("baseline-lite0"), image_size=EVAL_SIZE)
+    pipeline = replace(get_pipeline("baseline"), image_size=EVAL_SIZE)
     run = run_evaluation(MINI, pipeline, model_spec, use_labels=True)
     solution = {q.query_id: {run.layout.labels[i] for i in q.easy + q.hard} for q in run.layout.queries}
     predictions = gap_predictions({qid: r.recognition for qid, r in run.results.items()})

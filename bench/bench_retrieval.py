@@ -1,6 +1,7 @@
 """Retrieval on landmarks-mini: every pipeline variant tried, with and without the database labels.
 
-Runs ``ml.evaluate`` (what ``manage.py evaluate`` runs) for each variant in one process. Database
+Runs ``ml.evaluate`` (what ``manage.py evaluate`` runs) for each variant (``bench/pipelines.py``) in one
+process. Database
 embeddings and local features are computed once per model configuration and reused by later variants;
 their "database s" then repeats the time they took when computed. Query time is measured for every
 variant (embedding, local features, search, re-ranking). For variants using labels, recognition is scored
@@ -26,14 +27,15 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from bench.common import SHARED_DATA, record, table  # noqa: E402
+from bench.pipelines import variant  # noqa: E402
 from ml.evaluate import EvalCache, run_evaluation  # noqa: E402
 from ml.metrics import global_average_precision  # noqa: E402
-from ml.pipeline import DEFAULT_PIPELINE, get_pipeline, search_one  # noqa: E402
+from ml.pipeline import DEFAULT_PIPELINE, search_one  # noqa: E402
 from ml.recognize import gap_predictions  # noqa: E402
 
 # (pipeline, use labels) in the order they were tried.
 VARIANTS = [
-    ("baseline-lite0", False),
+    ("baseline", False),
     ("baseline-lite2", False),
     ("ensemble", False),
     ("lite2-ms", False),
@@ -93,10 +95,10 @@ def main() -> None:
     rows = []
     started = time.perf_counter()
     with tempfile.TemporaryDirectory(prefix="bench-retrieval-") as tmp:
-        cache = EvalCache(Path(tmp) / "features")
+        cache = EvalCache(Path(tmp))
         for name, labels in variants:
             t = time.perf_counter()
-            run = run_evaluation(args.data, name, use_labels=labels, cache=cache)
+            run = run_evaluation(args.data, variant(name), use_labels=labels, cache=cache)
             m = run.metrics
             gap, rejected = recognition_scores(run) if labels else ("-", "-")
             mark = " **(default)**" if name == DEFAULT_PIPELINE else ""
@@ -108,7 +110,7 @@ def main() -> None:
             print(" | ".join(rows[-1]), f"({time.perf_counter() - t:.0f} s)", flush=True)
     body = table(["variant", "labels", "mAP medium", "mAP@100", "recall@1", "s/query", "database s", "GAP",
                   "non-landmarks rejected"], rows)
-    descriptions = "\n".join(f"- `{n}`: {get_pipeline(n).description}" for n in dict.fromkeys(n for n, _ in variants))
+    descriptions = "\n".join(f"- `{n}`: {variant(n).description}" for n in dict.fromkeys(n for n, _ in variants))
     body += (
         f"\n\n{descriptions}\n\nData set {args.data.name}: 145 labelled database images, 34 queries. s/query = "
         "query embedding + local features + search + re-ranking (database local features precomputed). "

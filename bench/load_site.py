@@ -31,7 +31,6 @@ from django.conf import settings
 from django.utils import timezone
 
 from ml.embed import read_embedding_shards, write_embedding_shards
-from ml.pipeline import get_pipeline
 from webapp.catalog.models import CatalogRevision, Image
 from webapp.search.models import EmbeddingSet, IndexVersion
 
@@ -89,7 +88,7 @@ def populate(n: int, noise: float = 1.0, seed: int = 0, batch: int = 5000) -> di
     timings["embeddings"] = time.perf_counter() - t
 
     t = time.perf_counter()
-    pipeline = get_pipeline(iv.params.get("pipeline"))
+    pipeline = iv.pipeline_config()
     if pipeline.uses_local_features:
         folder = Path(iv.params["feature_dir"]) / pipeline.local_features.cache_key()
         for k, syn in enumerate(syn_ids):

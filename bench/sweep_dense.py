@@ -23,6 +23,7 @@ import ml.pipeline as pipeline_module  # noqa: E402
 from bench.common import SHARED_DATA, record, table  # noqa: E402
 from ml.dense_matching import DenseMatchConfig  # noqa: E402
 from ml.evaluate import EvalCache, _prepare, read_layout, score  # noqa: E402
+from ml.weights import shared_models  # noqa: E402
 
 SETTINGS = [dict(top_n=0)] + [
     dict(top_n=50, min_inliers=t, weight=w) for t in (15, 20, 25) for w in (0.25, 0.5, 1.0, 2.0)
@@ -65,7 +66,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         cache = EvalCache(Path(tmp))
         database, _ = _prepare(layout, default, cache, None)
-        inputs = query_inputs(layout, database, cache.models[tuple(default.models)])
+        inputs = query_inputs(layout, database, shared_models(default.models))
         rows = []
         for setting in SETTINGS:
             dense = DenseMatchConfig(**setting)

@@ -3,7 +3,8 @@
     DATASET/images/<id>.jpg, DATASET/queries/<id>.jpg (looked up first for query ids), DATASET/gnd.json =
     {"images": [...], "queries": {qid: {"easy", "hard", "junk", "bbx"?}}, "labels": {id: landmark}?}
 
-``evaluate`` prepares the database once (embeddings, DBA, index, local features), then runs
+``evaluate`` builds the database once with the product's own build stages (``ml.stages.index_build``:
+embeddings, local features, regions, whitening and DBA, index shards), then runs
 ``ml.pipeline.search_one`` for every query, exactly as the product does, and scores the rankings:
 revisited-Oxford Medium / Hard mAP (percent, trapezoidal AP), Kaggle mAP@100 (positives = easy + hard,
 junk removed), recall@1 / @10, and the time per query and for the database.
@@ -30,17 +31,13 @@ from ml.pipeline import (
     PipelineConfig,
     SearchDatabase,
     SearchResult,
-    database_regions,
-    dense_fill,
-    embed_database,
     get_pipeline,
-    load_models,
-    prepare_database,
     ranking_depth,
     search_one,
     with_models,
 )
-from ml.regional import whole_image_vectors
+from ml.stages.index_build import build_database, embed_collection
+from ml.weights import shared_models
 
 Progress = Callable[[int, int], None]
 RESULT_KEYS = (
@@ -129,13 +126,16 @@ def _read_query(root: Path, qid: str, entry: Any) -> EvalQuery:
 
 @dataclass
 class EvalCache:
-    """Reuse across evaluations of one data set (benchmarks): models, database vectors and their time."""
+    """Reuse across evaluations of one data set (benchmarks): the embedding sets (one per way of embedding,
+    with the seconds they took) and the feature caches, in ``root``."""
 
-    feature_dir: Path
-    models: dict[tuple[str, ...], list[LandmarkNet]] = field(default_factory=dict)
-    vectors: dict[tuple, tuple[np.ndarray, float]] = field(default_factory=dict)
-    regions: dict[tuple, tuple[np.ndarray, float]] = field(default_factory=dict)  # (N, R, D), seconds
+    root: Path
+    sets: dict[tuple, tuple[Path, float]] = field(default_factory=dict)
     feature_seconds: float | None = None  # time the local features of the database took when computed
+
+    @property
+    def feature_dir(self) -> Path:
+        return self.root / "features"
 
 
 @dataclass
@@ -177,10 +177,10 @@ def run_evaluation(
     tmp = None
     if cache is None:
         tmp = Path(tempfile.mkdtemp(prefix="landmarks-eval-"))
-        cache = EvalCache(tmp / "features")
+        cache = EvalCache(tmp)
     try:
         database, db_seconds = _prepare(layout, config, cache, progress)
-        models = cache.models[tuple(config.models)]
+        models = shared_models(config.models)
         results: dict[str, SearchResult] = {}
         offset = len(layout.database_ids)
         total = offset + len(layout.queries)
@@ -200,45 +200,40 @@ def run_evaluation(
 def _prepare(
     layout: EvalLayout, config: PipelineConfig, cache: EvalCache, progress: Progress | None
 ) -> tuple[SearchDatabase, float]:
-    key = tuple(config.models)
-    if key not in cache.models:
-        cache.models[key] = load_models(config)  # loading weights is not database preparation
-    models = cache.models[key]
+    """The database built by the product's stages (``ml.stages.index_build``) in a folder of ``cache``,
+    from an embedding set made once per way of embedding; and the seconds it took."""
     n = len(layout.database_ids)
 
-    def report(done: int, total: int) -> None:
+    def report(_stage: str, done: int, total: int) -> None:
         if progress is not None:
             progress(min(done * n // max(total, 1), n), n + len(layout.queries))
 
-    vkey = (str(layout.root), key, config.model_weights, config.image_size, tuple(config.scales), config.flip)
-    started = time.perf_counter()
-    regions = None
-    dense = dense_fill(config, cache.feature_dir, layout.database_ids)  # from the embedding's own passes
-    if config.regional.enabled:  # one pass gives regions and vectors (region 0 is the whole image)
-        rkey = (*vkey, config.regional.levels, config.regional.overlap)
-        if rkey not in cache.regions:
-            found = database_regions(models, layout.database_paths, config, progress=report, dense=dense)
-            cache.regions[rkey] = (found, time.perf_counter() - started)
-        regions, embed_seconds = cache.regions[rkey]
-        vectors = whole_image_vectors(regions)
-    else:
-        if vkey not in cache.vectors:
-            vectors = embed_database(models, layout.database_paths, config, progress=report, dense=dense)
-            cache.vectors[vkey] = (vectors, time.perf_counter() - started)
-        vectors, embed_seconds = cache.vectors[vkey]
+    shared_models(config.models)  # loading weights is not database preparation
+    items = list(zip(layout.database_ids, layout.database_paths, strict=True))
+    key = (str(layout.root), tuple(config.models), config.model_weights, config.image_size, tuple(config.scales),
+           config.flip, config.regional.levels, config.regional.overlap)
+    if key not in cache.sets:
+        started = time.perf_counter()
+        folder = Path(tempfile.mkdtemp(prefix="set-", dir=_mkdir(cache.root)))
+        embeddings = embed_collection(items, config, folder, cache.feature_dir, report)
+        cache.sets[key] = (embeddings, time.perf_counter() - started)
+    embeddings, embed_seconds = cache.sets[key]
     started = time.perf_counter()
     had_features = cache.feature_seconds is not None
-    database = prepare_database(
-        models, list(zip(layout.database_ids, layout.database_paths, strict=True)), config, layout.labels,
-        feature_dir=cache.feature_dir, vectors=vectors, progress=report, regions=regions,
-    )
-    prep_seconds = time.perf_counter() - started
+    folder = Path(tempfile.mkdtemp(prefix="build-", dir=cache.root))
+    database = build_database(items, config, folder, layout.labels, cache.feature_dir, embeddings, report)
+    build_seconds = time.perf_counter() - started
     if config.uses_local_features:
         if had_features:
-            prep_seconds += cache.feature_seconds  # cached: count the time it took when computed
+            build_seconds += cache.feature_seconds  # cached: count the time it took when computed
         else:
-            cache.feature_seconds = prep_seconds
-    return database, embed_seconds + prep_seconds
+            cache.feature_seconds = build_seconds
+    return database, embed_seconds + build_seconds
+
+
+def _mkdir(path: Path) -> Path:
+    path.mkdir(parents=True, exist_ok=True)
+    return path
 
 
 def score(

@@ -1,4 +1,5 @@
-"""Retrieval pipelines: named presets of every parameter, database preparation, and one-photo search.
+"""Retrieval pipelines: the config of every parameter and its presets, opening a built database, and
+one-photo search.
 
 A pipeline is: global descriptor (one model or a concatenated ensemble, optional multi-scale) -> with
 database labels, optionally whitening learned from them (ml.whitening) -> exact / approximate search ->
@@ -8,10 +9,10 @@ inliers fused with the global score, QE over verified images only and
 verification of the new candidates -> with database labels, kNN label voting (inlier bonus) and a
 label-aware re-ranking -> recognition.
 
-The web app calls, once per index version, ``prepare_database`` (or builds the same pieces from stored
-artefacts: a ``LoadedIndex`` over the DBA'd vectors, a ``LocalFeatureStore``, the labels) and, per
-uploaded photo, ``search_one(database, models, image)``. ``ml.evaluate`` runs the very same functions, so
-what it measures is what the product does.
+A database is built by the stages of ``ml.stages.index_build`` (on the workers by ``build_index``, in one
+process by ``ml.evaluate``) and opened with ``open_database``; the web app opens the active index version
+that way, with the config it recorded, and calls ``search_one(database, models, image)`` per uploaded
+photo. ``ml.evaluate`` runs the very same functions, so what it measures is what the product does.
 """
 
 from __future__ import annotations
@@ -28,6 +29,7 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
+from ml.configs import from_dict
 from ml.dense_matching import (
     DenseCacheFill,
     DenseFeatures,
@@ -39,16 +41,16 @@ from ml.dense_matching import (
 )
 from ml.dense_matching import cache_key as dense_cache_key
 from ml.embed import EmbedConfig, concat_ensemble, embed_image, embed_images, view_position
-from ml.index import IndexConfig, LoadedIndex, build_index, in_memory_index
+from ml.index import IndexConfig, LoadedIndex, load_index
 from ml.models import LandmarkNet
 from ml.recognize import Recognition, RecognitionConfig, recognize
-from ml.regional import FILE_NAME as REGIONS_FILE
 from ml.regional import (
     RegionalConfig,
     concat_regions,
     embed_database_regions,
     embed_image_regions,
     expanded_region_scores,
+    load_regions,
 )
 from ml.rerank import (
     BridgedConfig,
@@ -59,7 +61,6 @@ from ml.rerank import (
     alpha_query_expansion,
     alpha_weights,
     bridged_scores,
-    database_augmentation,
     discriminative_rerank,
     expand_query,
     fuse_inliers,
@@ -81,7 +82,7 @@ from ml.spatial import (
     verify_many,
 )
 from ml.weights import load_model
-from ml.whitening import Whitening, WhiteningConfig, learn_whitening
+from ml.whitening import Whitening, WhiteningConfig
 
 Progress = Callable[[int, int], None]
 FULL_RANKING_UP_TO = 10_000  # databases up to this size are ranked completely, larger ones to SHORTLIST
@@ -117,8 +118,11 @@ class PipelineConfig:
         if self.regional.enabled and self.whitening.method != "none":
             raise ValueError(f"pipeline {self.name}: regional re-scoring does not support learned whitening yet")
 
-    def embed_config(self) -> EmbedConfig:
-        return EmbedConfig(image_size=self.image_size, scales=tuple(self.scales), flip=self.flip)
+    def embed_config(self, runtime: Mapping[str, Any] | None = None) -> EmbedConfig:
+        """How to embed for this pipeline; ``runtime`` (batch size, decode workers, device) is this
+        process's choice: it changes how fast, never what the vectors are."""
+        return EmbedConfig(**{**(runtime or {}), "image_size": self.image_size, "scales": tuple(self.scales),
+                              "flip": self.flip})
 
     @property
     def uses_local_features(self) -> bool:
@@ -131,6 +135,11 @@ class PipelineConfig:
     def as_dict(self) -> dict:
         return asdict(self)
 
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> PipelineConfig:
+        """The config ``as_dict`` recorded (an index version's), nested settings included."""
+        return from_dict(cls, data, "pipeline")
+
 
 def _preset(name: str, description: str, **changes) -> PipelineConfig:
     return replace(PipelineConfig(name=name, description=description), **changes)
@@ -139,89 +148,52 @@ def _preset(name: str, description: str, **changes) -> PipelineConfig:
 MULTI_SCALE = (2**-0.5, 1.0, 2**0.5)  # cirtorch / CVNet / SuperGlobal test scales (reference A.5, E.2)
 # Verify the top 50 (RootSIFT, ratio 0.8 + mutual, MAGSAC++ homography); >= 15 inliers counts as verified
 # and adds min(70, inliers)/70 to the global score (A.7); then QE over the verified images and verify again.
-_VERIFY = VerificationConfig(top_n=50, min_inliers=15, mode="fused", weight=1.0, qe_k=6)
+VERIFY_TOP50 = VerificationConfig(top_n=50, min_inliers=15, mode="fused", weight=1.0, qe_k=6)
 # With labels: nearest-neighbour label (vote k=1, inlier bonus) -> LY's sort + insert. k=1 measured best on
 # landmarks-mini, where most landmarks have 1-4 database photos (k=3, 5 let big landmarks out-vote them).
-# Learned whitening (Lw) from the labels: global-only mAP 61.8 -> 71.9 on landmarks-mini, but in the full
-# pipeline it lowered mAP (77.8 -> 75.8) and GAP (0.63 -> 0.21): whitened cosines are on another scale
-# (nearest neighbour 0.45 instead of 0.80), which the inlier fusion and the "no landmark" threshold were
-# set for. So it is a preset of its own, not part of the default.
-_LW = WhiteningConfig(method="learned", shrinkage=0.1)
-_LABELS = {
+LABEL_STEPS = {
     "label_vote": LabelVoteConfig(k=1),
     "label_rerank": LabelRerankConfig(method="discriminative", threshold=0.0),
     # "No landmark" below 0.25: an answer needs spatial verification or cos >= 0.75 to its nearest image
     # (evidence (2 cos - 1) / 2); lite2-ms puts unrelated photos at cos up to ~0.73 (docs/benchmarks.md).
     "recognition": RecognitionConfig(vote=LabelVoteConfig(k=1), threshold=0.25),
 }
-_LITE2_MS = {"models": ("tf_efficientnet_lite2",), "scales": MULTI_SCALE}
+LITE2_MS = {"models": ("tf_efficientnet_lite2",), "scales": MULTI_SCALE}
 # R-MAC regions at 3 levels (about 21 per photo), compared pair by pair: global-only mAP 61.8 -> 67.0 on
 # landmarks-mini (docs/benchmarks.md); the shortlist is as deep as SuperGlobal's re-ranking (400).
-_REGIONS = RegionalConfig(levels=3, shortlist=400)
-# The default also embeds every photo mirrored (the 2021 5th place's TTA, reference B.2): the views' power
-# mean covers both, for the global descriptor and each region. Twice the forward passes; on landmarks-mini
-# recall@1 76.5 -> 79.4 in both regimes (docs/benchmarks.md).
-_ENSEMBLE = ("tf_efficientnet_lite0", "tf_efficientnet_lite2")
+REGIONS_TOP400 = RegionalConfig(levels=3, shortlist=400)
 # Dense spatial matching of the top 50 on lite2's block-4 feature maps (ml.dense_matching): it verifies
 # day/night and season pairs RootSIFT cannot. >= 20 inliers adds min(60, inliers)/60 to the ranking score;
 # on landmarks-mini 67.4 -> 73.2 mAP without labels, 80.7 -> 85.7 with them (docs/benchmarks.md).
-_DENSE = DenseMatchConfig(top_n=50, min_inliers=20, inlier_cap=60, weight=1.0)
+DENSE_TOP50 = DenseMatchConfig(top_n=50, min_inliers=20, inlier_cap=60, weight=1.0)
 
+# The presets a user chooses between, each with its cost and quality (landmarks-mini, 2 CPU cores,
+# docs/benchmarks.md). Variants tried on the way live with the benchmarks that compare them
+# (bench/pipelines.py). A preset only seeds a new build: an index records the whole config it was built
+# with, and is searched with that record, whatever the preset says later.
+DEFAULT = _preset(
+    # flip: every photo also embedded mirrored (the 2021 5th place's TTA, reference B.2), the views' power
+    # mean covering both; twice the forward passes, landmarks-mini recall@1 76.5 -> 79.4 in both regimes.
+    "default", "best quality, ~1.2 s a query on 2 CPU cores: lite2 at 3 scales with mirrored views, region "
+    "re-scoring, query expansion, RootSIFT and dense verification of the top 50; with labels, 1-NN label "
+    "vote and label-aware re-ranking (landmarks-mini mAP 73.2 without labels, 85.7 with)",
+    flip=True, qe=ExpansionConfig(k=2), verification=VERIFY_TOP50, dense=DENSE_TOP50, regional=REGIONS_TOP400,
+    **LITE2_MS, **LABEL_STEPS)
 PIPELINES: dict[str, PipelineConfig] = {
     p.name: p
     for p in [
-        _preset("baseline-lite0", "off-the-shelf lite0 ImageNet, GeM p=3, 512 px, no re-ranking",
-                models=("tf_efficientnet_lite0",)),
-        _preset("baseline-lite2", "off-the-shelf lite2 ImageNet, GeM p=3, 512 px, no re-ranking"),
-        _preset("ensemble", "lite0 + lite2 concatenated, each L2-normalised (A.4)", models=_ENSEMBLE),
-        _preset("lite2-ms", "lite2 multi-scale [1/sqrt2, 1, sqrt2]", **_LITE2_MS),
-        _preset("lite2-ms-lw", "lite2-ms + whitening learned from the database labels (Lw), no re-ranking",
-                whitening=_LW, **_LITE2_MS),
-        _preset("lite2-ms-qe", "lite2-ms + alpha-QE (query + its nearest neighbour, alpha 3)",
-                qe=ExpansionConfig(k=2), **_LITE2_MS),
-        _preset("lite2-ms-dba-qe", "lite2-ms + DBA k=2 + alpha-QE k=2",
-                dba=ExpansionConfig(k=2), qe=ExpansionConfig(k=2), **_LITE2_MS),
-        _preset("lite2-ms-regional", "lite2-ms + R-MAC regional re-scoring of the top 400 (best region pair)",
-                regional=_REGIONS, **_LITE2_MS),
-        _preset("lite2-ms-sv", "lite2-ms + spatial verification of the top 50 + QE over verified, verify again",
-                verification=_VERIFY, **_LITE2_MS),
-        _preset("lite2-ms-qe-sv", "lite2-ms-qe + spatial verification + QE over verified (no label steps)",
-                qe=ExpansionConfig(k=2), verification=_VERIFY, **_LITE2_MS),
-        _preset("lite2-ms-qe-sv-mk", "lite2-ms-qe-sv + the Keras rule: distance / 1.5 when labels agree (F)",
-                qe=ExpansionConfig(k=2), verification=_VERIFY, **_LITE2_MS,
-                **{**_LABELS, "label_rerank": LabelRerankConfig(method="boost")}),
-        _preset("lite2-ms-qe-sv-bridged", "lite2-ms-qe-sv + 2021 5th place bridged confidence (B.3)",
-                qe=ExpansionConfig(k=2), verification=_VERIFY, **_LITE2_MS,
-                **{**_LABELS, "label_rerank": LabelRerankConfig(method="bridged")}),
-        _preset("lite2-ms-qe-sv-ly3", "lite2-ms-qe-sv + discriminative re-ranking with LY's 3-NN vote",
-                qe=ExpansionConfig(k=2), verification=_VERIFY, **_LITE2_MS,
-                **{**_LABELS, "label_vote": LabelVoteConfig(k=3)}),
-        _preset("default-global", "the default without regional re-scoring (the product default until "
-                "2026-11-29): lite2-ms + alpha-QE + spatial verification + QE over verified; with labels: "
-                "1-NN label vote with inlier bonus -> discriminative sort + insert",
-                qe=ExpansionConfig(k=2), verification=_VERIFY, **_LITE2_MS, **_LABELS),
-        _preset("default-noflip", "the default without flip TTA (the product default until 2026-11-30): lite2-ms "
-                "+ R-MAC regional re-scoring of the top 400 + alpha-QE + spatial verification + QE over verified; "
-                "with labels: 1-NN label vote with inlier bonus -> discriminative sort + insert",
-                qe=ExpansionConfig(k=2), verification=_VERIFY, regional=_REGIONS, **_LITE2_MS, **_LABELS),
-        _preset("default-nodense", "the default without dense matching (the product default until 2026-12-05): "
-                "lite2-ms with flip TTA + R-MAC regional re-scoring of the top 400 + alpha-QE + spatial "
-                "verification + QE over verified; with labels: 1-NN label vote with inlier bonus -> "
-                "discriminative sort + insert",
-                flip=True, qe=ExpansionConfig(k=2), verification=_VERIFY, regional=_REGIONS, **_LITE2_MS, **_LABELS),
-        _preset("default", "product default: lite2-ms with flip TTA + R-MAC regional re-scoring of the top 400 + "
-                "alpha-QE + spatial verification (RootSIFT, and dense matching on lite2's block-4 maps) + QE over "
-                "verified; with labels: 1-NN label vote with inlier bonus -> discriminative sort + insert",
-                flip=True, qe=ExpansionConfig(k=2), verification=_VERIFY, dense=_DENSE, regional=_REGIONS,
-                **_LITE2_MS, **_LABELS),
+        DEFAULT,
         # The web's profile (issue #6: < 1 s p95 with 10 clients on 2 CPU cores at 100 k images): one
         # small forward pass, no QE round trip, cheap SIFT; >= 10 inliers because 500 keypoints on 512 px
         # rarely reach 15 (landmarks-mini: mAP 53.5 -> 56.2 with this verification, docs/benchmarks.md).
-        _preset("web-fast", "web search profile: lite0 384 px single scale, no QE; RootSIFT verification of "
-                "the top 20 (512 px, 500 keypoints, >= 10 inliers); with labels: 1-NN vote -> discriminative",
+        _preset("web-fast", "fast, ~0.12 s a query: lite0 at 384 px, one scale, RootSIFT verification of the "
+                "top 20; with labels, 1-NN label vote (landmarks-mini mAP 56.2 without labels, 65.8 with)",
                 models=("tf_efficientnet_lite0",), image_size=384,
                 verification=VerificationConfig(top_n=20, min_inliers=10, mode="fused", weight=1.0),
-                local_features=LocalFeatureConfig(max_side=512, max_keypoints=500), **_LABELS),
+                local_features=LocalFeatureConfig(max_side=512, max_keypoints=500), **LABEL_STEPS),
+        _preset("baseline", "the reference to measure gains against, ~0.1 s a query: off-the-shelf lite0 "
+                "(ImageNet), GeM, 512 px, no re-ranking (landmarks-mini mAP 53.6)",
+                models=("tf_efficientnet_lite0",)),
     ]
 }
 DEFAULT_PIPELINE = "default"
@@ -268,11 +240,12 @@ def load_models(pipeline: PipelineConfig) -> list[LandmarkNet]:
 
 def embed_database(
     models: Sequence[LandmarkNet], paths: Sequence[str | os.PathLike], pipeline: PipelineConfig,
-    progress: Progress | None = None, dense: DenseCacheFill | None = None,
+    progress: Progress | None = None, dense: DenseCacheFill | None = None, runtime: Mapping[str, Any] | None = None,
 ) -> np.ndarray:
     """(N, D) L2-normalised descriptors of image files (ensemble concatenated when several models);
-    ``dense`` (``dense_fill``) caches their dense features from the first model's passes."""
-    cfg = pipeline.embed_config()
+    ``dense`` (``dense_fill``) caches their dense features from the first model's passes; ``runtime`` as
+    in ``PipelineConfig.embed_config``."""
+    cfg = pipeline.embed_config(runtime)
     total = len(paths) * len(models)
     parts = []
     for m, model in enumerate(models):
@@ -301,12 +274,12 @@ def embed_query_regions(models: Sequence[LandmarkNet], image: Image.Image, pipel
 def database_regions(
     models: Sequence[LandmarkNet], paths: Sequence[str | os.PathLike], pipeline: PipelineConfig,
     out_path: str | os.PathLike | None = None, progress: Progress | None = None,
-    dense: DenseCacheFill | None = None,
+    dense: DenseCacheFill | None = None, runtime: Mapping[str, Any] | None = None,
 ) -> np.ndarray:
     """(N, R, D) float16 region descriptors of image files; written to ``out_path`` (and memory-mapped)
-    when given, else in memory. ``dense`` as in ``embed_database``."""
-    return embed_database_regions(models, [str(p) for p in paths], pipeline.embed_config(), pipeline.regional,
-                                  out_path, pipeline.model_weights, progress, tap=dense)
+    when given, else in memory. ``dense`` and ``runtime`` as in ``embed_database``."""
+    return embed_database_regions(models, [str(p) for p in paths], pipeline.embed_config(runtime),
+                                  pipeline.regional, out_path, pipeline.model_weights, progress, tap=dense)
 
 
 # ---------------------------------------------------------------------------------- the search database
@@ -329,69 +302,17 @@ class SearchDatabase:
         return self.index.ids
 
 
-def prepare_database(
-    models: Sequence[LandmarkNet],
-    items: Sequence[tuple[str, str | os.PathLike]],
-    pipeline: PipelineConfig,
-    labels: dict[str, Hashable] | None = None,
-    feature_dir: str | os.PathLike | None = None,
-    index_dir: str | os.PathLike | None = None,
-    progress: Progress | None = None,
-    vectors: np.ndarray | None = None,
-    regions: np.ndarray | None = None,
-) -> SearchDatabase:
-    """Embed (unless ``vectors`` are given), augment (DBA), index and extract local features of (id, path) items.
-
-    ``index_dir`` publishes the index there (atomically); without it the index stays in memory.
-    ``feature_dir`` holds the local-feature cache (needed when the pipeline verifies); images already
-    cached there are not recomputed; so are dense features, when the pipeline matches them. With regional
-    re-scoring, the region descriptors (unless ``regions`` are given) are written beside the index in
-    ``index_dir`` (as ``build_index`` stores them), or kept in memory. Progress counts images embedded,
-    then images with local features, then with dense features, then with regions.
-    """
-    ids = [i for i, _ in items]
-    paths = [p for _, p in items]
-    want_regions = pipeline.regional.enabled and regions is None
-    n_steps = len(items) * ((0 if vectors is not None else len(models)) + (1 if pipeline.uses_local_features else 0)
-                            + (1 if pipeline.uses_dense else 0) + (1 if want_regions else 0))
-
-    def report(done: int) -> None:
-        if progress is not None:
-            progress(done, n_steps)
-
-    if vectors is None:
-        vectors = embed_database(models, paths, pipeline, progress=lambda d, _t: report(d),
-                                 dense=dense_fill(pipeline, feature_dir, ids))
-        done = len(items) * len(models)
-    else:
-        done = 0
-    whitening = None
-    if labels is not None:
-        whitening = learn_whitening(vectors, [labels.get(i) for i in ids], pipeline.whitening)
-        if whitening is not None:
-            vectors = whitening.apply(vectors)
-    vectors = database_augmentation(vectors, pipeline.dba)
-    if index_dir is not None:
-        index = build_index(vectors, ids, index_dir, pipeline.index)
-    else:
-        index = in_memory_index(vectors, ids)
-    store = None
-    if pipeline.uses_local_features:
-        if feature_dir is None:
-            raise ValueError(f"pipeline {pipeline.name} verifies spatially: give a feature_dir for local features")
-        store = LocalFeatureStore(feature_dir, pipeline.local_features)
-        store.ensure(list(zip(ids, paths, strict=True)), progress=lambda d, _t: report(done + d))
-        done += len(items)
-    dense = None
-    if pipeline.uses_dense:
-        dense = dense_store(pipeline, feature_dir, models[0])
-        dense.ensure(list(zip(ids, paths, strict=True)), progress=lambda d, _t: report(done + d))
-        done += len(items)
-    if want_regions:  # beside a published index (as build_index stores them), else in memory
-        out = Path(index_dir) / REGIONS_FILE if index_dir is not None else None
-        regions = database_regions(models, paths, pipeline, out, progress=lambda d, _t: report(done + d))
-    label_list = [labels.get(i) for i in ids] if labels is not None else None
-    return SearchDatabase(index, pipeline, label_list, store, whitening, regions, dense)
+def open_database(index_dir: str | os.PathLike, pipeline: PipelineConfig, feature_dir: str | os.PathLike,
+                  dense: bool = True) -> SearchDatabase:
+    """The search database of a built index (``ml.stages.index_build``): the index, memory-mapped, with
+    the learned whitening and region descriptors its build left beside it, and the feature caches the
+    pipeline verifies with (dense features only when ``dense``: an index built before the pipeline matched
+    them has none). Labels are the caller's to set (``SearchDatabase.labels``)."""
+    index = load_index(index_dir)
+    features = LocalFeatureStore(feature_dir, pipeline.local_features) if pipeline.uses_local_features else None
+    dense_features = dense_store(pipeline, feature_dir) if pipeline.uses_dense and dense else None
+    return SearchDatabase(index, pipeline, None, features, Whitening.load(index_dir), load_regions(index_dir),
+                          dense_features)
 
 
 def feature_cache_keys(pipeline: PipelineConfig, dense: bool = True) -> set[str]:

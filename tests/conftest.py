@@ -181,27 +181,29 @@ def synthetic_embedding_set(folder: Path, n: int, dim: int, shard_size: int = 50
 
 @pytest.fixture(scope="session")
 def mini_index_files(tmp_path_factory):
-    """The product's default pipeline prepared over the 145 landmarks-mini index images (files only)."""
-    from ml.pipeline import DEFAULT_PIPELINE, get_pipeline, load_models, prepare_database
+    """The product's default pipeline built over the 145 landmarks-mini index images (files only), by the
+    build's own stages (``ml.stages.index_build``)."""
+    from ml.pipeline import DEFAULT_PIPELINE, get_pipeline
+    from ml.stages.index_build import build_database
 
     root = tmp_path_factory.mktemp("mini-index")
     pipeline = get_pipeline(DEFAULT_PIPELINE)
     items = [(r["id"], str(MINI / "images" / f"{r['id']}.jpg")) for r in mini_rows() if r["split"] == "index"]
-    prepare_database(load_models(pipeline), items, pipeline, feature_dir=root / "features", index_dir=root / "index")
+    build_database(items, pipeline, root)
     return {"pipeline": pipeline, "index": root / "index", "features": root / "features", "count": len(items)}
 
 
 @pytest.fixture
 def active_index(imported_mini, mini_index_files):
-    """Rows that make the prepared index the active one, as build_index would."""
+    """Rows that make the prepared index the active one, recording its configuration as build_index does."""
+    from ml.stages.index_build import BuildSpec, build_record
     from webapp.search.models import EmbeddingSet, IndexVersion
     from webapp.search.services import packaged_model_version
 
     p = mini_index_files["pipeline"]
     es = EmbeddingSet.objects.create(model_version=packaged_model_version("+".join(p.models)), path="", dim=0,
                                      image_count=mini_index_files["count"])
+    spec = BuildSpec(p, str(mini_index_files["features"]), "", str(mini_index_files["index"]))
     return IndexVersion.objects.create(embedding_set=es, path=str(mini_index_files["index"]), is_active=True,
                                        size=mini_index_files["count"],
-                                       params={"pipeline": p.name, "models": list(p.models),
-                                               "feature_dir": str(mini_index_files["features"]),
-                                               "dense": p.uses_dense})
+                                       params={"pipeline": p.name, **build_record(spec)})

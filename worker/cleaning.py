@@ -1,23 +1,22 @@
 """The clean job: kNN graph + spatial verification evidence (cached), verdicts, noise clusters, stored as
 a CleaningRun for review. Re-running with other thresholds reuses the cached evidence.
 
-Verification (the expensive part) runs in chunks (worker/clean_chunks.py): on the workers as a Celery chord
-whose callback (``finish_job``) merges the chunks into the evidence and stores the run, in the foreground one
-chunk after another. Either way a resumed job skips its plan and every chunk already on disk."""
+The evidence is made by stages (``worker.stages``): the labelled images embedded when no embedding set of
+the active model covers them (and that set recorded), their RootSIFT features cached, and their kNN pairs
+verified in chunks (``ml.stages.verify``) on the workers, or in turn in the foreground. Either way a
+resumed job skips every part already done."""
 
 from __future__ import annotations
 
 import hashlib
 import json
 import logging
-from dataclasses import asdict, dataclass
+import uuid
+from dataclasses import asdict
 from pathlib import Path
 
-import numpy as np
 from django.conf import settings
 from django.db import transaction
-from django.db.models import F
-from django.utils import timezone
 
 from ml.clean import (
     NOT_A_LANDMARK,
@@ -25,23 +24,26 @@ from ml.clean import (
     EvidenceConfig,
     EvidenceFolderError,
     Thresholds,
-    build_evidence,
     cluster_suspects,
     decide,
     write_report_csv,
 )
-from ml.embed import EmbedConfig, embed_images, read_embedding_shards, write_embedding_shards
-from ml.spatial import LocalFeatureStore
-from ml.weights import load_model
+from ml.embed import read_embedding_shards
+from ml.pipeline import PipelineConfig
+from ml.spatial import LocalFeatureConfig
+from ml.stages.embed import EmbedStage
+from ml.stages.features import LocalFeatureStage
+from ml.stages.index_build import DEFAULT_CHUNK
+from ml.stages.verify import VerifyStage
 from webapp.catalog.models import Image, Landmark
 from webapp.curation.models import CleaningRun, NoiseCluster, Verdict
 from webapp.jobs.models import Job
 from webapp.search.models import EmbeddingSet
 from webapp.search.services import active_model_version, feature_dir, image_file_path, model_spec
-from worker import clean_chunks
 from worker.params import config_from
-from worker.runner import TRANSIENT_ERRORS, JobContext, JobDeferred, job_function
-from worker.shards import fail, send_parts
+from worker.records import RecordEmbeddingSet
+from worker.runner import JobContext, job_function
+from worker.stages import StagedJob, embed_runtime, run_staged, stages_of, work_of
 
 log = logging.getLogger(__name__)
 
@@ -50,33 +52,41 @@ log = logging.getLogger(__name__)
 def run_clean(job: Job, ctx: JobContext) -> dict:
     done = CleaningRun.objects.filter(job=job).first()
     if done is not None:  # stored before the worker died, only the job row was not closed
-        clean_chunks.discard(job)
+        work_of(job).drop()
         return result_of(done)
-    try:
-        return _clean(job, ctx)
-    except (JobDeferred, *TRANSIENT_ERRORS):
-        raise  # the chunks are on the workers / the task retries and resumes
-    except Exception:
-        clean_chunks.discard(job)  # failed or cancelled: nothing will resume it (a retry is a new job)
-        raise
+    staged = open_clean(job, create=True)
+    spec, work = staged.work.spec(), staged.work
+    evidence = _cached_evidence(Path(spec["evidence_dir"]), work.ids())
+    if evidence is not None:
+        ctx.note(f"reused cached evidence {spec['evidence_dir']}")
+        result = conclude(job, spec["embedding_set"], Path(spec["evidence_dir"]), evidence, spec, *_listed(work))
+        work.drop()
+        return result
+    return run_staged(job, ctx, staged, lambda outputs: _finish(job, staged, outputs))
 
 
-@dataclass
-class _Inputs:
-    """What a clean job works on, read when it starts: the labelled images, their vectors, the settings."""
+@stages_of(Job.Kind.CLEAN)
+def open_clean(job: Job, create: bool = False) -> StagedJob | None:
+    work = work_of(job)
+    spec = work.spec()
+    if spec is None:
+        if not create:
+            return None
+        spec = plan_clean(job)
+    stages = []
+    if spec["embed"] is not None:  # no set of the active model covers the images: embed them first
+        pipeline = PipelineConfig.from_dict(spec["embed"])
+        stages += [EmbedStage(work, pipeline, spec["embeddings"], None, DEFAULT_CHUNK, embed_runtime()),
+                   RecordEmbeddingSet(job, work, pipeline, spec["model_version"], {"labelled": True})]
+    if spec["verify"]:
+        stages.append(LocalFeatureStage(work, spec["feature_dir"], LocalFeatureConfig(), None, DEFAULT_CHUNK))
+    stages.append(VerifyStage(work, spec["embeddings"], EvidenceConfig(**spec["evidence"]), spec["verify"],
+                              spec["feature_dir"], spec["evidence_dir"], spec["chunk_pairs"]))
+    return StagedJob(work, stages)
 
-    images: list[Image]
-    ids: list[str]
-    labels: list[str]
-    pks: dict[str, int]
-    es: EmbeddingSet
-    vectors: np.ndarray
-    config: EvidenceConfig
-    verify: bool
-    folder: Path  # the evidence cache folder
 
-
-def _inputs(job: Job, ctx: JobContext) -> _Inputs:
+def plan_clean(job: Job) -> dict:
+    """The job's settings and its labelled images (with their labels), written once."""
     params = job.params
     images = Image.objects.filter(landmark__isnull=False).select_related("landmark").order_by("pk")
     if params.get("splits"):
@@ -85,111 +95,56 @@ def _inputs(job: Job, ctx: JobContext) -> _Inputs:
     if len(images) < 2:
         raise ValueError("cleaning needs at least two labelled images")
     ids = [im.external_id for im in images]
-    ctx.progress(0, None, "embeddings")
-    es, vectors = _embeddings(images, job, ctx)
+    mv = active_model_version()
+    es = _covering_set(mv, ids)
+    embeddings = es.path if es else str(Path(settings.ARTIFACTS_ROOT) / "embeddings" / f"clean-{job.pk}-{uuid.uuid4().hex[:8]}")
     config = config_from(EvidenceConfig, params.get("evidence", {}))
     verify = params.get("verify", True)
-    return _Inputs(images, ids, [im.landmark.external_id for im in images], {im.external_id: im.pk for im in images},
-                   es, vectors, config, verify, _evidence_folder(es, ids, config, verify))
+    chunk_pairs = int(params.get("chunk_pairs") or settings.CLEAN_CHUNK_PAIRS)
+    if chunk_pairs < 1:
+        raise ValueError(f"chunk_pairs must be at least 1, got {chunk_pairs}")
+    spec = {"embeddings": embeddings, "embedding_set": es.pk if es else None, "model_version": mv.pk,
+            "embed": None if es else PipelineConfig(name="clean", models=(model_spec(mv),)).as_dict(),
+            "evidence": asdict(config), "verify": verify, "feature_dir": str(feature_dir()),
+            "evidence_dir": str(_evidence_folder(embeddings, ids, config, verify)), "chunk_pairs": chunk_pairs,
+            "thresholds": params.get("thresholds", {}), "report": params.get("report")}
+    return work_of(job).create(spec, ids, [image_file_path(im) for im in images],
+                               {"labels": [im.landmark.external_id for im in images],
+                                "pks": [str(im.pk) for im in images]})
 
 
-def plan(job: Job, ctx: JobContext, inputs: _Inputs | None = None) -> dict:
-    """The job's verification plan (kNN graph, pairs, catalogue, evidence folder), made once with the
-    local features it needs; a resumed job and every chunk task read the same one back."""
-    p = clean_chunks.read_plan(job)
-    if p is not None:
-        return p
-    inp = inputs or _inputs(job, ctx)
-    _local_features(inp.images, ctx)
-    return clean_chunks.write_plan(
-        job, inp.vectors, inp.ids, inp.labels, [inp.pks[i] for i in inp.ids], inp.config,
-        int(job.params.get("chunk_pairs") or settings.CLEAN_CHUNK_PAIRS),
-        progress=lambda d, t: ctx.progress(d, t, "kNN graph"),
-        embedding_set=inp.es.pk, folder=str(inp.folder), features=str(feature_dir()))
+def _covering_set(mv, ids: list[str]) -> EmbeddingSet | None:
+    """A stored embedding set of model ``mv`` holding every one of ``ids`` (the newest of the last five)."""
+    wanted = set(ids)
+    for es in EmbeddingSet.objects.filter(model_version=mv)[:5]:
+        if Path(es.path).is_dir() and wanted <= set(read_embedding_shards(es.path, lazy=True)[0]):
+            return es
+    return None
 
 
-def _clean(job: Job, ctx: JobContext) -> dict:
-    p = clean_chunks.read_plan(job)
-    if p is None:
-        inp = _inputs(job, ctx)
-        evidence = _cached_evidence(inp.folder, inp.ids)
-        if evidence is not None:
-            ctx.note(f"reused cached evidence {inp.folder}")
-            return conclude(job, inp.es, inp.folder, evidence, inp.labels, inp.pks)
-        if not inp.verify:  # descriptors only: the graph is all there is to compute
-            evidence = build_evidence(inp.vectors, inp.ids, inp.labels, inp.config,
-                                      progress=lambda d, t: ctx.progress(d, t, "kNN graph"))
-            evidence.save(inp.folder)
-            return conclude(job, inp.es, inp.folder, evidence, inp.labels, inp.pks)
-        p = plan(job, ctx, inp)
-    pending = clean_chunks.pending_chunks(job, p)
-    n_chunks = len(clean_chunks.bounds(p))
-    if len(pending) < n_chunks:
-        ctx.note(f"resumed: {n_chunks - len(pending)} of {n_chunks} verification chunks already on disk")
-    clean_chunks.report(job, p, f"verifying {p['pairs']} pairs in {n_chunks} chunk(s)")
-    ctx.flush()  # the notes so far, before the chunks may go to the workers
-    send_parts(job, pending, "worker.clean_chunk", "worker.finish_clean", "cpu", "verification chunks")
-    for i in pending:
-        before = clean_chunks.report(job, p, f"verifying chunk {i + 1} of {n_chunks}")
-        clean_chunks.compute_chunk(job, p, i, progress=lambda d, t, b=before: ctx.progress(b + d, p["pairs"]))
-    ctx.progress(p["pairs"], p["pairs"], "deciding")
-    result = _finish(job, p)
-    clean_chunks.discard(job)
-    return result
+def _finish(job: Job, staged: StagedJob, outputs: dict[str, dict]) -> dict:
+    """Decide on the evidence the verify stage saved; store the run."""
+    spec = staged.work.spec()
+    es = spec["embedding_set"] or outputs[RecordEmbeddingSet.name]["embedding_set"]
+    folder = Path(outputs[VerifyStage.name]["evidence"])
+    return conclude(job, es, folder, CleaningEvidence.load(folder), spec, *_listed(staged.work))
 
 
-def finish_job(job_id: int) -> str:
-    """The chord's callback: merge the chunks into the evidence, store the run and close the job
-    (idempotent: a second call does nothing)."""
-    job = Job.objects.get(pk=job_id)
-    if job.state != Job.State.RUNNING:
-        clean_chunks.discard(job)  # nothing resumes an ended job (a retry is a new job); a twin may have left files
-        return job.state
-    run = CleaningRun.objects.filter(job=job).first()
-    if run is not None:
-        result = result_of(run)
-    else:
-        p = clean_chunks.read_plan(job)
-        missing = clean_chunks.pending_chunks(job, p) if p is not None else ["plan"]
-        if missing:  # a chunk task died for good: leave the job running for the watchdog to resume
-            return f"waiting for chunks {missing[:5]}"
-        try:
-            result = _finish(job, p)
-        except TRANSIENT_ERRORS:
-            raise
-        except Exception as exc:
-            log.exception("job %s: finishing the clean failed", job_id)
-            fail(job, exc, "merging the verification chunks")
-            clean_chunks.discard(job)
-            return Job.State.FAILED
-    Job.objects.filter(pk=job.pk, state=Job.State.RUNNING).update(
-        state=Job.State.SUCCEEDED, result=result, message="done", finished_at=timezone.now(),
-        progress_done=F("progress_total"))
-    clean_chunks.discard(job)  # after closing: a twin chunk task that finishes later drops what it wrote
-    return Job.State.SUCCEEDED
+def _listed(work) -> tuple[list[str], dict[str, int]]:
+    """The labels and image keys of the job's images, as it listed them when it started."""
+    return work.column("labels"), dict(zip(work.ids(), map(int, work.column("pks")), strict=True))
 
 
-def _finish(job: Job, p: dict) -> dict:
-    """Evidence from the chunks (saved in its cache folder), then the verdicts; the caller discards the work
-    folder."""
-    evidence = clean_chunks.evidence(job, p)
-    folder = Path(p["folder"])
-    evidence.save(folder)
-    es = EmbeddingSet.objects.get(pk=p["embedding_set"])
-    listed = clean_chunks.catalogue(job)
-    return conclude(job, es, folder, evidence, listed["labels"], dict(zip(listed["ids"], listed["pks"], strict=True)))
-
-
-def conclude(job: Job, es: EmbeddingSet, folder: Path, evidence: CleaningEvidence, labels: list[str],
-             pks: dict[str, int]) -> dict:
-    """What follows the evidence: verdicts under the job's thresholds, clusters, the stored run, the report."""
-    params = job.params
-    thresholds = config_from(Thresholds, params.get("thresholds", {}))
+def conclude(job: Job, embedding_set: int, folder: Path, evidence: CleaningEvidence, spec: dict,
+             labels: list[str], pks: dict[str, int]) -> dict:
+    """What follows the evidence: verdicts under the job's thresholds, clusters, the stored run, the report.
+    ``labels`` and ``pks`` by image, as the job listed them."""
+    thresholds = config_from(Thresholds, spec.get("thresholds") or {})
     verdicts = decide(evidence, labels, thresholds)
     clusters = cluster_suspects(verdicts, evidence, thresholds)
-    run = _store(job, es, folder, params, verdicts, clusters, pks)
-    if params.get("report"):
-        write_report_csv(verdicts, params["report"])
+    run = _store(job, embedding_set, folder, job.params, verdicts, clusters, pks)
+    if spec.get("report"):
+        write_report_csv(verdicts, spec["report"])
     return result_of(run)
 
 
@@ -197,37 +152,9 @@ def result_of(run: CleaningRun) -> dict:
     return {"cleaning_run": run.pk, **run.stats}
 
 
-def _embeddings(images: list[Image], job: Job, ctx: JobContext) -> tuple[EmbeddingSet, np.ndarray]:
-    """Vectors for ``images`` from the active model: a stored set that covers them, or embedded now."""
-    mv = active_model_version()
-    wanted = [im.external_id for im in images]
-    for es in EmbeddingSet.objects.filter(model_version=mv)[:5]:
-        if not Path(es.path).is_dir():
-            continue
-        ids, vectors = read_embedding_shards(es.path)
-        pos = {i: n for n, i in enumerate(ids)}
-        if all(i in pos for i in wanted):
-            return es, np.asarray(vectors[[pos[i] for i in wanted]], dtype=np.float32)
-    model = load_model(model_spec(mv))
-    vectors = embed_images(model, [image_file_path(im) for im in images], EmbedConfig(),
-                           progress=lambda d, t: ctx.progress(d, t, f"embedding with {mv.name}"))
-    out = write_embedding_shards(Path(settings.ARTIFACTS_ROOT) / "embeddings" / f"clean-{job.pk}", wanted, vectors)
-    es = EmbeddingSet.objects.create(model_version=mv, path=str(out), dim=vectors.shape[1], image_count=len(wanted),
-                                     scales=[1.0], image_filter={"labelled": True}, job=job)
-    # The vectors as stored (float16): a later run that reads the set back builds the very same kNN graph.
-    return es, np.asarray(vectors, dtype=np.float16).astype(np.float32)
-
-
-def _local_features(images: list[Image], ctx: JobContext) -> LocalFeatureStore:
-    store = LocalFeatureStore(feature_dir())
-    store.ensure([(im.external_id, image_file_path(im)) for im in images],
-                 progress=lambda d, t: ctx.progress(d, t, "local features"))
-    return store
-
-
-def _evidence_folder(es: EmbeddingSet, ids: list[str], cfg: EvidenceConfig, verify: bool) -> Path:
-    """One folder per (embeddings, images, evidence settings): the cache key of the expensive step."""
-    key = hashlib.sha256(json.dumps([es.pk, ids, asdict(cfg), verify]).encode()).hexdigest()[:16]
+def _evidence_folder(embeddings: str, ids: list[str], cfg: EvidenceConfig, verify: bool) -> Path:
+    """One folder per (embedding set, images, evidence settings): the cache key of the expensive step."""
+    key = hashlib.sha256(json.dumps([embeddings, ids, asdict(cfg), verify]).encode()).hexdigest()[:16]
     return Path(settings.ARTIFACTS_ROOT) / "cleaning" / key
 
 
@@ -239,7 +166,7 @@ def _cached_evidence(folder: Path, ids: list[str]) -> CleaningEvidence | None:
     return evidence if evidence.ids == ids else None
 
 
-def _store(job, es, folder, params, verdicts, clusters, pks: dict[str, int]) -> CleaningRun:
+def _store(job, es: int, folder, params, verdicts, clusters, pks: dict[str, int]) -> CleaningRun:
     """The run with its verdicts and clusters, once per job (a twin chord callback finds it stored)."""
     alive = _existing(pks.values())  # an image deleted since the job started gets no verdict
     pks = {i: pk for i, pk in pks.items() if pk in alive}
@@ -251,7 +178,7 @@ def _store(job, es, folder, params, verdicts, clusters, pks: dict[str, int]) -> 
         run = CleaningRun.objects.filter(job=job).first()
         if run is not None:
             return run
-        run = CleaningRun.objects.create(embedding_set=es, params=params, evidence_path=str(folder), job=job,
+        run = CleaningRun.objects.create(embedding_set_id=es, params=params, evidence_path=str(folder), job=job,
                                          stats={**counts, "clusters": len(clusters)})
         Verdict.objects.bulk_create([
             Verdict(run=run, image_id=pks[v.id], verdict=v.verdict, label=landmarks.get(v.label),

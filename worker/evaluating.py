@@ -1,4 +1,5 @@
-"""The evaluate job: the same ml.evaluate the command runs, recorded as a Job (full JSON kept on disk)."""
+"""The evaluate job: the same ml.evaluate the command runs, recorded as a Job (full JSON kept on disk); a
+preset by name, or a whole pipeline configuration (``config``)."""
 
 from __future__ import annotations
 
@@ -8,6 +9,7 @@ from pathlib import Path
 from django.conf import settings
 
 from ml.evaluate import evaluate
+from ml.pipeline import PipelineConfig
 from webapp.jobs.models import Job
 from worker.runner import JobContext, job_function
 
@@ -15,7 +17,8 @@ from worker.runner import JobContext, job_function
 @job_function(Job.Kind.EVALUATE)
 def run_evaluate(job: Job, ctx: JobContext) -> dict:
     params = job.params
-    result = evaluate(params["path"], params.get("pipeline"), params.get("model") or None,
+    pipeline = PipelineConfig.from_dict(params["config"]) if params.get("config") else params.get("pipeline")
+    result = evaluate(params["path"], pipeline, params.get("model") or None,
                       use_labels=params.get("use_labels", True),
                       progress=lambda d, t: ctx.progress(d, t, "evaluating"))
     out = Path(settings.ARTIFACTS_ROOT) / "evaluations" / f"job-{job.pk}.json"

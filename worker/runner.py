@@ -59,18 +59,26 @@ class JobContext:
         self._pending_log: list[str] = []
         self._bar = tqdm(desc=job.get_kind_display(), unit="item") if show_bar else None
 
-    def progress(self, done: int, total: int | None = None, message: str | None = None) -> None:
+    def progress(self, done: int, total: int | None = None, message: str | None = None,
+                 stage: str | None = None) -> None:
+        """``stage``: the stage a job of several stages has reached (its progress counts that stage's items);
+        a new stage is written at once."""
         if self._bar is not None:
+            if stage is not None and stage != self._bar.desc:
+                self._bar.set_description(stage)
             if total is not None and self._bar.total != total:
                 self._bar.total = total
             self._bar.n = done
             self._bar.refresh()
         now = time.monotonic()
         finished = total is not None and done >= total
-        if now - self._last_write < self.min_interval and not finished:
+        new_stage = stage is not None and stage != self.job.stage
+        if now - self._last_write < self.min_interval and not finished and not new_stage:
             return
         self._last_write = now
         fields = {"progress_done": done, "heartbeat_at": timezone.now()}
+        if stage is not None:
+            fields["stage"] = stage[:200]
         if total is not None:
             fields["progress_total"] = total
         if message is not None:
@@ -142,6 +150,8 @@ def execute_job(job_id: int, foreground: bool = False, retry: bool = False, hold
     if not claimed:
         log.info("job %s is %s (worker %s); nothing to run", job_id, job.state, job.worker or "-")
         return job
+    import worker.registry  # noqa: F401 - every kind's function (the modules import this one)
+
     fn = JOB_FUNCTIONS.get(job.kind)
     ctx = JobContext(job, show_bar=foreground)
     final: dict = {"finished_at": timezone.now()}

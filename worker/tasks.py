@@ -8,18 +8,18 @@ from celery import shared_task
 from django.db import DatabaseError, close_old_connections, connection
 
 import worker.registry  # noqa: F401 - registers the job functions
-from worker import chunks, clean_chunks, cleaning, feature_chunks, shards
+from worker import stages
 from worker.runner import TRANSIENT_ERRORS, execute_job
 from worker.watchdog import recover_jobs
 
 log = logging.getLogger(__name__)
 # How long a chunk task waits in place for its database to come back before it gives up.
 DB_WAIT_SECONDS = 600
-# One part of a chord (an embedding chunk, an index shard, a verification chunk): redelivered when its
-# worker dies, its result kept for the chord to count.
+# One part of a stage's chord (an embedding chunk, an index shard, a verification chunk): redelivered when
+# its worker dies, its result kept for the chord to count.
 CHORD_PART = dict(acks_late=True, reject_on_worker_lost=True, ignore_result=False, autoretry_for=TRANSIENT_ERRORS,
                   retry_backoff=5, retry_backoff_max=300, max_retries=20)
-# A chord's callback, which publishes the parts and closes the job.
+# A chord's callback, which hands the job back to its function (the next stage).
 CHORD_CALLBACK = dict(acks_late=True, autoretry_for=TRANSIENT_ERRORS, retry_backoff=5, max_retries=20)
 
 
@@ -35,18 +35,11 @@ def run_job(self, job_id: int) -> str:
         close_old_connections()
 
 
-@shared_task(name="worker.embed_chunk", **CHORD_PART)
-def embed_chunk(job_id: int, chunk: int) -> int:
-    """One chunk of an embedding job (idempotent: a chunk already on disk is not computed again)."""
+@shared_task(name=stages.PART_TASK, **CHORD_PART)
+def stage_part(job_id: int, stage: str, part: int) -> int:
+    """One part of a job's stage (idempotent: a part done is not computed again)."""
     close_old_connections()
-    return wait_out_database_errors(chunks.run_chunk, job_id, chunk)
-
-
-@shared_task(name="worker.feature_chunk", **CHORD_PART)
-def feature_chunk(job_id: int, chunk: int) -> int:
-    """One chunk of a build_index job's RootSIFT and dense features (idempotent: a chunk done is not redone)."""
-    close_old_connections()
-    return wait_out_database_errors(feature_chunks.run_chunk, job_id, chunk)
+    return wait_out_database_errors(stages.run_part, job_id, stage, part)
 
 
 def wait_out_database_errors(fn, *args):
@@ -70,54 +63,17 @@ def wait_out_database_errors(fn, *args):
             delay = min(delay * 2, 30)
 
 
-@shared_task(name="worker.finish_embed", **CHORD_CALLBACK)
-def finish_embed(_results, job_id: int) -> str:
-    """The chord's callback: publish the chunks as one EmbeddingSet and close the job."""
-    close_old_connections()
-    return chunks.finish_job(job_id)
-
-
-@shared_task(name="worker.resume_job", bind=True, **CHORD_CALLBACK)
+@shared_task(name=stages.RESUME_TASK, bind=True, **CHORD_CALLBACK)
 def resume_job(self, _results, job_id: int, holder: str | None = None) -> str:
-    """A chord's callback that hands the job back to its own function, which goes on from what is on disk
-    (build_index after its embedding chunks: the set, regions, local features, then its index shards).
+    """A stage's chord callback that hands the job back to its own function, which goes on from what is on
+    disk: the stages and parts done are skipped, the stage is joined and the next one starts.
     ``holder``: the worker whose claim sent the chord; a callback of a chord sent before the watchdog
     re-sent the job does nothing (``runner.claimable``). Messages without it continue the job as before."""
     close_old_connections()
     try:
-        if holder is None:
-            return execute_job(job_id, retry=True).state
-        return execute_job(job_id, retry=self.request.retries > 0, holder=holder).state
+        return stages.resume(job_id, holder, self.request.retries > 0).state
     finally:
         close_old_connections()
-
-
-@shared_task(name="worker.index_shard", **CHORD_PART)
-def index_shard(job_id: int, shard: int) -> int:
-    """One shard of a build_index job (idempotent: a shard already on disk is not built again)."""
-    close_old_connections()
-    return wait_out_database_errors(shards.run_shard, job_id, shard)
-
-
-@shared_task(name="worker.finish_index", **CHORD_CALLBACK)
-def finish_index(_results, job_id: int) -> str:
-    """The chord's callback: manifest, recall, rename into place, publish the IndexVersion, close the job."""
-    close_old_connections()
-    return shards.finish_job(job_id)
-
-
-@shared_task(name="worker.clean_chunk", **CHORD_PART)
-def clean_chunk(job_id: int, chunk: int) -> int:
-    """One chunk of a clean job's spatial verification (idempotent: a chunk on disk is not verified again)."""
-    close_old_connections()
-    return wait_out_database_errors(clean_chunks.run_chunk, job_id, chunk)
-
-
-@shared_task(name="worker.finish_clean", **CHORD_CALLBACK)
-def finish_clean(_results, job_id: int) -> str:
-    """The chord's callback: merge the chunks into the evidence, store the CleaningRun, close the job."""
-    close_old_connections()
-    return cleaning.finish_job(job_id)
 
 
 @shared_task(name="worker.watchdog")

@@ -228,7 +228,7 @@ def test_killed_index_build_leaves_the_old_index_serving(active_index, settings,
     clear_broker(settings)
     worker = start_worker(settings, tmp_path / "worker.log", "indexkill")
     try:
-        job = start_job(Job.Kind.BUILD_INDEX, {"pipeline": "baseline-lite0"})
+        job = start_job(Job.Kind.BUILD_INDEX, {"pipeline": "baseline"})
         assert wait_for(lambda: Job.objects.get(pk=job.pk).progress_done > 0, 180), \
             (tmp_path / "worker.log").read_text()[-3000:]
         os.kill(worker.pid, signal.SIGKILL)

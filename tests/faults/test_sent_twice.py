@@ -61,7 +61,7 @@ def run_both_chords(settings, log: Path, job: Job, callback: str) -> str:
 def parts(log: str, task: str, job: Job, done: str) -> tuple[int, list[int]]:
     """How many part tasks the worker received, and which parts its log says it computed."""
     return (len(re.findall(rf"Task {task}\[[^\]]+\] received", log)),
-            sorted(int(n) for n in re.findall(rf"job {job.pk}: {done} (\d+) ", log)))
+            sorted(int(n) for n in re.findall(rf"{job.kind}-{job.pk}-\w+: {done} (\d+): ", log)))
 
 
 def no_work_left(settings) -> bool:
@@ -71,11 +71,11 @@ def no_work_left(settings) -> bool:
 
 def test_a_sharded_build_sent_twice_is_built_and_published_once(settings, tmp_path):
     es, ids, x = synthetic_embedding_set(tmp_path, 300, 16)
-    job = sent_twice(settings, Job.Kind.BUILD_INDEX, {"pipeline": "baseline-lite0", "embedding_set": es.pk,
+    job = sent_twice(settings, Job.Kind.BUILD_INDEX, {"pipeline": "baseline", "embedding_set": es.pk,
                                                       "shard_size": 60})
-    log = run_both_chords(settings, tmp_path / "worker.log", job, "worker.finish_index")
+    log = run_both_chords(settings, tmp_path / "worker.log", job, "worker.resume_job")
 
-    received, built = parts(log, "worker.index_shard", job, "built shard")
+    received, built = parts(log, "worker.stage_part", job, "index part")
     assert received == 10 and built == [0, 1, 2, 3, 4]  # two chords of five shards; each shard built once
     iv = IndexVersion.objects.get()
     assert iv.job_id == job.pk and iv.is_active and iv.params["shards"] == 5 and job.result["index_version"] == iv.pk
@@ -88,12 +88,12 @@ def test_a_sharded_build_sent_twice_is_built_and_published_once(settings, tmp_pa
 
 def test_a_clean_sent_twice_is_verified_and_stored_once(imported_mini, settings, tmp_path):
     job = sent_twice(settings, Job.Kind.CLEAN, {"splits": ["query"], "chunk_pairs": 60})
-    log = run_both_chords(settings, tmp_path / "worker.log", job, "worker.finish_clean")
+    log = run_both_chords(settings, tmp_path / "worker.log", job, "worker.resume_job")
 
     run = CleaningRun.objects.get()
     assert run.job_id == job.pk and job.result["cleaning_run"] == run.pk
     n = CleaningEvidence.load(run.evidence_path).meta["chunks"]
-    received, verified = parts(log, "worker.clean_chunk", job, "verified chunk")
+    received, verified = parts(log, "worker.stage_part", job, "verify part")
     assert n >= 4 and received == 2 * n and verified == list(range(n))  # two chords; each chunk verified once
     assert job.progress_done == job.progress_total > 0
     assert no_work_left(settings)

@@ -17,7 +17,7 @@ from django.core.management import call_command
 
 from ml.clean import CleaningEvidence
 from ml.embed import read_embedding_shards
-from ml.index import IndexConfig, build_index, shard_complete
+from ml.index import IndexConfig, build_index, shard_complete, shard_name
 from ml.regional import load_regions
 from ml.weights import read_checkpoint
 from tests.conftest import (
@@ -30,17 +30,18 @@ from tests.conftest import (
 )
 from tests.curation.evidence import assert_same_evidence, verdict_rows
 from tests.faults.private_services import start_worker_env
+from tests.stages import done_parts
 from webapp.curation.models import CleaningRun
 from webapp.jobs.models import Job
 from webapp.jobs.services import start_job
 from webapp.search.engine import current_engine
 from webapp.search.models import EmbeddingSet, IndexVersion, ModelVersion
-from worker import chunks, clean_chunks, shards
+from worker.stages import work_of
 from worker.watchdog import recover_jobs
 
 pytestmark = [pytest.mark.worker, pytest.mark.django_db(transaction=True)]
 PARAMS = {"splits": ["index"], "chunk_size": 12, "embed": {"image_size": 96, "scales": [1.0], "num_workers": 0}}
-PIPELINE = "baseline-lite0"  # no DBA, no verification: the index holds the embedding set's vectors as they are
+PIPELINE = "baseline"  # no DBA, no verification: the index holds the embedding set's vectors as they are
 
 
 def kill_when(worker: subprocess.Popen, condition, log: Path, timeout: float = 300) -> None:
@@ -72,8 +73,8 @@ def resume(settings, tmp_path: Path, job: Job) -> str:
 
 
 def logged_parts(log: str, job: Job, done: str) -> list[int]:
-    """The parts of ``job`` a worker's log says it computed ('built shard', 'verified chunk')."""
-    return [int(n) for n in re.findall(rf"job {job.pk}: {done} (\d+) ", log)]
+    """The parts of ``job`` a worker's log says it computed ('index part', 'verify part')."""
+    return [int(n) for n in re.findall(rf"{job.kind}-{job.pk}-\w+: {done} (\d+): ", log)]
 
 
 def kill_among_parts(worker: subprocess.Popen, job: Job, finished, at_least: int, tmp_path: Path):
@@ -94,8 +95,8 @@ def assert_resumed(log: str, job: Job, survived, total: int, done: str) -> None:
 
 
 def finished_chunks(job: Job) -> set[int]:
-    """Embedding chunks on disk (their vectors are renamed into place after their regions)."""
-    return {int(p.stem.split("-")[1]) for p in chunks.work_dir(job).glob("chunk-??????.npy")}
+    """Embedding chunks done (their vectors and regions on disk)."""
+    return done_parts(job, "embed")
 
 
 def test_killed_embedding_resumes_from_finished_chunks(imported_mini, settings, tmp_path):
@@ -110,8 +111,8 @@ def test_killed_embedding_resumes_from_finished_chunks(imported_mini, settings, 
     job = start_job(Job.Kind.EMBED, {**PARAMS, "regional": {"levels": 2}})
     survived = kill_among_parts(first, job, lambda: finished_chunks(job), 3, tmp_path)
 
-    assert_resumed(resume(settings, tmp_path, job), job, survived, 13, "embedded chunk")
-    assert not chunks.work_dir(job).exists()  # the chunks were dropped once published
+    assert_resumed(resume(settings, tmp_path, job), job, survived, 13, "embed part")
+    assert not work_of(job).path.exists()  # the chunks were dropped once published
     resumed = EmbeddingSet.objects.get(job=job)
     ids, vectors = read_embedding_shards(resumed.path)
     assert ids == ref_ids
@@ -133,9 +134,9 @@ def test_killed_build_resumes_its_embedding_from_finished_chunks(imported_mini, 
     job = start_job(Job.Kind.BUILD_INDEX, params)
     survived = kill_among_parts(first, job, lambda: finished_chunks(job), 2, tmp_path)
 
-    assert_resumed(resume(settings, tmp_path, job), job, survived, 12, "embedded chunk")
+    assert_resumed(resume(settings, tmp_path, job), job, survived, 12, "embed part")
     iv = IndexVersion.objects.get(job=job)
-    assert iv.is_active and iv.size == 34 and not chunks.work_dir(job).exists()
+    assert iv.is_active and iv.size == 34 and not work_of(job).path.exists()
     ids, vectors = read_embedding_shards(iv.embedding_set.path)
     assert ids == ref_ids and iv.embedding_set.params["chunks"] == 12
     assert np.allclose(vectors.astype(np.float32), ref_vectors.astype(np.float32), atol=2e-3)
@@ -153,8 +154,9 @@ def test_killed_sharded_build_resumes_without_rebuilding_finished_shards(setting
     job = start_job(Job.Kind.BUILD_INDEX, {"pipeline": PIPELINE, "embedding_set": es.pk, "shard_size": 40})
 
     def built() -> dict[int, os.stat_result]:
-        return {i: (shards.shard_path(job, i) / "meta.json").stat() for i in range(40)
-                if shard_complete(shards.shard_path(job, i))}
+        staging = work_of(job).path / "staging"
+        return {i: (staging / shard_name(i) / "meta.json").stat() for i in range(40)
+                if shard_complete(staging / shard_name(i))}
     survived = kill_among_parts(first, job, built, 1, tmp_path)
     # While the job is dead the index in service is untouched, the only one, and answers searches.
     assert list(IndexVersion.objects.values_list("pk", "is_active")) == [(serving.pk, True)]
@@ -162,15 +164,15 @@ def test_killed_sharded_build_resumes_without_rebuilding_finished_shards(setting
     assert engine.index_version.pk == serving.pk
     assert (engine.database.index.search_positions(queries, 20)[1] == exact).all()
 
-    assert_resumed(resume(settings, tmp_path, job), job, survived, 40, "built shard")
+    assert_resumed(resume(settings, tmp_path, job), job, survived, 40, "index part")
     iv = IndexVersion.objects.get(job=job)
     assert iv.is_active and iv.size == 1600 and iv.params["shards"] == 40 and job.result["index_version"] == iv.pk
     assert not IndexVersion.objects.get(pk=serving.pk).is_active and IndexVersion.objects.count() == 2
     for i, stat in survived.items():  # moved into the published folder, never rewritten
-        after = (Path(iv.path) / shards.shard_path(job, i).name / "meta.json").stat()
+        after = (Path(iv.path) / shard_name(i) / "meta.json").stat()
         assert (after.st_ino, after.st_mtime_ns) == (stat.st_ino, stat.st_mtime_ns)
     assert not [p.name for p in Path(iv.path).iterdir() if p.name.startswith(".")]  # no half-built shard with it
-    assert not shards.work_dir(job).exists()
+    assert not work_of(job).path.exists()
     engine = current_engine()
     assert engine.index_version.pk == iv.pk
     assert (engine.database.index.search_positions(queries, 20)[1] == exact).all()
@@ -186,17 +188,15 @@ def test_killed_clean_resumes_from_finished_chunks(imported_mini, settings, tmp_
     first = start_worker(settings, tmp_path / "first.log", "first")
     job = start_job(Job.Kind.CLEAN, {**reference.job.params, "chunk_pairs": 8})
 
-    def verified() -> set[int]:
-        return {int(p.stem.split("-")[1]) for p in clean_chunks.work_dir(job).glob("chunk-*.npy")}
-    survived = kill_among_parts(first, job, verified, 1, tmp_path)
-    n = len(clean_chunks.bounds(clean_chunks.read_plan(job)))
+    survived = kill_among_parts(first, job, lambda: done_parts(job, "verify"), 1, tmp_path)
+    n = work_of(job).stage("verify").plan().parts
 
-    assert_resumed(resume(settings, tmp_path, job), job, survived, n, "verified chunk")
+    assert_resumed(resume(settings, tmp_path, job), job, survived, n, "verify part")
     run = CleaningRun.objects.get(job=job)
     assert verdict_rows(run) == verdict_rows(reference) and run.stats == reference.stats
     evidence = CleaningEvidence.load(run.evidence_path)
     assert_same_evidence(evidence, reference_evidence)
-    assert evidence.meta["chunks"] == n and not clean_chunks.work_dir(job).exists()
+    assert evidence.meta["chunks"] == n and not work_of(job).path.exists()
 
 
 TRAIN_ARGS = ["--splits", "index", "--max-steps", "30", "--batch-size", "8", "--image-size", "128",

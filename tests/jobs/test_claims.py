@@ -20,7 +20,7 @@ def running_elsewhere(folder) -> Job:
     """A build_index job that a worker on another host claimed and is heartbeating for."""
     folder.mkdir()
     es, _, _ = synthetic_embedding_set(folder, 60, 8)
-    job = create_job(Job.Kind.BUILD_INDEX, {"pipeline": "baseline-lite0", "embedding_set": es.pk}, queued=True)
+    job = create_job(Job.Kind.BUILD_INDEX, {"pipeline": "baseline", "embedding_set": es.pk}, queued=True)
     Job.objects.filter(pk=job.pk).update(state=Job.State.RUNNING, worker="other-host:4242", heartbeat_at=timezone.now())
     return job
 

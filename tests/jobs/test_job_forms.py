@@ -23,7 +23,7 @@ def test_paths_outside_the_allowed_roots_are_refused(client, admin_user_role, tm
     settings.IMPORT_ROOTS = [str(tmp_path / "data")]
     client.force_login(admin_user_role)
     response = client.post(reverse("job-new"), {"kind": "evaluate", "evaluate-path": "/etc",
-                                                "evaluate-pipeline": "baseline-lite0"})
+                                                "evaluate-pipeline": "baseline"})
     assert response.status_code == 400 and "is not under an allowed folder" in response.content.decode()
     assert not Job.objects.exists()
 
@@ -33,8 +33,8 @@ def test_every_kind_has_a_form_and_viewers_cannot_start(client, viewer_user, adm
     html = client.get(reverse("job-new")).content.decode()
     for kind in ["import_dataset", "train", "embed", "build_index", "clean", "evaluate"]:
         assert f'id="start-{kind}"' in html
-    response = client.post(reverse("job-new"), {"kind": "build_index", "build_index-pipeline": "baseline-lite0"})
-    assert Job.objects.get().params == {"pipeline": "baseline-lite0"} and response.status_code == 302
+    response = client.post(reverse("job-new"), {"kind": "build_index", "build_index-pipeline": "baseline"})
+    assert Job.objects.get().params == {"pipeline": "baseline"} and response.status_code == 302
     client.force_login(viewer_user)
     assert client.get(reverse("job-new")).status_code == 403
     assert client.post(reverse("job-new"), {"kind": "build_index"}).status_code == 403

@@ -25,11 +25,11 @@ from ml.pipeline import (
     PipelineConfig,
     dense_store,
     get_pipeline,
-    prepare_database,
     search_one,
 )
 from ml.regional import RegionalConfig, embed_database_regions
 from ml.spatial import LocalFeatureStore
+from ml.stages.index_build import build_database
 from ml.weights import load_model
 from tests.conftest import MINI, mini_rows
 
@@ -194,16 +194,15 @@ def test_the_bonus_counts_only_photos_with_enough_inliers():
 
 
 def _dense_pipeline(top_n: int = 8) -> PipelineConfig:
-    return replace(get_pipeline("baseline-lite2"), name="dense-test", dense=DenseMatchConfig(top_n=top_n))
+    return replace(get_pipeline("baseline"), name="dense-test", models=("tf_efficientnet_lite2",),
+                   dense=DenseMatchConfig(top_n=top_n))
 
 
 def test_the_pipeline_lifts_the_day_photo_for_the_night_query(lite2, tmp_path):
     pipeline = _dense_pipeline()
     ids = [BERLIN_DAY] + [r["id"] for r in mini_rows() if r["split"] == "index" and r["id"] != BERLIN_DAY][:11]
     items = [(i, MINI / "images" / f"{i}.jpg") for i in ids]
-    with pytest.raises(ValueError, match="give a feature_dir"):
-        prepare_database([lite2], items, pipeline)
-    database = prepare_database([lite2], items, pipeline, feature_dir=tmp_path)
+    database = build_database(items, pipeline, tmp_path / "build", feature_dir=tmp_path)
     assert all(i in database.dense for i in ids)  # cached once, beside the RootSIFT cache
     result = search_one(database, [lite2], _photo(BERLIN_NIGHT))
     hits = result.hits
@@ -233,8 +232,8 @@ def test_a_lost_or_damaged_cache_file_leaves_its_photo_unverified_not_the_search
     still answer, that photo is ranked as unverified, and the log names it."""
     pipeline = replace(_dense_pipeline(), verification=get_pipeline(DEFAULT_PIPELINE).verification)
     ids = [BERLIN_DAY] + [r["id"] for r in mini_rows() if r["split"] == "index" and r["id"] != BERLIN_DAY][:11]
-    database = prepare_database([lite2], [(i, MINI / "images" / f"{i}.jpg") for i in ids], pipeline,
-                                feature_dir=tmp_path)
+    database = build_database([(i, MINI / "images" / f"{i}.jpg") for i in ids], pipeline, tmp_path / "build",
+                              feature_dir=tmp_path)
     before = {h.image_id: h for h in search_one(database, [lite2], _photo(BERLIN_NIGHT)).hits}
     assert before[BERLIN_DAY].dense_inliers >= 20 and before[BERLIN_DAY].verified
 

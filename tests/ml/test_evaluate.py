@@ -23,7 +23,7 @@ QUERIES = ["2057eb3037d018d4", "0ccf2e2a3f817675", "0a87edf4e12b6e28"]
 
 # Small and fast, but every stage on: verification, verified QE, label re-ranking.
 FAST = replace(
-    get_pipeline("baseline-lite0"),
+    get_pipeline("baseline"),
     name="fast-test",
     image_size=256,
     verification=VerificationConfig(top_n=6, min_inliers=15, mode="fused", qe_k=3),
@@ -137,11 +137,25 @@ def test_layout_errors_are_clear(tmp_path):
 
 def test_command_writes_json_and_prints_summary(layout_dir, tmp_path, capsys):
     out = tmp_path / "out.json"
-    call_command("evaluate", str(layout_dir), "--json", str(out), "--pipeline", "baseline-lite0", "--no-labels")
+    call_command("evaluate", str(layout_dir), "--json", str(out), "--pipeline", "baseline", "--no-labels")
     result = json.loads(out.read_text())
     assert tuple(result) == RESULT_KEYS
     printed = capsys.readouterr().out
     assert "mAP medium" in printed and f"{result['medium']:.2f}" in printed
+
+
+def test_command_evaluates_a_whole_configuration_given_as_json(layout_dir, tmp_path, cache):
+    """`--config FILE`: what an index version records, or a benchmark's variant, evaluated as it is."""
+    (tmp_path / "fast.json").write_text(json.dumps(FAST.as_dict()))
+    out = tmp_path / "out.json"
+    call_command("evaluate", str(layout_dir), "--json", str(out), "--config", str(tmp_path / "fast.json"),
+                 "--no-labels")
+    result = json.loads(out.read_text())
+    assert result["pipeline"]["name"] == "fast-test" and result["pipeline"]["parameters"] == json.loads(json.dumps(FAST.as_dict()))
+    assert result["rankings"] == evaluate(layout_dir, FAST, use_labels=False, cache=cache)["rankings"]
+    (tmp_path / "bad.json").write_text("[1, 2]")
+    with pytest.raises(CommandError, match="bad.json: not a pipeline configuration"):
+        call_command("evaluate", str(layout_dir), "--config", str(tmp_path / "bad.json"))
 
 
 def test_command_rejects_a_folder_not_in_the_layout(tmp_path):
@@ -154,7 +168,7 @@ def test_command_rejects_a_folder_not_in_the_layout(tmp_path):
 def test_command_lists_pipelines(capsys):
     call_command("evaluate", "--list-pipelines")
     printed = capsys.readouterr().out
-    assert "(default)" in printed and "baseline-lite0" in printed
+    assert "(default)" in printed and "baseline" in printed
 
 
 def test_pipeline_config_is_plain_data():

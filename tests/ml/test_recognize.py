@@ -12,10 +12,11 @@ import numpy as np
 import pytest
 
 from ml.metrics import global_average_precision
-from ml.pipeline import DEFAULT_PIPELINE, get_pipeline, load_models, prepare_database, search_one
+from ml.pipeline import DEFAULT_PIPELINE, get_pipeline, load_models, search_one
 from ml.recognize import RecognitionConfig, gap_predictions, recognize
 from ml.rerank import LabelVoteConfig, VerificationConfig
 from ml.spatial import LocalFeatureConfig
+from ml.stages.index_build import build_database
 from tests.conftest import MINI
 
 NON_LANDMARKS = ("coffee.png", "chelsea.png", "astronaut.png", "rocket.jpg")
@@ -54,7 +55,7 @@ def _small_labelled_db(tmp_path: Path, pipeline):
     db += [i for i in gnd["images"] if labels[i] not in used][:8]
     models = load_models(pipeline)
     items = [(i, MINI / "images" / f"{i}.jpg") for i in db]
-    database = prepare_database(models, items, pipeline, {i: labels[i] for i in db}, feature_dir=tmp_path)
+    database = build_database(items, pipeline, tmp_path, {i: labels[i] for i in db})
     truth = {q: labels[gnd["queries"][q]["easy"][0]] for q in queries}
     return database, models, truth
 
@@ -85,7 +86,7 @@ def test_default_pipeline_on_landmarks_mini(tmp_path):
     gnd = json.loads((MINI / "gnd.json").read_text())
     models = load_models(pipeline)
     items = [(i, MINI / "images" / f"{i}.jpg") for i in gnd["images"]]
-    database = prepare_database(models, items, pipeline, gnd["labels"], feature_dir=tmp_path)
+    database = build_database(items, pipeline, tmp_path, gnd["labels"])
     recognitions = {}
     for qid in gnd["queries"]:
         recognitions[qid] = search_one(database, models, MINI / "images" / f"{qid}.jpg").recognition

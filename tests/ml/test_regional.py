@@ -11,7 +11,7 @@ import pytest
 from PIL import Image
 
 from ml.embed import EmbedConfig, embed_image, embed_images, l2_normalize
-from ml.pipeline import PipelineConfig, get_pipeline, load_models, prepare_database, search_one
+from ml.pipeline import PipelineConfig, get_pipeline, load_models, search_one
 from ml.regional import (
     FILE_NAME,
     RegionalConfig,
@@ -22,6 +22,7 @@ from ml.regional import (
     region_similarity,
     rmac_boxes,
 )
+from ml.stages.index_build import build_database
 from ml.weights import load_model
 from ml.whitening import WhiteningConfig
 from tests.conftest import MINI, mini_rows
@@ -138,7 +139,7 @@ def test_expanded_scores_of_whole_images_are_cosines_to_the_alpha_qe_vector():
 
 
 def _regional_pipeline() -> PipelineConfig:
-    return replace(get_pipeline("baseline-lite0"), name="regional-test", image_size=256,
+    return replace(get_pipeline("baseline"), name="regional-test", image_size=256,
                    regional=RegionalConfig(levels=3, shortlist=12))
 
 
@@ -147,7 +148,7 @@ def test_the_pipeline_rescores_its_shortlist_by_regions(tmp_path):
     rows = _index_rows(20)
     items = [(r["id"], _photo(r["id"])) for r in rows]
     models = load_models(pipeline)
-    database = prepare_database(models, items, pipeline, index_dir=tmp_path / "index")
+    database = build_database(items, pipeline, tmp_path)
     assert (tmp_path / "index" / FILE_NAME).is_file()  # stored beside the index, as build_index does
     assert database.regions.shape[:2][0] == 20 and database.regions.shape[2] == 1280
     query = rows[5]

@@ -1,6 +1,7 @@
 """`prune_indexes`: old index versions and embedding sets are deleted, rows and files, keeping the active
 index and what rollback can go back to; nothing while a job is queued or running."""
 
+from dataclasses import replace
 from datetime import timedelta
 from pathlib import Path
 
@@ -9,7 +10,7 @@ from django.core.management import CommandError, call_command
 from django.db import transaction
 
 from ml.dense_matching import cache_key as dense_cache_key
-from ml.pipeline import get_pipeline
+from ml.pipeline import feature_cache_keys, get_pipeline
 from ml.spatial import LocalFeatureConfig
 from tests.conftest import synthetic_embedding_set
 from webapp.catalog.models import Image
@@ -20,7 +21,7 @@ from webapp.search.pruning import prune
 from webapp.search.services import activate_index, feature_dir
 
 pytestmark = pytest.mark.django_db
-PIPELINE = "baseline-lite0"  # no verification: the index holds the set's vectors as they are
+PIPELINE = "baseline"  # no verification: the index holds the set's vectors as they are
 
 
 def _builds(settings, count: int) -> list[IndexVersion]:
@@ -83,11 +84,13 @@ def _cache(folder: Path, size: int = 4096) -> Path:
 
 def test_prune_deletes_the_feature_caches_no_kept_index_reads(settings, capsys):
     old, new = _builds(settings, 2)  # new is active
-    # As if both had been built by the default pipeline (RootSIFT and dense features), each with its model.
+    # As if both had been built by the default pipeline (RootSIFT and dense features), each with its model:
+    # each records the caches it reads.
     default, folder = get_pipeline("default"), feature_dir()
     for iv, model in ((old, "/models/v1.pt"), (new, "/models/v2.pt")):
-        iv.params = {**iv.params, "pipeline": "default", "models": [model], "image_size": default.image_size,
-                     "dense": True, "feature_dir": str(folder)}
+        built = replace(default, models=(model,))
+        iv.params = {**iv.params, "pipeline": "default", "config": built.as_dict(), "dense": True,
+                     "feature_caches": sorted(feature_cache_keys(built)), "feature_dir": str(folder)}
         IndexVersion.objects.filter(pk=iv.pk).update(params=iv.params)
     sift = _cache(folder / default.local_features.cache_key())
     dense_old = _cache(folder / dense_cache_key("/models/v1.pt", default.dense, default.image_size))
@@ -100,8 +103,9 @@ def test_prune_deletes_the_feature_caches_no_kept_index_reads(settings, capsys):
     assert f"deleted feature cache {other_sift}" in said and not other_sift.exists()
     assert all(p.is_dir() for p in (sift, dense_old, dense_new, notes))
 
-    # A kept version of a pipeline since removed: what it reads cannot be told, so every cache stays.
-    IndexVersion.objects.filter(pk=new.pk).update(params={**new.params, "pipeline": "gone"})
+    # A kept version that records no caches (built before versions recorded them): what it reads cannot be
+    # told, so every cache stays.
+    IndexVersion.objects.filter(pk=new.pk).update(params={k: v for k, v in new.params.items() if k != "feature_caches"})
     assert prune(0, dry_run=True).caches == []
     IndexVersion.objects.filter(pk=new.pk).update(params=new.params)
 

@@ -11,18 +11,18 @@ from django.core.management import call_command
 
 from ml.embed import EmbedConfig, embed_images, read_embedding_shards, write_embedding_shards
 from ml.images import load_rgb
-from ml.pipeline import database_regions, get_pipeline, load_models
+from ml.pipeline import database_regions, load_models
 from ml.regional import FILE_NAME, load_regions
 from ml.weights import load_model
 from tests.conftest import MINI, wait_for
+from tests.pipelines import REGIONAL, config_file
 from webapp.catalog.models import Image
 from webapp.jobs.models import Job
-from webapp.jobs.services import create_job, start_job
+from webapp.jobs.services import start_job
 from webapp.search.engine import current_engine, search_photo
 from webapp.search.models import EmbeddingSet, IndexVersion
 from webapp.search.services import image_file_path, packaged_model_version
-from worker import chunks, indexing, shards
-from worker.runner import JobContext
+from worker.stages import work_of
 
 pytestmark = pytest.mark.django_db
 QUERY = "0d186bfb6e895d52"  # a strecha_castle photo: 40 photos of its landmark in the index split
@@ -38,12 +38,13 @@ def test_regions_are_published_with_the_index_and_used_by_search(imported_mini, 
     es = EmbeddingSet.objects.create(model_version=packaged_model_version("tf_efficientnet_lite0"), path=str(path),
                                      dim=vectors.shape[1], image_count=len(ids), scales=[1.0],
                                      params={"models": ["tf_efficientnet_lite0"], "image_size": 128})
-    call_command("build_index", "--pipeline", "lite2-ms-regional", "--embedding-set", str(es.pk), "--shard-size", "60")
+    call_command("build_index", "--config", config_file(tmp_path, REGIONAL), "--embedding-set", str(es.pk),
+                 "--shard-size", "60")
 
     iv = IndexVersion.objects.get(is_active=True)
     regions = load_regions(iv.path)
     assert regions is not None and regions.shape[0] == len(ids) and regions.shape[2] == vectors.shape[1]
-    assert sorted(p.name for p in Path(iv.path).iterdir() if not p.name.startswith("shard-")) == ["meta.json", FILE_NAME, "regions.sha256"]  # no temp
+    assert sorted(p.name for p in Path(iv.path).iterdir() if not p.name.startswith("shard-")) == ["meta.json", FILE_NAME]  # no temp
     # Region 0 is the whole image: the very vector the index holds, in the same order.
     np.testing.assert_allclose(regions[:, 0].astype(np.float32), vectors, atol=3e-3)
 
@@ -57,10 +58,10 @@ def test_regions_are_published_with_the_index_and_used_by_search(imported_mini, 
     assert any(h.score > h.global_score + 0.01 for h in outcome.hits[:20])  # re-scored by regions
 
 
-def test_one_pass_embeds_and_regions_the_catalogue(imported_mini):
+def test_one_pass_embeds_and_regions_the_catalogue(imported_mini, tmp_path):
     """Without an embedding set, build_index makes the regions once and indexes their whole-image rows: the
     embedding set it records holds the same vectors the index searches, and region 0 of each image."""
-    call_command("build_index", "--pipeline", "lite2-ms-regional", "--splits", "query")
+    call_command("build_index", "--config", config_file(tmp_path, REGIONAL), "--splits", "query")
     iv = IndexVersion.objects.get(is_active=True)
     regions = load_regions(iv.path)
     es_ids, es_vectors = read_embedding_shards(iv.embedding_set.path, dtype=np.float32)
@@ -80,7 +81,7 @@ def test_one_pass_embeds_and_regions_the_catalogue(imported_mini):
     assert (Path(iv.embedding_set.path) / FILE_NAME).stat().st_ino == (Path(iv.path) / FILE_NAME).stat().st_ino
 
 
-def test_a_chunked_embedding_with_regions_gives_build_index_its_regions(imported_mini):
+def test_a_chunked_embedding_with_regions_gives_build_index_its_regions(imported_mini, tmp_path):
     """`embed --regions 3` keeps each chunk's region descriptors (from the same forward passes) and joins
     them into its embedding set: the same as one pass over all the photos, region 0 being the set's vectors.
     One photo per chunk, so chunks hold 10, 12 or 21 regions and the join pads them as one pass does.
@@ -94,13 +95,12 @@ def test_a_chunked_embedding_with_regions_gives_build_index_its_regions(imported
     padded = ~np.asarray(regions).any(axis=2)  # zero rows: photos with fewer regions than the most
     assert padded.sum(axis=1).max() == 11 and not padded[:, :10].any()
     np.testing.assert_allclose(vectors, regions[:, 0].astype(np.float32), atol=3e-3)
-    pipeline = replace(get_pipeline("lite2-ms-regional"), image_size=128, scales=(1.0,),
-                       models=("tf_efficientnet_lite0",))
+    pipeline = replace(REGIONAL, image_size=128, scales=(1.0,), models=("tf_efficientnet_lite0",))
     paths = [image_file_path(Image.objects.get(external_id=i)) for i in ids]
     whole = database_regions(load_models(pipeline), paths, pipeline)  # one pass, one process
     np.testing.assert_allclose(regions.astype(np.float32), whole.astype(np.float32), atol=3e-3)
 
-    call_command("build_index", "--pipeline", "lite2-ms-regional", "--embedding-set", str(es.pk))
+    call_command("build_index", "--config", config_file(tmp_path, REGIONAL), "--embedding-set", str(es.pk))
     iv = IndexVersion.objects.get(is_active=True)
     assert (Path(iv.path) / FILE_NAME).stat().st_ino == (Path(es.path) / FILE_NAME).stat().st_ino
     assert not list(Path(iv.path).glob(".*.tmp"))
@@ -108,16 +108,16 @@ def test_a_chunked_embedding_with_regions_gives_build_index_its_regions(imported
     assert search_photo(load_rgb(image_file_path(photo))).hits[0].image_id == photo.external_id
 
 
-def test_a_set_embedded_with_flip_tta_is_indexed_and_searched_with_it(imported_mini):
+def test_a_set_embedded_with_flip_tta_is_indexed_and_searched_with_it(imported_mini, tmp_path):
     """The default pipeline also embeds the mirrored photo: a build from a set made with `embed --flip`
     records it, and the engine embeds queries the same way, so a database photo finds itself at cosine ~1
     (unmirrored, the same photo is measurably further: the check would fail on a mismatch)."""
     call_command("embed", "--splits", "query", "--image-size", "128", "--flip", "--regions", "3")
     es = EmbeddingSet.objects.get()
     assert es.params["embed"]["flip"] is True
-    call_command("build_index", "--pipeline", "lite2-ms-regional", "--embedding-set", str(es.pk))
+    call_command("build_index", "--config", config_file(tmp_path, REGIONAL), "--embedding-set", str(es.pk))
     iv = IndexVersion.objects.get(is_active=True)
-    assert iv.params["flip"] is True and current_engine().database.pipeline.flip
+    assert iv.params["config"]["flip"] is True and current_engine().database.pipeline.flip
     ids, vectors = read_embedding_shards(es.path, dtype=np.float32)
     photo = Image.objects.get(external_id=ids[4])
     hit = search_photo(load_rgb(image_file_path(photo))).hits[0]
@@ -127,28 +127,6 @@ def test_a_set_embedded_with_flip_tta_is_indexed_and_searched_with_it(imported_m
     assert hit.global_score > 0.995 > float(unflipped @ vectors[4])  # measured 0.998 and 0.990
 
 
-def test_a_resumed_build_keeps_its_regions_only_for_the_same_images(imported_mini):
-    """A worker died after the regions were written: the resumed job keeps them (not computed again) when
-    they were made for the very images it indexes, and makes them again when the catalogue changed."""
-    job = create_job(Job.Kind.BUILD_INDEX, {"pipeline": "lite2-ms-regional", "splits": ["query"]})
-    Job.objects.filter(pk=job.pk).update(state=Job.State.RUNNING)
-    job.refresh_from_db()
-    ctx = JobContext(job, show_bar=False)
-    images = list(Image.objects.filter(split=Image.Split.QUERY).order_by("pk"))[:3]
-    ids, paths = [im.external_id for im in images], [image_file_path(im) for im in images]
-    pipeline = replace(get_pipeline("lite2-ms-regional"), image_size=128, scales=(1.0,),
-                       models=("tf_efficientnet_lite0",))
-    first = indexing._regions(job, ctx, ids, paths, pipeline)
-    path = shards.building_dir(job) / FILE_NAME
-    made = path.stat()
-    again = indexing._regions(job, ctx, ids, paths, pipeline)  # resumed: the same images
-    assert (path.stat().st_ino, path.stat().st_mtime_ns) == (made.st_ino, made.st_mtime_ns)
-    np.testing.assert_array_equal(again, first)
-    swapped = indexing._regions(job, ctx, ids[::-1], paths[::-1], pipeline)  # same count, other order
-    np.testing.assert_array_equal(swapped[0], first[2])
-    assert path.stat().st_ino != made.st_ino
-
-
 @pytest.mark.worker
 @pytest.mark.django_db(transaction=True)
 def test_a_queued_build_embeds_the_catalogue_in_chunks_on_the_workers(celery_worker_process, imported_mini,
@@ -156,20 +134,20 @@ def test_a_queued_build_embeds_the_catalogue_in_chunks_on_the_workers(celery_wor
     """build_index with no embedding set (what an import queues) sends its embedding chunks to the workers
     (a chord), whose callback hands the job back to build_index: it publishes the set with its regions,
     links them into the index, builds the shards and publishes the index."""
-    job = start_job(Job.Kind.BUILD_INDEX, {"pipeline": "lite2-ms-regional", "splits": ["query"], "chunk_size": 12})
+    job = start_job(Job.Kind.BUILD_INDEX, {"config": REGIONAL.as_dict(), "splits": ["query"], "chunk_size": 12})
     log = tmp_path / "worker.log"
     assert wait_for(lambda: Job.objects.get(pk=job.pk).is_finished, 300), log.read_text()[-3000:]
     job.refresh_from_db()
     assert job.state == Job.State.SUCCEEDED, job.error
     text = log.read_text()
-    assert text.count("worker.embed_chunk") >= 3 and "worker.resume_job" in text
+    assert text.count("worker.stage_part") >= 3 and "worker.resume_job" in text
     es = EmbeddingSet.objects.get(job=job)
     assert es.params["chunks"] == 3 and es.params["regional"] == {"levels": 3, "overlap": 0.4}
     assert es.image_filter == {"splits": ["query"]} and es.image_count == 34
     iv = IndexVersion.objects.get(is_active=True)
     assert iv.embedding_set == es
     assert (Path(iv.path) / FILE_NAME).stat().st_ino == (Path(es.path) / FILE_NAME).stat().st_ino
-    assert not chunks.work_dir(job).exists() and not shards.work_dir(job).exists()
+    assert not work_of(job).path.exists()
     ids, _ = read_embedding_shards(es.path)
     photo = Image.objects.get(external_id=ids[20])
     assert search_photo(load_rgb(image_file_path(photo))).hits[0].image_id == photo.external_id

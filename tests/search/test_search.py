@@ -9,6 +9,7 @@ from django.urls import reverse
 
 from ml.pipeline import dense_store
 from ml.spatial import LocalFeatureStore
+from ml.stages.index_build import BuildSpec, build_record
 from tests.conftest import MINI
 from webapp.api.models import ApiToken
 from webapp.catalog.models import Image
@@ -95,8 +96,8 @@ def test_a_lost_or_damaged_feature_file_leaves_its_photo_unverified_and_why_this
                                      dim=0, image_count=mini_index_files["count"])
     IndexVersion.objects.create(embedding_set=es, path=str(tmp_path / "index"), is_active=True,
                                 size=mini_index_files["count"],
-                                params={"pipeline": pipeline.name, "models": list(pipeline.models),
-                                        "feature_dir": str(features), "dense": True})
+                                params={"pipeline": pipeline.name, **build_record(
+                                    BuildSpec(pipeline, str(features), "", str(tmp_path / "index")))})
 
     assert upload(viewer_client, MINI / "images" / "52992f5255f55c69.jpg").status_code == 302
     query = SearchQuery.objects.get()

@@ -4,6 +4,7 @@ the recall of approximate indexes on the index versions page."""
 
 import json
 import threading
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -13,18 +14,31 @@ from django.db import connection
 from django.urls import reverse
 
 from ml.embed import read_embedding_shards, write_embedding_shards
-from ml.index import IndexConfig, ShardedIndex, build_index, build_shard, load_index, shard_complete
+from ml.index import (
+    IndexConfig,
+    ShardedIndex,
+    build_index,
+    build_shard,
+    load_index,
+    shard_complete,
+    shard_name,
+)
+from ml.pipeline import get_pipeline
+from ml.stages.protocol import compute_part
+from ml.whitening import WhiteningConfig
 from tests.conftest import clustered_vectors, synthetic_embedding_set, wait_for
+from tests.stages import plan_until
 from webapp.jobs.models import Job
 from webapp.jobs.services import create_job, start_job
 from webapp.search.engine import current_engine
 from webapp.search.models import EmbeddingSet, IndexVersion
 from webapp.search.services import packaged_model_version
-from worker import indexing, shards
-from worker.runner import JobContext, execute_job
+from worker import building, stages
+from worker.runner import execute_job
+from worker.stages import work_of
 
 pytestmark = pytest.mark.django_db
-PIPELINE = "baseline-lite0"  # no DBA, no verification: the index holds the embedding set's vectors as they are
+PIPELINE = "baseline"  # no DBA, no verification: the index holds the embedding set's vectors as they are
 
 
 def test_foreground_shards_give_the_top_k_of_one_exact_index(tmp_path, settings):
@@ -61,17 +75,18 @@ def test_a_shard_already_built_is_not_built_again_on_resume(tmp_path):
     # The first run got as far as shards 0 and 2, then its worker died.
     Job.objects.filter(pk=job.pk).update(state=Job.State.RUNNING)
     job.refresh_from_db()
-    plan = indexing.plan(job, JobContext(job, show_bar=False))
-    assert shards.pending_shards(job, plan) == [0, 1, 2, 3]
+    index = plan_until(job, "index")
+    assert index.folder.pending(index.plan) == [0, 1, 2, 3]
     # A shard task reads its own ids, not the whole collection's: the plan holds their count only.
-    assert plan["count"] == 200 and "ids" not in shards.read_plan(job)
-    assert shards.ids_path(job, 3).read_text().splitlines() == ids[150:200]
-    assert shards.build(job, plan, 0) and shards.build(job, plan, 2)
-    assert not shards.build(job, plan, 0)  # on disk: skipped
-    before = {i: (shards.shard_path(job, i) / "meta.json").stat() for i in (0, 2)}
-    assert shards.pending_shards(job, plan) == [1, 3]
+    assert index.plan.items == 200 and "ids" not in json.loads((index.folder.path / "plan.json").read_text())["data"]
+    assert index.folder.inputs(3) == ids[150:200]
+    assert compute_part(index.stage, index.folder, index.plan, 0) and compute_part(index.stage, index.folder, index.plan, 2)
+    assert not compute_part(index.stage, index.folder, index.plan, 0)  # done: skipped
+    staging = index.staged.work.path / "staging"
+    before = {i: (staging / shard_name(i) / "meta.json").stat() for i in (0, 2)}
+    assert index.folder.pending(index.plan) == [1, 3]
     # ... in the middle of shard 1: its temporary folder holds a half-written index.
-    half = shards.building_dir(job) / ".shard-00001.tmp-killed"
+    half = staging / ".shard-00001.tmp-killed"
     half.mkdir()
     (half / "vectors.npy").write_bytes(b"\x93NUMPY half-written")
 
@@ -82,28 +97,9 @@ def test_a_shard_already_built_is_not_built_again_on_resume(tmp_path):
         after = (Path(iv.path) / f"shard-{i:05d}" / "meta.json").stat()
         assert (after.st_ino, after.st_mtime_ns) == (stat.st_ino, stat.st_mtime_ns)
     assert not list(Path(iv.path).glob(".*tmp-*"))  # the half-built shard was not published with it
-    index = load_index(iv.path)
-    assert index.ids == ids and (index.search_positions(x[:5], 1)[1][:, 0] == np.arange(5)).all()
+    loaded = load_index(iv.path)
+    assert loaded.ids == ids and (loaded.search_positions(x[:5], 1)[1][:, 0] == np.arange(5)).all()
     assert execute_job(job.pk).state == Job.State.SUCCEEDED and IndexVersion.objects.count() == 1  # nothing twice
-
-
-def test_a_build_planned_by_an_older_version_is_planned_again(tmp_path):
-    """Upgraded with a build in flight: its plan lists every id and has no count (the format before each
-    shard's ids got a file of their own). A part of its old chord does nothing, and the resumed job drops
-    the old work (a shard in it may not match) and plans again."""
-    es, ids, x = synthetic_embedding_set(tmp_path, 120, 8)
-    job = create_job(Job.Kind.BUILD_INDEX, {"pipeline": PIPELINE, "embedding_set": es.pk, "shard_size": 50})
-    Job.objects.filter(pk=job.pk).update(state=Job.State.RUNNING)
-    shards.work_dir(job).mkdir(parents=True)
-    shards.plan_path(job).write_text(json.dumps({"stamp": "old", "ids": ids[::-1], "shard_size": 50}))
-    (shards.work_dir(job) / "vectors.npy").write_bytes(b"\x93NUMPY from the old version")
-    assert shards.read_plan(job) is None and shards.run_shard(job.pk, 0) == 0
-    assert Job.objects.get(pk=job.pk).state == Job.State.RUNNING  # the old part neither built nor failed it
-
-    job = execute_job(job.pk, foreground=True)
-    assert job.state == Job.State.SUCCEEDED, job.error
-    index = load_index(IndexVersion.objects.get(job=job).path)
-    assert index.ids == ids and (index.search_positions(x[:5], 1)[1][:, 0] == np.arange(5)).all()
 
 
 @pytest.mark.django_db(transaction=True)
@@ -113,32 +109,35 @@ def test_a_shard_task_sent_again_waits_for_its_twin_and_leaves_nothing_behind(tm
                      queued=True)
     Job.objects.filter(pk=job.pk).update(state=Job.State.RUNNING)
     job.refresh_from_db()
-    plan = indexing.plan(job, JobContext(job, show_bar=False))
+    index = plan_until(job, "index")
     for i in (1, 2, 3):
-        shards.build(job, plan, i)
+        compute_part(index.stage, index.folder, index.plan, i)
 
     def twin() -> None:  # shard 0's task, sent again by the watchdog, on another worker
         try:
-            shards.run_shard(job.pk, 0)
+            stages.run_part(job.pk, "index", 0)
         finally:
             connection.close()
     resent = threading.Thread(target=twin)
-    with shards.part_lock(shards.work_dir(job) / "shard-00000.lock") as held:  # the first task is building shard 0
+    with index.folder.lock("part-000000") as held:  # the first task is building shard 0
         assert held
         resent.start()
         resent.join(1.0)
-        assert resent.is_alive() and not shard_complete(shards.shard_path(job, 0))  # waiting, not building too
-        vectors = np.load(shards.vectors_path(job))
-        build_shard(vectors[:50], ids[:50], shards.shard_path(job, 0), IndexConfig(**plan["index"]))
-        assert shards.finish_job(job.pk) == Job.State.SUCCEEDED  # the first chord publishes and closes the job
+        staging = index.staged.work.path / "staging"
+        assert resent.is_alive() and not shard_complete(staging / shard_name(0))  # waiting, not building too
+        vectors = np.load(index.staged.work.path / "global" / "vectors.npy")
+        build_shard(vectors[:50], ids[:50], staging / shard_name(0), IndexConfig(**index.plan.data["index"]))
+        (index.folder.path / "part-000000.done").write_bytes(b"")
+        # The first chord's callback hands the job back: it joins the shards, publishes and closes the job.
+        assert execute_job(job.pk, retry=True).state == Job.State.SUCCEEDED
     resent.join(30)
 
     assert not resent.is_alive()
     job.refresh_from_db()
     assert job.state == Job.State.SUCCEEDED and IndexVersion.objects.get().job_id == job.pk
-    assert not shards.work_dir(job).exists()  # the late twin neither rebuilt shard 0 nor left files
-    index = load_index(IndexVersion.objects.get().path)
-    assert index.ids == ids and (index.search_positions(x[:5], 1)[1][:, 0] == np.arange(5)).all()
+    assert not work_of(job).path.exists()  # the late twin neither rebuilt shard 0 nor left files
+    loaded = load_index(IndexVersion.objects.get().path)
+    assert loaded.ids == ids and (loaded.search_positions(x[:5], 1)[1][:, 0] == np.arange(5)).all()
 
 
 def test_recall_of_an_approximate_index_is_on_the_versions_page(tmp_path, client, viewer_user):
@@ -170,7 +169,7 @@ def test_queued_build_runs_its_shards_as_a_chord_and_publishes(celery_worker_pro
     assert job.state == Job.State.SUCCEEDED, job.error
     assert job.result["shards"] == 5 and job.worker.endswith(f":{celery_worker_process.pid}")
     log = (tmp_path / "worker.log").read_text()
-    assert log.count("worker.index_shard") >= 5 and "worker.finish_index" in log
+    assert log.count("worker.stage_part") >= 5 and "worker.resume_job" in log
 
     iv = IndexVersion.objects.get(is_active=True)
     assert iv.job_id == job.pk and iv.params["shards"] == 5
@@ -187,8 +186,8 @@ def test_queued_build_runs_its_shards_as_a_chord_and_publishes(celery_worker_pro
     assert wait_for(lambda: Job.objects.get(pk=bad.pk).is_finished, 120)
     bad.refresh_from_db()
     assert bad.state == Job.State.FAILED and "must divide the dimension 16" in bad.message
-    assert bad.message.startswith("shard ") and IndexVersion.objects.get(is_active=True) == iv
-    assert wait_for(lambda: not shards.work_dir(bad).exists(), 30)
+    assert bad.message.startswith("index shards part ") and IndexVersion.objects.get(is_active=True) == iv
+    assert wait_for(lambda: not work_of(bad).path.exists(), 30)
 
 
 def test_whitening_pipeline_is_learned_from_the_catalogue_labels_and_applied_to_queries(imported_mini, tmp_path):
@@ -203,7 +202,10 @@ def test_whitening_pipeline_is_learned_from_the_catalogue_labels_and_applied_to_
     es = EmbeddingSet.objects.create(model_version=packaged_model_version("tf_efficientnet_lite0"), path=str(path),
                                      dim=16, image_count=len(ids), scales=[1.0],
                                      params={"models": ["tf_efficientnet_lite0"], "image_size": 128})
-    call_command("build_index", "--pipeline", "lite2-ms-lw", "--embedding-set", str(es.pk), "--shard-size", "60")
+    lw = replace(get_pipeline("baseline"), name="lw", whitening=WhiteningConfig(method="learned", shrinkage=0.1))
+    (tmp_path / "lw.json").write_text(json.dumps(lw.as_dict()))
+    call_command("build_index", "--config", str(tmp_path / "lw.json"), "--embedding-set", str(es.pk),
+                 "--shard-size", "60")
     iv = IndexVersion.objects.get(is_active=True)
     whitening = Whitening.load(iv.path)
     assert whitening is not None and whitening.projection.shape == (16, 16)
@@ -224,9 +226,9 @@ def test_the_files_of_an_embedding_set_are_looked_up_in_chunks(imported_mini, mo
     expected = dict(Image.objects.values_list("external_id", "path"))
     ids = sorted(expected)[::-1]
     monkeypatch.setattr("webapp.catalog.models.ID_CHUNK", 50)
-    pipeline = indexing.get_pipeline("web-fast")
+    pipeline = get_pipeline("web-fast")
     with django_assert_num_queries(-(-len(ids) // 50)):
-        paths = indexing._paths_of(ids, pipeline)
+        paths = building._paths_of(ids, pipeline)
     assert paths == [expected[i] for i in ids]
     with pytest.raises(ValueError, match=r"1 embedded images are not in the catalogue \(e.g. \['gone'\]\)"):
-        indexing._paths_of([*ids[:3], "gone"], pipeline)
+        building._paths_of([*ids[:3], "gone"], pipeline)

@@ -8,13 +8,15 @@ from pathlib import Path
 from django import forms
 from django.conf import settings
 
-from ml.pipeline import DEFAULT_PIPELINE, list_pipelines
+from ml.pipeline import DEFAULT_PIPELINE
+from ml.pipeline import PIPELINES as PRESETS
 from ml.train import few_shot_settings
 from webapp.catalog.models import Image
 from webapp.jobs.models import Job
 
 SPLITS = [(s, s) for s in Image.Split.values]
-PIPELINES = [(p, p) for p in list_pipelines()]
+# Each preset with its one-line cost and quality, so the choice says what it means.
+PIPELINES = [(name, f"{name}: {preset.description}") for name, preset in PRESETS.items()]
 
 
 def allowed_path(value: str) -> str:

@@ -20,11 +20,8 @@ from django.conf import settings
 from django.db import connection
 from PIL import Image as PILImage
 
-from ml.index import load_index
-from ml.pipeline import SearchDatabase, dense_store, embedded_as, get_pipeline, load_models, search_one
-from ml.regional import load_regions
-from ml.spatial import LocalFeatureStore
-from ml.whitening import Whitening
+from ml.pipeline import SearchDatabase, load_models, open_database, search_one
+from ml.weights import weights_digest
 from webapp.catalog.labels import hidden_ids, labels_of
 from webapp.catalog.models import CatalogRevision
 from webapp.search.models import IndexVersion
@@ -86,21 +83,26 @@ def _key(iv: IndexVersion) -> tuple[int, str]:
 
 
 def _load(iv: IndexVersion) -> _Engine:
-    # Queries are embedded the way the indexed vectors were (models, size, scales, flip recorded at build).
-    pipeline = embedded_as(get_pipeline(iv.params.get("pipeline")), iv.params)
-    index = load_index(iv.path)  # a single or a sharded folder: vectors memory-mapped either way
-    features = LocalFeatureStore(iv.params["feature_dir"], pipeline.local_features) if pipeline.uses_local_features else None
-    # Learned whitening, when the build used it: the indexed vectors have it, each query gets it too.
-    # Region descriptors, when the build made them (an index built before a pipeline re-scored by regions
-    # has none: its searches skip that step).
-    # Dense features, when the build cached them (an index built before the pipeline matched them has none).
-    dense = dense_store(pipeline, iv.params["feature_dir"]) if pipeline.uses_dense and iv.params.get("dense") else None
-    database = SearchDatabase(index, pipeline, labels_of(index.ids), features, Whitening.load(iv.path),
-                              load_regions(iv.path), dense)
+    # Everything as the index recorded it at build time (models, sizes, scales, flip, every re-ranking
+    # setting), whatever the presets say now.
+    pipeline = iv.pipeline_config()
+    _check_models(iv)
+    database = open_database(iv.path, pipeline, iv.params["feature_dir"], dense=bool(iv.params.get("dense")))
+    database.labels = labels_of(database.ids)
     side = round(pipeline.image_size * max(pipeline.scales))
     if pipeline.uses_local_features:
         side = max(side, pipeline.local_features.max_side)
     return _Engine(iv, load_models(pipeline), database, _labels_stamp(), side)
+
+
+def _check_models(iv: IndexVersion) -> None:
+    """Log loudly when a model's weights file changed since the index was built: its queries would then be
+    embedded unlike its vectors."""
+    for model in iv.params.get("models") or []:
+        recorded = model.get("digest") if isinstance(model, dict) else None
+        if recorded and weights_digest(model["spec"]) != recorded:
+            log.error("index version %s: the weights of %s changed since it was built; rebuild the index",
+                      iv.pk, model["spec"])
 
 
 def _active_version() -> IndexVersion:

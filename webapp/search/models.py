@@ -74,6 +74,22 @@ class IndexVersion(models.Model):
     def __str__(self) -> str:
         return f"Index #{self.pk} ({self.kind}, {self.size} vectors)"
 
+    def pipeline_config(self):
+        """The whole pipeline configuration this index was built with (``ml.pipeline.PipelineConfig``), from
+        its own record: searching, "why this match", pruning and exports rebuild everything from it, never
+        from a preset (a preset edited or deleted since changes nothing here)."""
+        from ml.pipeline import PipelineConfig
+
+        if not self.params.get("config"):
+            raise ValueError(f"index #{self.pk} records no pipeline configuration; build it again")
+        return PipelineConfig.from_dict(self.params["config"])
+
+    @property
+    def feature_caches(self) -> set[str] | None:
+        """The names of the per-image feature caches searches on this index read (None: not recorded)."""
+        keys = self.params.get("feature_caches")
+        return None if keys is None else set(keys)
+
     @property
     def recall_summary(self) -> str:
         """What the index pages say about search quality: "exact", or the measured recall."""

@@ -31,7 +31,6 @@ from django.db import transaction
 from django.db.models.functions import Coalesce
 
 from ml.dense_matching import DENSE_KEY_PREFIX
-from ml.pipeline import embedded_as, feature_cache_keys, get_pipeline
 from ml.spatial import SIFT_KEY_PREFIX, LocalFeatureConfig, cache_file_name
 from webapp.catalog.models import ID_CHUNK, Image
 from webapp.jobs.models import Job
@@ -91,12 +90,12 @@ def plan(keep: int) -> Prune:
 def _unused_caches(kept: list[IndexVersion]) -> list[Path]:
     """The feature caches under the product's feature folder that no kept index version reads.
 
-    Only folders named as caches are candidates; when a kept version's pipeline is unknown (a preset since
-    removed), what it reads cannot be told and every cache stays."""
+    Only folders named as caches are candidates; each kept version says which it reads (recorded when it
+    was built); when one does not, what it reads cannot be told and every cache stays."""
     folder = feature_dir()
     in_use = {LocalFeatureConfig().cache_key()}  # cleaning jobs verify with the default setting
     for iv in kept:
-        keys = _cache_keys(iv)
+        keys = iv.feature_caches
         if keys is None:
             return []
         if iv.params.get("feature_dir") and Path(iv.params["feature_dir"]).resolve() == folder.resolve():
@@ -154,16 +153,6 @@ def _orphans(caches: list[Path]) -> list[Path]:
 def _not_in_catalogue(cache: Path, ids: list[str]) -> list[Path]:
     known = set(Image.objects.filter(external_id__in=ids).values_list("external_id", flat=True))
     return [cache / cache_file_name(i) for i in ids if i not in known]
-
-
-def _cache_keys(iv: IndexVersion) -> set[str] | None:
-    """The names of the feature caches searches on ``iv`` read (``webapp.search.engine`` opens the same);
-    None when its pipeline is unknown."""
-    try:
-        pipeline = embedded_as(get_pipeline(iv.params.get("pipeline")), iv.params)
-    except (KeyError, ValueError):
-        return None
-    return feature_cache_keys(pipeline, dense=bool(iv.params.get("dense")))
 
 
 def prune(keep: int, dry_run: bool = False) -> Prune:

@@ -1,10 +1,13 @@
-"""python manage.py build_index [--pipeline NAME] [--model-version ID | --embedding-set ID] [--splits ...]
+"""python manage.py build_index [--pipeline NAME | --config FILE] [--model-version ID | --embedding-set ID] [--splits ...]
 [--chunk-size N] [--shard-size N] [--index-kind KIND] [--queue]"""
 
+from pathlib import Path
+
 from ml.index import KINDS
-from ml.pipeline import DEFAULT_PIPELINE, list_pipelines
+from ml.pipeline import DEFAULT_PIPELINE, PIPELINES, list_pipelines
 from webapp.catalog.models import Image
 from webapp.jobs.models import Job
+from worker.management.commands.evaluate import read_config
 from worker.management.jobcommand import JobCommand
 
 
@@ -15,7 +18,10 @@ class Command(JobCommand):
 
     def add_arguments(self, parser):
         super().add_arguments(parser)
-        parser.add_argument("--pipeline", default=DEFAULT_PIPELINE, choices=list_pipelines())
+        parser.add_argument("--pipeline", default=DEFAULT_PIPELINE, choices=list_pipelines(),
+                            help="; ".join(f"{name}: {p.description}" for name, p in PIPELINES.items()))
+        parser.add_argument("--config", type=Path, help="A whole pipeline configuration as JSON (an index "
+                            "version's params \"config\", or `bench/pipelines.py NAME`) instead of a preset.")
         parser.add_argument("--model-version", type=int, help="ModelVersion id (default: the active model).")
         parser.add_argument("--splits", nargs="+", choices=Image.Split.values,
                             help="Images to index (default: train and index; queries and tests stay out).")
@@ -31,6 +37,8 @@ class Command(JobCommand):
 
     def handle(self, *args, **o):
         params = {"pipeline": o["pipeline"], "model_version": o["model_version"], "splits": o["splits"]}
+        if o["config"]:
+            params["config"] = read_config(o["config"]).as_dict()
         if o["embedding_set"]:
             params["embedding_set"] = o["embedding_set"]
         if o["chunk_size"]:

@@ -1,4 +1,5 @@
-"""python manage.py evaluate DATASET_DIR --json OUT [--no-labels] [--model SPEC] [--pipeline NAME] [--list-pipelines]
+"""python manage.py evaluate DATASET_DIR --json OUT [--no-labels] [--model SPEC] [--pipeline NAME | --config FILE]
+[--list-pipelines]
 
 Runs ml.evaluate on a data set in the evaluation layout; never touches the database.
 """
@@ -10,7 +11,7 @@ from pathlib import Path
 from django.core.management.base import BaseCommand, CommandError
 
 from ml.evaluate import LayoutError, evaluate
-from ml.pipeline import DEFAULT_PIPELINE, PIPELINES, list_pipelines
+from ml.pipeline import DEFAULT_PIPELINE, PIPELINES, PipelineConfig, list_pipelines
 from ml.weights import WeightsError
 
 
@@ -25,6 +26,9 @@ class Command(BaseCommand):
         parser.add_argument("--no-labels", action="store_true", help="Ignore gnd.json 'labels' entirely.")
         parser.add_argument("--model", help="Checkpoint path or model spec (e.g. tf_efficientnet_lite0; a+b = ensemble).")
         parser.add_argument("--pipeline", default=DEFAULT_PIPELINE, help=f"Preset name (default {DEFAULT_PIPELINE}).")
+        parser.add_argument("--config", type=Path, help="A whole pipeline configuration as JSON (what an index "
+                            "version records in its params' \"config\", or `bench/pipelines.py NAME`) instead "
+                            "of a preset.")
         parser.add_argument("--list-pipelines", action="store_true", help="List the presets and exit.")
 
     def handle(self, *args, **o):
@@ -35,10 +39,11 @@ class Command(BaseCommand):
             return
         if o["dataset_dir"] is None:
             raise CommandError("give DATASET_DIR (or --list-pipelines)")
-        if o["pipeline"] not in PIPELINES:
+        pipeline = read_config(o["config"]) if o["config"] else o["pipeline"]
+        if not o["config"] and o["pipeline"] not in PIPELINES:
             raise CommandError(f"unknown pipeline {o['pipeline']!r}; known: {', '.join(list_pipelines())}")
         try:
-            result = evaluate(o["dataset_dir"], o["pipeline"], o["model"], use_labels=not o["no_labels"],
+            result = evaluate(o["dataset_dir"], pipeline, o["model"], use_labels=not o["no_labels"],
                               progress=self._progress)
         except (LayoutError, WeightsError) as exc:
             raise CommandError(str(exc)) from exc
@@ -52,6 +57,13 @@ class Command(BaseCommand):
     def _progress(self, done: int, total: int) -> None:
         sys.stderr.write(f"\r{done}/{total}")
         sys.stderr.flush()
+
+
+def read_config(path: Path) -> PipelineConfig:
+    try:
+        return PipelineConfig.from_dict(json.loads(path.read_text()))
+    except (OSError, ValueError, TypeError) as exc:
+        raise CommandError(f"--config {path}: not a pipeline configuration ({exc})") from exc
 
 
 def summary(result: dict, dataset: Path, labels: bool) -> str:

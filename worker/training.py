@@ -1,4 +1,4 @@
-"""Job functions for the landmark engine: train a model, embed images."""
+"""The train job: fine-tune a backbone with a margin head on the labelled images; resumable from its checkpoints."""
 
 from __future__ import annotations
 
@@ -98,23 +98,3 @@ class CurveWriter:
 
 def _numbers(row: dict) -> dict:
     return {k: float(v) for k, v in row.items() if isinstance(v, int | float)}
-
-
-@job_function(Job.Kind.EMBED)
-def run_embed(job: Job, ctx: JobContext) -> dict:
-    """Embed in chunks: on the workers as a chord over the chunks not on disk yet, in the foreground one
-    chunk after another. Either way a resumed job skips the chunks it finished."""
-    from worker import chunks
-    from worker.shards import drop, send_parts
-
-    plan = chunks.plan(job)
-    pending = chunks.pending_chunks(job, plan)
-    chunks.report(job, plan, "planning chunks")
-    send_parts(job, pending, "worker.embed_chunk", "worker.finish_embed", "gpu", "chunks")
-    for i in pending:
-        chunks.compute_chunk(job, plan, i)
-        chunks.report(job, plan, f"embedding chunk {i + 1} of {chunks.chunk_count(plan)}")
-        ctx.progress(chunks.chunk_bounds(plan, i)[1], plan["count"])
-    result = chunks.publish(job, plan)
-    drop(chunks.work_dir(job))
-    return result
