@@ -121,7 +121,7 @@ def run_part(job_id: int, stage_name: str, i: int) -> int:
     try:
         if job.state == Job.State.RUNNING and stage is not None:
             folder = staged.work.stage(stage_name)
-            plan = folder.plan()
+            plan = folder.read_plan()
             if plan is not None:
                 compute_part(stage, folder, plan, i, heartbeat(job))  # logs it, named by the job's folder
                 _report_part(job, staged, stage, folder, plan)

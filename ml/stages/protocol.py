@@ -93,7 +93,7 @@ class StageFolder:
     def __init__(self, path: Path):
         self.path = Path(path)
 
-    def plan(self) -> Plan | None:
+    def read_plan(self) -> Plan | None:
         data = read_json(self.path / PLAN)
         return None if data is None else Plan(data["sizes"], data.get("data", {}))
 
@@ -158,7 +158,7 @@ def plan_stage(stage: Stage, folder: StageFolder) -> Plan:
     """The stage's plan: the one on disk, or a new one (a planning left half done is started again)."""
     folder.path.parent.mkdir(parents=True, exist_ok=True)
     with file_lock(folder.path.parent / f".{folder.path.name}.plan.lock"):
-        written = folder.plan()
+        written = folder.read_plan()
         if written is not None:
             return written
         shutil.rmtree(folder.path, ignore_errors=True)
@@ -223,7 +223,7 @@ def _run_stage(stage: Stage, folder: StageFolder, label: str, n: int, progress: 
         if progress is not None:
             progress(label, done, plan.items)
 
-    report_planning = progress is not None and folder.plan() is None
+    report_planning = progress is not None and folder.read_plan() is None
     if report_planning:
         progress(label, 0, 0)
     plan = plan_stage(stage, folder)

@@ -189,7 +189,7 @@ def test_killed_clean_resumes_from_finished_chunks(imported_mini, settings, tmp_
     job = start_job(Job.Kind.CLEAN, {**reference.job.params, "chunk_pairs": 8})
 
     survived = kill_among_parts(first, job, lambda: done_parts(job, "verify"), 1, tmp_path)
-    n = work_of(job).stage("verify").plan().parts
+    n = work_of(job).stage("verify").read_plan().parts
 
     assert_resumed(resume(settings, tmp_path, job), job, survived, n, "verify part")
     run = CleaningRun.objects.get(job=job)

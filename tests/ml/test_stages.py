@@ -105,7 +105,7 @@ def test_a_plan_left_half_written_is_made_again(tmp_path):
     folder = work.stage("squares")
     folder.path.mkdir(parents=True)
     folder.write_inputs(0, [100, 200])  # from the interrupted planning, not this plan's
-    assert folder.plan() is None
+    assert folder.read_plan() is None
     plan = plan_stage(Squares(work, 10), folder)
     assert plan.sizes == [10] and folder.inputs(0) == list(range(10))
 
@@ -130,7 +130,7 @@ def test_sending_the_parts_elsewhere_stops_the_run_until_they_are_done(tmp_path)
     assert sent == [(0, "squares", [0, 1, 2])]
     folder = work.stage("squares")
     for i in (0, 1, 2):
-        compute_part(stages[0], folder, folder.plan(), i)
+        compute_part(stages[0], folder, folder.read_plan(), i)
     with pytest.raises(Sent):  # the next stage's one part goes out the same way
         run_stages(stages, work.path, send=send)
     assert sent[-1] == (1, "halve", [0]) and folder.joined() == {"sum": 285}

@@ -58,7 +58,7 @@ class Prune:
     bytes: int = 0
 
 
-def plan(keep: int) -> Prune:
+def what_to_delete(keep: int) -> Prune:
     """What pruning to the active index plus ``keep`` other versions (and ``keep`` newest sets) deletes."""
     if keep < 0:
         raise ValueError(f"keep must be >= 0, got {keep}")
@@ -156,8 +156,8 @@ def _not_in_catalogue(cache: Path, ids: list[str]) -> list[Path]:
 
 
 def prune(keep: int, dry_run: bool = False) -> Prune:
-    """Delete what ``plan(keep)`` lists: the rows in one transaction, then their folders."""
-    out = plan(keep)
+    """Delete what ``what_to_delete(keep)`` lists: the rows in one transaction, then their folders."""
+    out = what_to_delete(keep)
     if dry_run:
         return out
     with transaction.atomic():
