@@ -1,6 +1,7 @@
 from django.contrib import admin
 from django.urls import include, path
 
+from webapp import accounts
 from webapp.api import profile
 from webapp.api import views as api
 from webapp.catalog import explore
@@ -46,6 +47,8 @@ urlpatterns = [
     path("api/landmarks/<str:landmark_id>", api.landmark, name="api-landmark"),
     path("api/images/<str:image_id>", api.image, name="api-image"),
     path("accounts/profile/", profile.profile, name="profile"),
+    path("accounts/password_reset/", accounts.PasswordResetView.as_view(), name="password_reset"),
+    path("accounts/password_reset/done/", accounts.PasswordResetDoneView.as_view(), name="password_reset_done"),
     path("accounts/", include("django.contrib.auth.urls")),
     path("admin/", admin.site.urls),
 ]
