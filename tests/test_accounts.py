@@ -48,3 +48,45 @@ def test_with_a_mail_server_the_page_says_a_message_is_on_its_way(client, django
     page = _text(client.post(reverse("password_reset"), {"email": "ann@example.org"}, follow=True))
     assert "a message with a link to set a new password is on its way" in page
     assert "server's log" not in page
+
+
+def _login(client, username: str, password: str, address: str = "10.0.0.1"):
+    return client.post(reverse("login"), {"username": username, "password": password}, REMOTE_ADDR=address)
+
+
+def test_failed_logins_lock_the_account_with_a_clear_message(client, django_user_model, settings):
+    django_user_model.objects.create_user("ann", password="pw-ann-12345")
+    limit = settings.AXES_FAILURE_LIMIT
+    for i in range(limit - 1):  # from several addresses: the account itself is counted
+        assert _login(client, "ann", "wrong", f"10.0.0.{i + 1}").status_code == 200
+    assert _login(client, "ann", "wrong", "10.0.0.50").status_code == 429  # the limit-th failure locks
+    locked = _login(client, "ann", "pw-ann-12345", "10.0.0.99")  # even the right password, from elsewhere
+    assert locked.status_code == 429
+    text = _text(locked)
+    assert "Too many failed logins" in text
+    assert f"Logging in is blocked for 15 minutes: {limit} failed attempts" in text
+    assert "for the account “ann”" in text
+    assert "_auth_user_id" not in client.session
+
+
+def test_failed_logins_from_one_address_lock_that_address(client, django_user_model, settings):
+    django_user_model.objects.create_user("bob", password="pw-bob-12345")
+    limit = settings.AXES_FAILURE_LIMIT
+    for i in range(limit - 1):  # a different (made-up) account each time
+        assert _login(client, f"guess{i}", "wrong", "10.0.0.7").status_code == 200
+    assert _login(client, "guess-last", "wrong", "10.0.0.7").status_code == 429
+    assert _login(client, "bob", "pw-bob-12345", "10.0.0.7").status_code == 429
+    ok = _login(client, "bob", "pw-bob-12345", "10.0.0.8")  # another address is not blocked
+    assert ok.status_code == 302 and client.session["_auth_user_id"] == str(
+        django_user_model.objects.get(username="bob").pk)
+
+
+def test_a_successful_login_resets_the_count(client, django_user_model, settings):
+    django_user_model.objects.create_user("cy", password="pw-cy-123456")
+    for _ in range(settings.AXES_FAILURE_LIMIT - 1):
+        _login(client, "cy", "wrong")
+    assert _login(client, "cy", "pw-cy-123456").status_code == 302
+    client.logout()
+    for _ in range(settings.AXES_FAILURE_LIMIT - 1):
+        assert _login(client, "cy", "wrong").status_code == 200
+    assert _login(client, "cy", "pw-cy-123456").status_code == 302

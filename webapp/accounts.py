@@ -1,9 +1,11 @@
-"""Account pages in the site's layout: the password reset, which says where its mail went."""
+"""Account pages in the site's layout: the lockout page of login throttling (django-axes), and the password
+reset, which says where its mail went."""
 
 from __future__ import annotations
 
 from django.conf import settings
 from django.contrib.auth import views as auth_views
+from django.shortcuts import render
 
 CONSOLE_BACKEND = "django.core.mail.backends.console.EmailBackend"
 
@@ -24,3 +26,12 @@ class PasswordResetView(MailAwareContext, auth_views.PasswordResetView):
 
 class PasswordResetDoneView(MailAwareContext, auth_views.PasswordResetDoneView):
     pass
+
+
+def locked_out(request, original_response=None, credentials=None):
+    """What a login blocked by django-axes answers (AXES_LOCKOUT_CALLABLE): why, and for how long."""
+    username = (credentials or {}).get("username") or request.POST.get("username", "")
+    minutes = round(settings.AXES_COOLOFF_TIME.total_seconds() / 60)
+    return render(request, "registration/locked_out.html", {
+        "username": username, "failure_limit": settings.AXES_FAILURE_LIMIT, "minutes": minutes},
+        status=settings.AXES_HTTP_RESPONSE_CODE)

@@ -5,6 +5,7 @@ local filesystem and media on local disk, all under ``var/``. Production sets ``
 together with ``DATABASE_URL``, ``CELERY_BROKER_URL`` and ``SECRET_KEY``; see README.md.
 """
 
+from datetime import timedelta
 from pathlib import Path
 
 import environ
@@ -47,6 +48,7 @@ INSTALLED_APPS = [
     "django_htmx",
     "easy_thumbnails",
     "django_celery_results",
+    "axes",
     "webapp.catalog",
     "webapp.jobs",
     "webapp.search",
@@ -68,6 +70,7 @@ MIDDLEWARE = [
     "django.contrib.messages.middleware.MessageMiddleware",
     "django.middleware.clickjacking.XFrameOptionsMiddleware",
     "django_htmx.middleware.HtmxMiddleware",
+    "axes.middleware.AxesMiddleware",  # answers a locked-out login with the lockout page; stays last
 ]
 
 ROOT_URLCONF = "webapp.urls"
@@ -107,6 +110,17 @@ AUTH_PASSWORD_VALIDATORS = [
     {"NAME": "django.contrib.auth.password_validation.MinimumLengthValidator"},
     {"NAME": "django.contrib.auth.password_validation.CommonPasswordValidator"},
 ]
+# --- Login throttling (django-axes): LOGIN_FAILURE_LIMIT failed logins in a row for one account, or from one
+# address, lock logins for that account or address for LOGIN_LOCKOUT_MINUTES (each further try restarts the
+# wait). Counted in the database, so every web process sees the same count; a login that succeeds resets it.
+AUTHENTICATION_BACKENDS = ["axes.backends.AxesStandaloneBackend", "django.contrib.auth.backends.ModelBackend"]
+AXES_FAILURE_LIMIT = env.int("LOGIN_FAILURE_LIMIT", default=5)
+AXES_COOLOFF_TIME = timedelta(minutes=env.int("LOGIN_LOCKOUT_MINUTES", default=15))
+AXES_LOCKOUT_PARAMETERS = ["username", "ip_address"]  # each on its own: per account and per address
+AXES_RESET_ON_SUCCESS = True
+AXES_LOCKOUT_CALLABLE = "webapp.accounts.locked_out"
+AXES_HTTP_RESPONSE_CODE = 429
+AXES_VERBOSE = False
 LOGIN_URL = "login"
 LOGIN_REDIRECT_URL = "home"
 LOGOUT_REDIRECT_URL = "login"
