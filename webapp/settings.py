@@ -54,6 +54,7 @@ INSTALLED_APPS = [
     "webapp.search",
     "webapp.curation",
     "webapp.api",
+    "webapp.limits",
     "worker",
 ]
 
@@ -154,12 +155,16 @@ THUMBNAIL_CHECK_CACHE_MISS = True
 
 # Anyone may search (web page and API) without an account when true; everything else needs a login.
 SEARCH_PUBLIC = env.bool("SEARCH_PUBLIC", default=False)
-SEARCH_RATE_LIMIT = env.int("SEARCH_RATE_LIMIT", default=60)  # uploads per user (or address) per minute; 0 = off
+# Searches by photo (upload, API, search again) per user (or address) per minute, counted in the database
+# that every web process shares; 0 = off.
+SEARCH_RATE_LIMIT = env.int("SEARCH_RATE_LIMIT", default=60)
 # When another index version becomes active, each web process loads it in the background and answers from the
 # version it has meanwhile ("background"), or makes searches wait for the load ("blocking"; the test suite's).
 SEARCH_ENGINE_SWAP = env.str("SEARCH_ENGINE_SWAP", default="background")
 if SEARCH_ENGINE_SWAP not in ("background", "blocking"):
     raise ImproperlyConfigured(f"SEARCH_ENGINE_SWAP must be 'background' or 'blocking', not {SEARCH_ENGINE_SWAP!r}")
+# Django's cache. Nothing that must hold across web processes lives in it: rate limits and login throttling
+# count in the database (webapp.limits, django-axes).
 CACHES = {"default": env.cache("CACHE_URL", default="locmemcache://")}
 
 # Folders the web forms may import or evaluate from (server paths; nothing outside them).
@@ -250,5 +255,5 @@ LOGGING = {
     "disable_existing_loggers": False,
     "handlers": {"console": {"class": "logging.StreamHandler"}},
     "root": {"handlers": ["console"], "level": env.str("LOG_LEVEL", default="INFO")},
-    "loggers": {"PIL": {"level": "WARNING"}},
+    "loggers": {"PIL": {"level": "WARNING"}, "axes": {"level": "WARNING"}},  # axes: a line per login otherwise
 }

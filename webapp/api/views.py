@@ -19,7 +19,7 @@ from webapp.api.models import ApiToken, hash_key
 from webapp.catalog.models import Image, Landmark
 from webapp.search.engine import NoIndexError
 from webapp.search.querying import run_search
-from webapp.search.ratelimit import allow_upload
+from webapp.search.ratelimit import allow_search
 
 DEFAULT_K, MAX_K = 20, 100
 LAST_USED_PRECISION = timedelta(minutes=1)
@@ -65,7 +65,7 @@ def search(request):
     upload = request.FILES.get("image")
     if upload is None:
         return _error(400, "send the photo as the multipart field 'image'")
-    allowed, wait = allow_upload(request)
+    allowed, wait = allow_search(request)
     if not allowed:
         response = _error(429, f"too many searches: at most {settings.SEARCH_RATE_LIMIT} a minute; retry in {wait} s")
         response["Retry-After"] = str(wait)

@@ -19,7 +19,7 @@ from webapp.search.engine import NoIndexError, Options
 from webapp.search.matching import match_drawing
 from webapp.search.models import SearchQuery
 from webapp.search.querying import rerun_search, run_search
-from webapp.search.ratelimit import allow_upload
+from webapp.search.ratelimit import allow_search, too_many_message
 
 PAGE_SIZE = 20
 
@@ -45,13 +45,9 @@ def search_home(request):
         upload = request.FILES.get("image")
         if upload is None:
             return render(request, "search/search.html", {"error": "Choose a photo to search with."}, status=400)
-        allowed, wait = allow_upload(request)
-        if not allowed:
-            response = render(request, "search/search.html", {
-                "error": f"Too many searches: at most {settings.SEARCH_RATE_LIMIT} a minute. Try again in {wait} s."},
-                status=429)
-            response["Retry-After"] = str(wait)
-            return response
+        limited = _rate_limited(request)
+        if limited:
+            return limited
         options = _options_from(request.POST) if request.POST.get("options") else Options()
         try:
             query = run_search(upload.read(), upload.name, request.user, options)
@@ -81,6 +77,9 @@ def search_results(request, uid):
 @require_POST
 def search_rerun(request, uid):
     query = get_object_or_404(SearchQuery, uid=uid)
+    limited = _rate_limited(request)
+    if limited:
+        return limited
     try:
         new = rerun_search(query, request.user, _options_from(request.POST))
     except NoIndexError as exc:
@@ -109,6 +108,16 @@ def why_match(request, uid, image_id: str):
         raise Http404("that image is not among this search's results")
     drawing = match_drawing(query, result.image)
     return render(request, "search/match.html", {"query": query, "result": result, "drawing": drawing})
+
+
+def _rate_limited(request):
+    """The 429 page when this search would pass SEARCH_RATE_LIMIT; None when it may run."""
+    allowed, wait = allow_search(request)
+    if allowed:
+        return None
+    response = render(request, "search/search.html", {"error": too_many_message(wait)}, status=429)
+    response["Retry-After"] = str(wait)
+    return response
 
 
 def _float(value) -> float | None:
