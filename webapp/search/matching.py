@@ -6,7 +6,6 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from django.core.files.storage import default_storage
 from django.urls import reverse
 from PIL import Image as PILImage
 
@@ -15,6 +14,7 @@ from ml.spatial import FeatureStore, extract_local_features, verify_pair
 from webapp.catalog.models import Image
 from webapp.search.engine import current_engine
 from webapp.search.models import SearchQuery
+from webapp.search.querying import PhotoMissing, open_query_photo
 from webapp.search.services import image_file_path
 
 HEIGHT = 480  # both photos are drawn at this height
@@ -37,11 +37,10 @@ class Drawing:
 
 
 def match_drawing(query: SearchQuery, image: Image) -> Drawing:
+    """Raises PhotoMissing when the search's photo or the result's file is gone."""
+    qimg = open_query_photo(query)  # before loading anything: a lost photo is answered at once
     engine = current_engine()
     pipeline = engine.database.pipeline
-    with default_storage.open(query.photo.name, "rb") as f:
-        qimg = PILImage.open(f)
-        qimg.load()
     qfeats = extract_local_features(qimg, pipeline.local_features)
     # An index built without verification has no cache: the result's features are computed now.
     dfeats = _cached_or_made(engine.database.features, image, lambda photo: extract_local_features(
@@ -75,5 +74,9 @@ def _cached_or_made(store: FeatureStore | None, image: Image, make):
     feats = store.readable(image.external_id) if store is not None else None
     if feats is not None:
         return feats
-    with PILImage.open(image_file_path(image)) as photo:
-        return make(photo)
+    try:
+        with PILImage.open(image_file_path(image)) as photo:
+            return make(photo)
+    except OSError as exc:
+        raise PhotoMissing(f"The file of result {image.external_id} is missing from the collection, so its "
+                           "matches cannot be drawn.") from exc

@@ -18,7 +18,7 @@ from ml.images import BadImage
 from webapp.search.engine import NoIndexError, Options
 from webapp.search.matching import match_drawing
 from webapp.search.models import SearchQuery
-from webapp.search.querying import rerun_search, run_search
+from webapp.search.querying import PhotoMissing, rerun_search, run_search
 from webapp.search.ratelimit import allow_search, too_many_message
 
 PAGE_SIZE = 20
@@ -82,6 +82,8 @@ def search_rerun(request, uid):
         return limited
     try:
         new = rerun_search(query, request.user, _options_from(request.POST))
+    except PhotoMissing as exc:
+        return gone(request, str(exc))
     except NoIndexError as exc:
         messages.error(request, str(exc))
         return redirect("search-results", uid=uid)
@@ -97,7 +99,10 @@ def search_history(request):
 @public_search
 def query_photo(request, uid):
     query = get_object_or_404(SearchQuery, uid=uid)
-    return FileResponse(query.photo.open("rb"), content_type="image/jpeg")
+    try:
+        return FileResponse(query.photo.open("rb"), content_type="image/jpeg")
+    except OSError:
+        return gone(request, "The photo of this search is no longer stored.")
 
 
 @public_search
@@ -106,8 +111,16 @@ def why_match(request, uid, image_id: str):
     result = query.results.select_related("image__landmark").filter(image__external_id=image_id).first()
     if result is None:
         raise Http404("that image is not among this search's results")
-    drawing = match_drawing(query, result.image)
+    try:
+        drawing = match_drawing(query, result.image)
+    except PhotoMissing as exc:
+        return gone(request, str(exc))
     return render(request, "search/match.html", {"query": query, "result": result, "drawing": drawing})
+
+
+def gone(request, reason: str):
+    """410 Gone, in the site's layout: what this page needs is no longer stored."""
+    return render(request, "410.html", {"reason": reason}, status=410)
 
 
 def _rate_limited(request):
