@@ -5,6 +5,7 @@ import shutil
 
 import pytest
 from django.core.management import call_command
+from django.test import Client
 from django.urls import reverse
 
 from ml.pipeline import dense_store
@@ -153,6 +154,18 @@ def test_anonymous_search_only_when_public(client, active_index, settings):
     settings.SEARCH_PUBLIC = True
     response = upload(client)
     assert response.status_code == 302 and "/search/" in response["Location"]
+    assert client.get(response["Location"]).status_code == 200  # the session that ran it may open it ...
+    assert Client().get(response["Location"]).status_code == 404  # ... another visitor may not
+
+
+def test_anonymous_api_search_answers_with_a_share_link(client, active_index, settings):
+    settings.SEARCH_PUBLIC = True
+    with open(QUERY, "rb") as f:
+        body = client.post("/api/search", {"image": f}).json()
+    query = SearchQuery.objects.get()
+    assert query.user is None and query.share_token
+    assert body["query_url"] == f"http://testserver/search/shared/{query.share_token}/"
+    assert Client().get(body["query_url"]).status_code == 200
 
 
 # --- API --------------------------------------------------------------------------------------------

@@ -6,11 +6,13 @@ from __future__ import annotations
 from django.core.paginator import Paginator
 from django.db.models import Exists, OuterRef, Q
 from django.shortcuts import get_object_or_404, render
+from django.urls import reverse
 
 from webapp.catalog.models import Image, Landmark
 from webapp.curation.models import LabelChange, Verdict
-from webapp.search.models import SearchQuery
+from webapp.search.access import viewable
 from webapp.search.similar import embedding_map, ranked_like, vectors_for
+from webapp.search.views import public_search
 
 LABEL_STATUSES = {
     "labelled": "labelled", "unlabelled": "unlabelled",
@@ -79,11 +81,10 @@ def landmark_map(request, landmark_id: str):
                                                 "points": embedding_map(ids), "back": landmark.get_absolute_url()})
 
 
-def search_map(request, uid):
-    query = get_object_or_404(SearchQuery, uid=uid)
+@public_search
+def search_map(request, uid=None, token=None):
+    query = viewable(request, uid, token)
     ids = list(query.results.order_by("rank").values_list("image__external_id", flat=True))
-    from django.urls import reverse
-
+    back = reverse("search-shared-results", args=[token]) if token else reverse("search-results", args=[uid])
     return render(request, "catalog/map.html", {"title": "Map of this search's results",
-                                                "points": embedding_map(ids),
-                                                "back": reverse("search-results", args=[uid])})
+                                                "points": embedding_map(ids), "back": back})

@@ -36,8 +36,9 @@ class Drawing:
     only_dense: bool  # dense matching verifies the pair where RootSIFT does not (day/night, seasons)
 
 
-def match_drawing(query: SearchQuery, image: Image) -> Drawing:
-    """Raises PhotoMissing when the search's photo or the result's file is gone."""
+def match_drawing(query: SearchQuery, image: Image, query_url: str) -> Drawing:
+    """The drawing, with the search's photo at ``query_url``. Raises PhotoMissing when the search's photo or
+    the result's file is gone."""
     qimg = open_query_photo(query)  # before loading anything: a lost photo is answered at once
     engine = current_engine()
     pipeline = engine.database.pipeline
@@ -63,7 +64,7 @@ def match_drawing(query: SearchQuery, image: Image) -> Drawing:
         dense_lines = joined(cells_to_pixels(dense.query_points, qdense.grid, qimg.size),
                              cells_to_pixels(dense.database_points, ddense.grid, (image.width, image.height)))
     only_dense = dense_inliers >= pipeline.dense.min_inliers and check.inliers < pipeline.verification.min_inliers
-    return Drawing(qw + dw, HEIGHT, qw, dw, reverse("search-photo", args=[query.uid]),
+    return Drawing(qw + dw, HEIGHT, qw, dw, query_url,
                    reverse("image-preview", args=[image.external_id]),
                    joined(check.query_points, check.database_points), check.inliers, check.putative, dense_lines,
                    dense_inliers, only_dense)
