@@ -60,6 +60,11 @@ class Job(models.Model):
         return self.state in self.FINISHED_STATES
 
     @property
+    def warning(self) -> str:
+        """What went wrong in a job that succeeded all the same (rows it rejected); empty if nothing did."""
+        return self.result.get("warning", "") if self.state == self.State.SUCCEEDED else ""
+
+    @property
     def percent(self) -> float | None:
         if not self.progress_total:
             return 100.0 if self.state == self.State.SUCCEEDED else None
