@@ -90,3 +90,13 @@ def test_a_successful_login_resets_the_count(client, django_user_model, settings
     for _ in range(settings.AXES_FAILURE_LIMIT - 1):
         assert _login(client, "cy", "wrong").status_code == 200
     assert _login(client, "cy", "pw-cy-123456").status_code == 302
+
+
+def test_the_login_page_of_a_fresh_install_says_where_the_admin_password_is(client, django_user_model):
+    django_user_model.objects.create_superuser("admin", password="pw-admin-12345")
+    text = _text(client.get(reverse("login")))
+    assert "First run?</strong> Log in as <code>admin</code> with the password that <code>make run</code> printed" in text
+    assert "<code>ADMIN_PASSWORD</code>" in text and "python manage.py changepassword admin" in text
+    assert client.post(reverse("login"), {"username": "admin", "password": "pw-admin-12345"}).status_code == 302
+    client.logout()
+    assert "First run?" not in _text(client.get(reverse("login")))  # once someone has logged in

@@ -1,9 +1,11 @@
-"""Account pages in the site's layout: the lockout page of login throttling (django-axes), and the password
-reset, which says where its mail went."""
+"""Account pages in the site's layout: the login (which, on a fresh install, says where the admin password
+is), the lockout page of login throttling (django-axes), and the password reset, which says where its
+mail went."""
 
 from __future__ import annotations
 
 from django.conf import settings
+from django.contrib.auth import get_user_model
 from django.contrib.auth import views as auth_views
 from django.shortcuts import render
 
@@ -18,6 +20,14 @@ def mail_goes_to_log() -> bool:
 class MailAwareContext:
     def get_context_data(self, **kwargs):
         return super().get_context_data(**kwargs) | {"mail_to_log": mail_goes_to_log()}
+
+
+class LoginView(auth_views.LoginView):
+    """Django's login; on a fresh install (nobody has logged in yet) it says where the admin password is."""
+
+    def get_context_data(self, **kwargs):
+        first_run = not get_user_model().objects.filter(last_login__isnull=False).exists()
+        return super().get_context_data(**kwargs) | {"first_run": first_run}
 
 
 class PasswordResetView(MailAwareContext, auth_views.PasswordResetView):

@@ -55,6 +55,7 @@ urlpatterns = [
     path("api/landmarks/<str:landmark_id>", api.landmark, name="api-landmark"),
     path("api/images/<str:image_id>", api.image, name="api-image"),
     path("accounts/profile/", profile.profile, name="profile"),
+    path("accounts/login/", accounts.LoginView.as_view(), name="login"),
     path("accounts/password_reset/", accounts.PasswordResetView.as_view(), name="password_reset"),
     path("accounts/password_reset/done/", accounts.PasswordResetDoneView.as_view(), name="password_reset_done"),
     path("accounts/", include("django.contrib.auth.urls")),
