@@ -129,7 +129,9 @@ def test_non_images_get_a_clear_error(viewer_client, active_index, tmp_path):
 
 def test_no_index_yet_is_explained(viewer_client, imported_mini):
     response = upload(viewer_client)
-    assert response.status_code == 503 and "build_index" in response.content.decode()
+    html = " ".join(response.content.decode().split())
+    assert response.status_code == 503 and "No search index yet: photos cannot be searched until one is built." in html
+    assert "An administrator can start “Build index” to make the search index." in html and "manage.py" not in html
 
 
 def test_history_lists_only_my_searches(viewer_client, active_index, client, curator_user):

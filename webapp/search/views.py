@@ -56,8 +56,8 @@ def search_home(request):
         except BadImage as exc:
             return render(request, "search/search.html",
                           {"error": f"“{upload.name}” cannot be searched: {exc}."}, status=400)
-        except NoIndexError as exc:
-            return render(request, "search/search.html", {"error": str(exc)}, status=503)
+        except NoIndexError:
+            return render(request, "search/search.html", {"no_index": True}, status=503)
         access.remember(request, query)
         return redirect("search-results", uid=query.uid)
     return render(request, "search/search.html", {})
@@ -90,8 +90,8 @@ def search_rerun(request, uid=None, token=None):
         new = rerun_search(query, request.user, _options_from(request.POST))
     except PhotoMissing as exc:
         return gone(request, str(exc))
-    except NoIndexError as exc:
-        messages.error(request, str(exc))
+    except NoIndexError:
+        messages.error(request, "No search index is active at the moment: the photo cannot be searched again.")
         return redirect("search-shared-results", token=token) if token else redirect("search-results", uid=uid)
     access.remember(request, new)
     return redirect("search-results", uid=new.uid)
