@@ -70,11 +70,11 @@ def image_list(request):
 
 
 def map_legend(points) -> list[tuple[int, str]]:
-    """(colour group, landmark name) of each landmark on the map, in the order they first appear."""
+    """(colour group, landmark name) of each landmark on the map, by name ("unlabelled" last)."""
     seen: dict[str, int] = {}
     for p in points or []:
         seen.setdefault(p.image.landmark.name if p.image.landmark else "unlabelled", p.group)
-    return [(group, name) for name, group in seen.items()]
+    return sorted(((group, name) for name, group in seen.items()), key=lambda g: (g[1] == "unlabelled", g[1]))
 
 
 def _render_map(request, title: str, points, back: str):
