@@ -52,7 +52,6 @@ number of labels a reviewer's decision is expected to fix.
 
 from __future__ import annotations
 
-import csv
 import json
 import math
 import os
@@ -67,6 +66,8 @@ from typing import Protocol
 
 import faiss
 import numpy as np
+
+from ml import csv_cells
 
 Progress = Callable[[int, int], None]
 NOT_A_LANDMARK = "none"  # suggested_label for a photo that shows no landmark of the set
@@ -676,7 +677,7 @@ def write_report_csv(verdicts: Sequence[Verdict], path: str | os.PathLike) -> Pa
     tmp = path.with_name(f".{path.name}.tmp-{uuid.uuid4().hex}")
     try:
         with tmp.open("w", newline="") as fh:
-            writer = csv.writer(fh)
+            writer = csv_cells.writer(fh)
             writer.writerow(REPORT_COLUMNS)
             for v in verdicts:
                 writer.writerow([v.id, v.label, v.verdict, v.suggested_label or "", f"{v.score:.4f}"])

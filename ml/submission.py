@@ -9,6 +9,8 @@ Formats (as DELF's ``dataset_file_io.py`` reads them):
   solution ``landmarks`` lists the image's ground-truth landmark ids (empty: not a landmark), in a
   retrieval solution ``images`` lists the relevant index images. Ignored rows are left out of scoring.
 
+Cells go through ``ml.csv_cells`` (text that a spreadsheet would run as a formula gets a leading quote;
+numbers and catalogue ids, which start with a letter or digit, are written unchanged, as Kaggle reads them).
 Files ending in ``.gz`` are read and written gzip-compressed. Bad input raises ``SubmissionError``
 naming the file and line.
 """
@@ -26,6 +28,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from ml import csv_cells
 from ml.metrics import (
     LandmarkPrediction,
     global_average_precision,
@@ -99,7 +102,7 @@ def _write_csv(path: Path | str, header: Sequence[str], rows: Iterator[tuple[str
         with os.fdopen(fd, "wb") as raw:
             stream = gzip.GzipFile(fileobj=raw, mode="wb") if path.suffix == ".gz" else raw
             with io.TextIOWrapper(stream, encoding="utf-8", newline="") as text:
-                writer = csv.writer(text, lineterminator="\n")
+                writer = csv_cells.writer(text, lineterminator="\n")
                 writer.writerow(header)
                 for test_id, cell in rows:
                     writer.writerow((_check_token(test_id, path, test_id), cell))

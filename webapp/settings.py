@@ -5,6 +5,7 @@ local filesystem and media on local disk, all under ``var/``. Production sets ``
 together with ``DATABASE_URL``, ``CELERY_BROKER_URL`` and ``SECRET_KEY``; see README.md.
 """
 
+from datetime import timedelta
 from pathlib import Path
 
 import environ
@@ -47,11 +48,13 @@ INSTALLED_APPS = [
     "django_htmx",
     "easy_thumbnails",
     "django_celery_results",
+    "axes",
     "webapp.catalog",
     "webapp.jobs",
     "webapp.search",
     "webapp.curation",
     "webapp.api",
+    "webapp.limits",
     "worker",
 ]
 
@@ -68,6 +71,7 @@ MIDDLEWARE = [
     "django.contrib.messages.middleware.MessageMiddleware",
     "django.middleware.clickjacking.XFrameOptionsMiddleware",
     "django_htmx.middleware.HtmxMiddleware",
+    "axes.middleware.AxesMiddleware",  # answers a locked-out login with the lockout page; stays last
 ]
 
 ROOT_URLCONF = "webapp.urls"
@@ -107,6 +111,17 @@ AUTH_PASSWORD_VALIDATORS = [
     {"NAME": "django.contrib.auth.password_validation.MinimumLengthValidator"},
     {"NAME": "django.contrib.auth.password_validation.CommonPasswordValidator"},
 ]
+# --- Login throttling (django-axes): LOGIN_FAILURE_LIMIT failed logins in a row for one account, or from one
+# address, lock logins for that account or address for LOGIN_LOCKOUT_MINUTES (each further try restarts the
+# wait). Counted in the database, so every web process sees the same count; a login that succeeds resets it.
+AUTHENTICATION_BACKENDS = ["axes.backends.AxesStandaloneBackend", "django.contrib.auth.backends.ModelBackend"]
+AXES_FAILURE_LIMIT = env.int("LOGIN_FAILURE_LIMIT", default=5)
+AXES_COOLOFF_TIME = timedelta(minutes=env.int("LOGIN_LOCKOUT_MINUTES", default=15))
+AXES_LOCKOUT_PARAMETERS = ["username", "ip_address"]  # each on its own: per account and per address
+AXES_RESET_ON_SUCCESS = True
+AXES_LOCKOUT_CALLABLE = "webapp.accounts.locked_out"
+AXES_HTTP_RESPONSE_CODE = 429
+AXES_VERBOSE = False
 LOGIN_URL = "login"
 LOGIN_REDIRECT_URL = "home"
 LOGOUT_REDIRECT_URL = "login"
@@ -140,12 +155,16 @@ THUMBNAIL_CHECK_CACHE_MISS = True
 
 # Anyone may search (web page and API) without an account when true; everything else needs a login.
 SEARCH_PUBLIC = env.bool("SEARCH_PUBLIC", default=False)
-SEARCH_RATE_LIMIT = env.int("SEARCH_RATE_LIMIT", default=60)  # uploads per user (or address) per minute; 0 = off
+# Searches by photo (upload, API, search again) per user (or address) per minute, counted in the database
+# that every web process shares; 0 = off.
+SEARCH_RATE_LIMIT = env.int("SEARCH_RATE_LIMIT", default=60)
 # When another index version becomes active, each web process loads it in the background and answers from the
 # version it has meanwhile ("background"), or makes searches wait for the load ("blocking"; the test suite's).
 SEARCH_ENGINE_SWAP = env.str("SEARCH_ENGINE_SWAP", default="background")
 if SEARCH_ENGINE_SWAP not in ("background", "blocking"):
     raise ImproperlyConfigured(f"SEARCH_ENGINE_SWAP must be 'background' or 'blocking', not {SEARCH_ENGINE_SWAP!r}")
+# Django's cache. Nothing that must hold across web processes lives in it: rate limits and login throttling
+# count in the database (webapp.limits, django-axes).
 CACHES = {"default": env.cache("CACHE_URL", default="locmemcache://")}
 
 # Folders the web forms may import or evaluate from (server paths; nothing outside them).
@@ -208,6 +227,16 @@ CELERY_WORKER_PREFETCH_MULTIPLIER = 1
 CELERY_TASK_DEFAULT_QUEUE = "cpu"
 CELERY_BROKER_CONNECTION_RETRY_ON_STARTUP = True
 
+# --- Mail (password reset links). With no mail server configured, the console backend writes each message
+# to the server's log, and the reset pages say so; set EMAIL_BACKEND (smtp) and EMAIL_HOST to send real mail.
+EMAIL_BACKEND = env.str("EMAIL_BACKEND", default="django.core.mail.backends.console.EmailBackend")
+EMAIL_HOST = env.str("EMAIL_HOST", default="localhost")
+EMAIL_PORT = env.int("EMAIL_PORT", default=25)
+EMAIL_HOST_USER = env.str("EMAIL_HOST_USER", default="")
+EMAIL_HOST_PASSWORD = env.str("EMAIL_HOST_PASSWORD", default="")
+EMAIL_USE_TLS = env.bool("EMAIL_USE_TLS", default=False)
+DEFAULT_FROM_EMAIL = env.str("DEFAULT_FROM_EMAIL", default="landmarks@localhost")
+
 # --- Security. Production mode turns on what `manage.py check --deploy` asks for.
 SESSION_COOKIE_HTTPONLY = True
 X_FRAME_OPTIONS = "DENY"
@@ -226,5 +255,5 @@ LOGGING = {
     "disable_existing_loggers": False,
     "handlers": {"console": {"class": "logging.StreamHandler"}},
     "root": {"handlers": ["console"], "level": env.str("LOG_LEVEL", default="INFO")},
-    "loggers": {"PIL": {"level": "WARNING"}},
+    "loggers": {"PIL": {"level": "WARNING"}, "axes": {"level": "WARNING"}},  # axes: a line per login otherwise
 }

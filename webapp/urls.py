@@ -1,6 +1,7 @@
 from django.contrib import admin
 from django.urls import include, path
 
+from webapp import accounts
 from webapp.api import profile
 from webapp.api import views as api
 from webapp.catalog import explore
@@ -31,6 +32,14 @@ urlpatterns = [
     path("search/<uuid:uid>/map/", explore.search_map, name="search-map"),
     path("search/<uuid:uid>/again/", search.search_rerun, name="search-rerun"),
     path("search/<uuid:uid>/match/<str:image_id>/", search.why_match, name="search-match"),
+    path("search/<uuid:uid>/share/", search.search_share, name="search-share"),
+    path("search/<uuid:uid>/delete/", search.search_delete, name="search-delete"),
+    # The same pages through a share link: the token, not the search's id, names the search.
+    path("search/shared/<str:token>/", search.search_results, name="search-shared-results"),
+    path("search/shared/<str:token>/photo.jpg", search.query_photo, name="search-shared-photo"),
+    path("search/shared/<str:token>/map/", explore.search_map, name="search-shared-map"),
+    path("search/shared/<str:token>/again/", search.search_rerun, name="search-shared-rerun"),
+    path("search/shared/<str:token>/match/<str:image_id>/", search.why_match, name="search-shared-match"),
     path("models/", versions.model_list, name="model-list"),
     path("models/<int:pk>/", versions.model_detail, name="model-detail"),
     path("models/<int:pk>/activate/", versions.model_activate, name="model-activate"),
@@ -46,6 +55,9 @@ urlpatterns = [
     path("api/landmarks/<str:landmark_id>", api.landmark, name="api-landmark"),
     path("api/images/<str:image_id>", api.image, name="api-image"),
     path("accounts/profile/", profile.profile, name="profile"),
+    path("accounts/login/", accounts.LoginView.as_view(), name="login"),
+    path("accounts/password_reset/", accounts.PasswordResetView.as_view(), name="password_reset"),
+    path("accounts/password_reset/done/", accounts.PasswordResetDoneView.as_view(), name="password_reset_done"),
     path("accounts/", include("django.contrib.auth.urls")),
     path("admin/", admin.site.urls),
 ]

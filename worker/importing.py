@@ -2,7 +2,8 @@
 
 Validates every image (it must open and decode within the size limits), reports bad files by name and
 goes on, skips what is already imported (so a second run adds nothing), and commits one transaction per
-batch so an interruption loses at most the batch in flight.
+batch so an interruption loses at most the batch in flight. A landmark is created with its first imported
+image, so rows that are all rejected leave no empty landmark behind.
 """
 
 from __future__ import annotations
@@ -36,6 +37,11 @@ class ImportResult:
     problems: list[str] = field(default_factory=list)
     added_ids: list[int] = field(default_factory=list)
 
+    @property
+    def rejected(self) -> int:
+        """Rows not imported for a reason (a bad file, a bad row), as against already imported."""
+        return len(self.bad_files) + len(self.problems)
+
     def summary(self) -> dict:
         return {"layout": self.layout, "landmarks_added": self.landmarks_added,
                 "images_added": self.images_added, "images_skipped": self.images_skipped,
@@ -50,12 +56,12 @@ def import_dataset(root: Path, *, copy: bool = False, split: str | None = None, 
     note = note or log.warning
     for line in listing.problems:
         note(line)
-    landmark_pks = _ensure_landmarks(listing.landmarks, result)
+    landmarks = {r.landmark_id: r for r in listing.landmarks}
     dataset = Path(listing.root).name
     total = len(listing.images)
     for start in range(0, total, batch_size):
         batch = listing.images[start:start + batch_size]
-        _import_batch(batch, landmark_pks, dataset, copy, split, result, note)
+        _import_batch(batch, landmarks, dataset, copy, split, result, note)
         if progress:
             progress(min(start + batch_size, total), total)
     if progress and total == 0:
@@ -64,15 +70,15 @@ def import_dataset(root: Path, *, copy: bool = False, split: str | None = None, 
 
 
 def _ensure_landmarks(records, result: ImportResult) -> dict[str, int]:
-    """Create the landmarks that are not there yet; return external id -> pk for all of them."""
+    """Create the landmarks (of the rows about to be imported) that are not there yet, in the caller's
+    transaction; return external id -> pk for all of them."""
     ids = [r.landmark_id for r in records]
     existing = _pks(Landmark, ids)
     new = [Landmark(external_id=r.landmark_id, name=r.name, source=r.source)
            for r in records if r.landmark_id not in existing]
-    with transaction.atomic():
-        Landmark.objects.bulk_create(new, batch_size=1000, ignore_conflicts=True)
-    result.landmarks_added = len(new)
-    return _pks(Landmark, ids)
+    Landmark.objects.bulk_create(new, batch_size=1000, ignore_conflicts=True)
+    result.landmarks_added += len(new)
+    return existing if not new else _pks(Landmark, ids)
 
 
 def _pks(model, external_ids: list[str]) -> dict[str, int]:
@@ -83,7 +89,7 @@ def _pks(model, external_ids: list[str]) -> dict[str, int]:
     return found
 
 
-def _import_batch(batch: list[ImageRecord], landmark_pks: dict[str, int], dataset: str, copy: bool,
+def _import_batch(batch: list[ImageRecord], landmarks: dict, dataset: str, copy: bool,
                   split: str | None, result: ImportResult, note) -> None:
     existing = _pks(Image, [r.image_id for r in batch])
     todo = [r for r in batch if r.image_id not in existing]
@@ -101,14 +107,18 @@ def _import_batch(batch: list[ImageRecord], landmark_pks: dict[str, int], datase
             result.bad_files.append(line)
             note(line)
             continue
-        row = _image_row(rec, info, landmark_pks, dataset, split)
+        row = _image_row(rec, info, dataset, split)
         if copy:
             row.file.name = _copy_into_storage(rec)
             copied.append(row.file.name)
-        rows.append(row)
+        rows.append((row, rec.landmark_id))
     try:
         with transaction.atomic():
-            created = Image.objects.bulk_create(rows, batch_size=500)
+            wanted = {lid for _, lid in rows if lid and lid in landmarks}
+            landmark_pks = _ensure_landmarks([landmarks[lid] for lid in sorted(wanted)], result) if wanted else {}
+            for row, lid in rows:
+                row.landmark_id = landmark_pks.get(lid) if lid else None
+            created = Image.objects.bulk_create([row for row, _ in rows], batch_size=500)
     except Exception:
         for name in copied:  # nothing half-written: drop the copies of a batch that did not commit
             default_storage.delete(name)
@@ -133,10 +143,9 @@ def _inspect_all(records: list[ImageRecord]) -> list[ImageInfo | BadImage]:
         return list(pool.map(inspect, records))
 
 
-def _image_row(rec: ImageRecord, info: ImageInfo, landmark_pks, dataset: str, split: str | None) -> Image:
+def _image_row(rec: ImageRecord, info: ImageInfo, dataset: str, split: str | None) -> Image:
     return Image(
         external_id=rec.image_id,
-        landmark_id=landmark_pks.get(rec.landmark_id) if rec.landmark_id else None,
         split=split or rec.split or Image.Split.TRAIN,
         path=str(rec.path),
         checksum=info.checksum,

@@ -21,6 +21,7 @@ def run_import(job: Job, ctx: JobContext) -> dict:
                             progress=lambda done, total: ctx.progress(done, total, "importing images"),
                             note=ctx.note)
     summary = result.summary()
+    _judge_import(result, params["path"], summary)
     if result.images_added and params.get("thumbnails", True):
         # Follow-up work goes to the workers; it is enqueued when this job's transaction commits.
         summary["thumbnail_job"] = start_job(Job.Kind.THUMBNAILS, {"missing": True}, job.created_by).pk
@@ -28,6 +29,23 @@ def run_import(job: Job, ctx: JobContext) -> dict:
         # New images become searchable without a further step: the index is rebuilt over them.
         summary["index_job"] = start_job(Job.Kind.BUILD_INDEX, {}, job.created_by).pk
     return summary
+
+
+class NothingImported(Exception):
+    """Every row of an import was rejected, or it listed none: the job fails with the reason."""
+
+
+def _judge_import(result, path: str, summary: dict) -> None:
+    """Fail an import that imported nothing new while rows were rejected (or there were none), naming the
+    first problem; note in ``summary["warning"]`` the rows rejected by one that imported some."""
+    if result.images_added == 0 and result.images_skipped == 0:
+        first = (result.bad_files + result.problems or [None])[0]
+        if first is None:
+            raise NothingImported(f"nothing imported: {path} lists no images")
+        raise NothingImported(f"nothing imported: all {result.rejected} row(s) were rejected; first: {first}")
+    if result.rejected:
+        summary["warning"] = (f"{result.rejected} row(s) rejected ({len(result.bad_files)} bad file(s), "
+                              f"{len(result.problems)} bad row(s)); see the log")
 
 
 @job_function(Job.Kind.THUMBNAILS)

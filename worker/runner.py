@@ -160,7 +160,8 @@ def execute_job(job_id: int, foreground: bool = False, retry: bool = False, hold
             raise ValueError(f"no function runs jobs of kind {job.kind!r}")
         result = fn(job, ctx) or {}
         ctx.flush()
-        final.update(state=Job.State.SUCCEEDED, result=result, message="done")
+        # A job that finished with problems (rows it rejected) says so in its result's "warning".
+        final.update(state=Job.State.SUCCEEDED, result=result, message=result.get("warning") or "done")
     except JobCancelled:
         log.info("job %s was cancelled", job_id)
     except JobDeferred as deferred:

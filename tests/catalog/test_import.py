@@ -126,3 +126,44 @@ def test_thumbnail_job_makes_each_thumbnail_once(imported_mini):
     assert Image.objects.filter(thumbnail="").count() == 0
     call_command("generate_thumbnails")
     assert Job.objects.filter(kind=Job.Kind.THUMBNAILS).first().result == {"thumbnails": 0, "failed": 0}
+
+
+def _only_bad_files(root):
+    """A folder-per-landmark data set whose every file is bad."""
+    text_as_jpeg((root / "ghost_tower").mkdir(parents=True) or root / "ghost_tower" / "fake.jpg")
+    png_header_bomb(root / "ghost_tower" / "bomb.png")
+    return root
+
+
+def test_rows_all_rejected_leave_no_empty_landmark(tmp_path):
+    result = import_dataset(_only_bad_files(tmp_path / "data"))
+    assert (result.images_added, result.rejected, result.landmarks_added) == (0, 2, 0)
+    assert not Landmark.objects.exists()
+
+
+def test_an_import_that_imports_nothing_fails_naming_the_problem(tmp_path):
+    with pytest.raises(CommandError, match="nothing imported"):
+        call_command("import_dataset", str(_only_bad_files(tmp_path / "data")), "--no-thumbnails", "--no-index")
+    job = Job.objects.get()
+    assert job.state == Job.State.FAILED
+    assert job.message.startswith("nothing imported: all 2 row(s) were rejected; first: bad image ")
+    assert "\n" not in job.message and "(id bomb): too many pixels" in job.message + job.log
+    assert not Landmark.objects.exists() and not Job.objects.exclude(pk=job.pk).exists()  # nothing queued
+
+
+def test_an_import_with_some_rows_rejected_succeeds_with_a_warning(tmp_path, mini_dir):
+    root = make_folders_layout(tmp_path / "data")
+    text_as_jpeg(root / "london_bridge" / "fake.jpg")
+    call_command("import_dataset", str(root), "--no-thumbnails", "--no-index")
+    job = Job.objects.get()
+    assert job.state == Job.State.SUCCEEDED and job.result["images_added"] == 179
+    assert job.warning == job.result["warning"] == job.message == \
+        "1 row(s) rejected (1 bad file(s), 0 bad row(s)); see the log"
+    assert "fake.jpg (id fake): not an image" in job.log
+
+
+def test_a_second_import_that_adds_nothing_is_no_failure(mini_dir):
+    call_command("import_dataset", str(mini_dir), "--no-thumbnails", "--no-index")
+    call_command("import_dataset", str(mini_dir), "--no-thumbnails", "--no-index")
+    second = Job.objects.first()
+    assert second.state == Job.State.SUCCEEDED and second.result["images_skipped"] == 179 and not second.warning

@@ -147,6 +147,25 @@ def test_export_cleaned_writes_current_labels_and_a_manifest(cluster, curator_us
     assert manifest[images[2].external_id]["action"] == "drop"
 
 
+def test_export_cleaned_cells_cannot_run_as_formulas(cluster, django_user_model, tmp_path):
+    """A reason and a user name typed by people reach the manifest neutralised (CSV formula injection)."""
+    from django.contrib.auth.models import Group
+
+    hostile = django_user_model.objects.create_user("@evil", password="pw-evil-12345")
+    hostile.groups.add(Group.objects.get_or_create(name="curators")[0])
+    images = list(cluster.images.order_by("external_id"))
+    actions.relabel(images[:1], cluster.target_landmark, acting_user=hostile, reason='=HYPERLINK("http://x","y")')
+    actions.mark_not_landmark(images[1:2], acting_user=hostile, reason="-2+3+cmd|' /C calc'!A0")
+    out = tmp_path / "clean.csv"
+    call_command("export_cleaned", "--out", str(out))
+    manifest = {r["id"]: r for r in csv.DictReader(open(f"{out}.manifest.csv"))}
+    assert manifest[images[0].external_id]["reason"] == "'=HYPERLINK(\"http://x\",\"y\")"
+    assert manifest[images[1].external_id]["reason"] == "'-2+3+cmd|' /C calc'!A0"
+    assert manifest[images[0].external_id]["decided_by"] == "'@evil"
+    text = out.read_text() + open(f"{out}.manifest.csv").read()
+    assert not any(cell.startswith(("=", "+", "-", "@")) for row in csv.reader(text.splitlines()) for cell in row)
+
+
 def test_takedown_hides_an_image_from_search_at_once(active_index, curator_user, client):
     from PIL import Image as PILImage
 

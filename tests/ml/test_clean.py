@@ -324,3 +324,14 @@ def test_landmarks_mini_ten_percent_noise_precision_and_recall(mini_dir, tmp_pat
     precision, recall = precision_recall(flagged(verdicts), truth)
     assert len(truth) == 18
     assert precision >= 0.6 and recall >= 0.8, (precision, recall)
+
+
+def test_report_csv_cells_cannot_run_as_formulas(tmp_path):
+    w = world([6, 6, 6])
+    labels = ["=a"] * 6 + ["@b"] * 6 + ["c"] * 6
+    labels[2] = "c"
+    verdicts = decide(evidence_for(w, labels, k=10, verify_top=5), labels)
+    with write_report_csv(verdicts, tmp_path / "report.csv").open(newline="") as f:
+        body = {r[0]: r for r in list(csv.reader(f))[1:]}
+    assert body["p000"][1] == "'=a" and body["p007"][1] == "'@b"
+    assert body["p002"][1:4] == ["c", "drop", "'=a"]  # the suggestion too

@@ -137,3 +137,11 @@ def test_score_rejects_unknown_ids_and_task_mismatch(tmp_path):
         score_submission(recognition, solution)
     with pytest.raises(SubmissionError, match="no such file"):
         score_submission(tmp_path / "missing.csv", solution)
+
+
+def test_submission_cells_cannot_run_as_formulas(tmp_path):
+    # Ids from outside the catalogue may be anything the writer accepts; numbers stay exact.
+    rec = write_recognition_submission(tmp_path / "rec.csv", {"=1+1": ("@x", -3.0), "q2": ("8815", -0.5)})
+    assert rec.read_text().splitlines() == ["id,landmarks", "'=1+1,'@x -3", "q2,8815 -0.5"]
+    ret = write_retrieval_submission(tmp_path / "ret.csv", {"q1": ["+a", "b"], "q2": ["0a1", "-c"]})
+    assert ret.read_text().splitlines() == ["id,images", "q1,'+a b", "q2,0a1 -c"]

@@ -5,6 +5,7 @@ import shutil
 
 import pytest
 from django.core.management import call_command
+from django.test import Client
 from django.urls import reverse
 
 from ml.pipeline import dense_store
@@ -129,7 +130,9 @@ def test_non_images_get_a_clear_error(viewer_client, active_index, tmp_path):
 
 def test_no_index_yet_is_explained(viewer_client, imported_mini):
     response = upload(viewer_client)
-    assert response.status_code == 503 and "build_index" in response.content.decode()
+    html = " ".join(response.content.decode().split())
+    assert response.status_code == 503 and "No search index yet: photos cannot be searched until one is built." in html
+    assert "An administrator can start “Build index” to make the search index." in html and "manage.py" not in html
 
 
 def test_history_lists_only_my_searches(viewer_client, active_index, client, curator_user):
@@ -154,6 +157,18 @@ def test_anonymous_search_only_when_public(client, active_index, settings):
     settings.SEARCH_PUBLIC = True
     response = upload(client)
     assert response.status_code == 302 and "/search/" in response["Location"]
+    assert client.get(response["Location"]).status_code == 200  # the session that ran it may open it ...
+    assert Client().get(response["Location"]).status_code == 404  # ... another visitor may not
+
+
+def test_anonymous_api_search_answers_with_a_share_link(client, active_index, settings):
+    settings.SEARCH_PUBLIC = True
+    with open(QUERY, "rb") as f:
+        body = client.post("/api/search", {"image": f}).json()
+    query = SearchQuery.objects.get()
+    assert query.user is None and query.share_token
+    assert body["query_url"] == f"http://testserver/search/shared/{query.share_token}/"
+    assert Client().get(body["query_url"]).status_code == 200
 
 
 # --- API --------------------------------------------------------------------------------------------
@@ -240,9 +255,6 @@ def test_token_from_profile_page_and_command(viewer_client, viewer_user, capsys)
 
 
 def test_uploads_are_rate_limited_per_user(viewer_client, active_index, settings, client, curator_user):
-    from django.core.cache import cache
-
-    cache.clear()
     settings.SEARCH_RATE_LIMIT = 2
     assert upload(viewer_client).status_code == 302
     assert upload(viewer_client).status_code == 302
@@ -250,23 +262,18 @@ def test_uploads_are_rate_limited_per_user(viewer_client, active_index, settings
     assert third.status_code == 429 and "Too many searches" in third.content.decode() and third["Retry-After"]
     client.force_login(curator_user)  # another user has their own allowance
     assert upload(client).status_code == 302
-    cache.clear()
 
 
 def test_a_burst_across_the_minute_is_still_limited(rf, settings, monkeypatch, viewer_user):
-    from django.core.cache import cache
-
     from webapp.search import ratelimit
 
-    cache.clear()
     settings.SEARCH_RATE_LIMIT = 2
     request = rf.post("/search/")
     request.user = viewer_user
     clock = [120 * 60 + 59.0]  # one second before a minute ends
     monkeypatch.setattr(ratelimit.time, "time", lambda: clock[0])
-    assert ratelimit.allow_upload(request)[0] and ratelimit.allow_upload(request)[0]
+    assert ratelimit.allow_search(request)[0] and ratelimit.allow_search(request)[0]
     clock[0] += 2  # the next minute has begun: a fixed window would allow two more here
-    assert not ratelimit.allow_upload(request)[0]
+    assert not ratelimit.allow_search(request)[0]
     clock[0] += 60
-    assert ratelimit.allow_upload(request)[0]
-    cache.clear()
+    assert ratelimit.allow_search(request)[0]

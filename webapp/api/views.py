@@ -17,9 +17,10 @@ from django.views.decorators.http import require_GET, require_POST
 from ml.images import BadImage
 from webapp.api.models import ApiToken, hash_key
 from webapp.catalog.models import Image, Landmark
+from webapp.search.access import share
 from webapp.search.engine import NoIndexError
 from webapp.search.querying import run_search
-from webapp.search.ratelimit import allow_upload
+from webapp.search.ratelimit import allow_search
 
 DEFAULT_K, MAX_K = 20, 100
 LAST_USED_PRECISION = timedelta(minutes=1)
@@ -65,7 +66,7 @@ def search(request):
     upload = request.FILES.get("image")
     if upload is None:
         return _error(400, "send the photo as the multipart field 'image'")
-    allowed, wait = allow_upload(request)
+    allowed, wait = allow_search(request)
     if not allowed:
         response = _error(429, f"too many searches: at most {settings.SEARCH_RATE_LIMIT} a minute; retry in {wait} s")
         response["Retry-After"] = str(wait)
@@ -89,7 +90,15 @@ def search(request):
                 "score": r.score, "inliers": r.inliers, "dense_inliers": r.dense_inliers}
                for r in query.results.select_related("image__landmark").order_by("rank")[:k]]
     return JsonResponse({"landmark": landmark, "results": results, "index_version": query.index_version_id,
-                         "query_url": request.build_absolute_uri(reverse("search-results", args=[query.uid]))})
+                         "query_url": request.build_absolute_uri(_page_of(query))})
+
+
+def _page_of(query) -> str:
+    """The search's page for its caller: private to the token's user, who opens it logged in; an anonymous
+    caller has no session to own it by, so it gets the search's share link."""
+    if query.user_id is not None:
+        return reverse("search-results", args=[query.uid])
+    return reverse("search-shared-results", args=[share(query)])
 
 
 @api_view()

@@ -6,11 +6,13 @@ from __future__ import annotations
 from django.core.paginator import Paginator
 from django.db.models import Exists, OuterRef, Q
 from django.shortcuts import get_object_or_404, render
+from django.urls import reverse
 
 from webapp.catalog.models import Image, Landmark
 from webapp.curation.models import LabelChange, Verdict
-from webapp.search.models import SearchQuery
+from webapp.search.access import viewable
 from webapp.search.similar import embedding_map, ranked_like, vectors_for
+from webapp.search.views import public_search
 
 LABEL_STATUSES = {
     "labelled": "labelled", "unlabelled": "unlabelled",
@@ -67,6 +69,19 @@ def image_list(request):
         "datasets": [d for d in datasets if d], "like_note": like_note, "querystring": query.urlencode()})
 
 
+def map_legend(points) -> list[tuple[int, str]]:
+    """(colour group, landmark name) of each landmark on the map, by name ("unlabelled" last)."""
+    seen: dict[str, int] = {}
+    for p in points or []:
+        seen.setdefault(p.image.landmark.name if p.image.landmark else "unlabelled", p.group)
+    return sorted(((group, name) for name, group in seen.items()), key=lambda g: (g[1] == "unlabelled", g[1]))
+
+
+def _render_map(request, title: str, points, back: str):
+    return render(request, "catalog/map.html", {"title": title, "points": points, "legend": map_legend(points),
+                                                "back": back})
+
+
 def landmark_map(request, landmark_id: str):
     """This landmark's photos and those of its visual neighbours, on a PCA map."""
     from webapp.search.similar import nearest_landmarks
@@ -75,15 +90,13 @@ def landmark_map(request, landmark_id: str):
     neighbours = nearest_landmarks(landmark) or []
     pks = [landmark.pk] + [lm.pk for lm, _ in neighbours]
     ids = list(Image.objects.filter(landmark_id__in=pks).values_list("external_id", flat=True)[:3000])
-    return render(request, "catalog/map.html", {"title": f"Map of {landmark.name} and its nearest landmarks",
-                                                "points": embedding_map(ids), "back": landmark.get_absolute_url()})
+    return _render_map(request, f"Map of {landmark.name} and its nearest landmarks", embedding_map(ids),
+                       landmark.get_absolute_url())
 
 
-def search_map(request, uid):
-    query = get_object_or_404(SearchQuery, uid=uid)
+@public_search
+def search_map(request, uid=None, token=None):
+    query = viewable(request, uid, token)
     ids = list(query.results.order_by("rank").values_list("image__external_id", flat=True))
-    from django.urls import reverse
-
-    return render(request, "catalog/map.html", {"title": "Map of this search's results",
-                                                "points": embedding_map(ids),
-                                                "back": reverse("search-results", args=[uid])})
+    back = reverse("search-shared-results", args=[token]) if token else reverse("search-results", args=[uid])
+    return _render_map(request, "Map of this search's results", embedding_map(ids), back)

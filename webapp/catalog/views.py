@@ -1,5 +1,6 @@
 """Browsing the collection: home, landmarks, images, and the thumbnails and files behind them."""
 
+from django.core.files.storage import default_storage
 from django.core.paginator import Paginator
 from django.db.models import Count, Q
 from django.http import FileResponse, Http404
@@ -60,8 +61,6 @@ def image_thumbnail(request, image_id: str, alias: str = "thumb"):
     image = get_object_or_404(Image, external_id=image_id)
     try:
         name = thumbnail_name(image, alias)
-    except OSError as exc:
-        raise Http404(f"image {image_id} cannot be read") from exc
-    from django.core.files.storage import default_storage
-
-    return FileResponse(default_storage.open(name, "rb"), content_type="image/jpeg")
+        return FileResponse(default_storage.open(name, "rb"), content_type="image/jpeg")
+    except OSError as exc:  # the original is gone (or unreadable), or its stored thumbnail just went
+        raise Http404(f"The file of image {image_id} is missing or cannot be read.") from exc

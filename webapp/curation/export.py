@@ -3,10 +3,10 @@ label changed or that was left out, with why and who decided."""
 
 from __future__ import annotations
 
-import csv
 from collections import defaultdict
 from pathlib import Path
 
+from ml import csv_cells
 from ml.atomic_files import replacing
 from webapp.catalog.models import Image
 from webapp.curation.models import LabelChange, Verdict
@@ -64,8 +64,8 @@ def _unreviewed_drops(pks: set[int], reviewed: set[int]) -> dict[int, str]:
 
 
 def _write(path: Path, header: list[str], rows: list[list[str]]) -> None:
-    """Write a CSV atomically: a reader never sees half a file."""
+    """Write a CSV atomically (a reader never sees half a file), formula-like text neutralised."""
     with replacing(path) as tmp, tmp.open("w", newline="") as f:
-        w = csv.writer(f)
+        w = csv_cells.writer(f)
         w.writerow(header)
         w.writerows(rows)

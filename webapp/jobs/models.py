@@ -60,6 +60,22 @@ class Job(models.Model):
         return self.state in self.FINISHED_STATES
 
     @property
+    def warning(self) -> str:
+        """What went wrong in a job that succeeded all the same (rows it rejected); empty if nothing did."""
+        return self.result.get("warning", "") if self.state == self.State.SUCCEEDED else ""
+
+    @property
+    def error_line(self) -> str:
+        """The error in one line, for everyone; the traceback is for admins."""
+        line = self.message if self.state == self.State.FAILED and self.message else self.error
+        return line.strip().splitlines()[0] if line.strip() else ""
+
+    @property
+    def can_retry(self) -> bool:
+        """Only a job that did not finish its work is run again: a retry of one that did would do it twice."""
+        return self.state in (self.State.FAILED, self.State.CANCELLED)
+
+    @property
     def percent(self) -> float | None:
         if not self.progress_total:
             return 100.0 if self.state == self.State.SUCCEEDED else None

@@ -55,6 +55,12 @@ def cancel_job(job: Job) -> bool:
     return bool(updated)
 
 
+class NotRetryable(ValueError):
+    """Only failed or cancelled jobs are retried."""
+
+
 def retry_job(job: Job, user=None) -> Job:
-    """Start a new job with the same kind and parameters as a finished one."""
+    """Start a new job with the same kind and parameters as a failed or cancelled one."""
+    if not job.can_retry:
+        raise NotRetryable(f"job #{job.pk} is {job.state}: only a failed or cancelled job can be retried")
     return start_job(job.kind, job.params, user or job.created_by)

@@ -1,5 +1,6 @@
 """The jobs pages: a list with live progress (htmx polling while anything runs), and one job's details."""
 
+from django.contrib import messages
 from django.core.paginator import Paginator
 from django.shortcuts import get_object_or_404, redirect, render
 from django.views.decorators.http import require_POST
@@ -7,7 +8,7 @@ from django.views.decorators.http import require_POST
 from webapp.curation.roles import ADMIN, role_required
 from webapp.jobs.forms import FORMS
 from webapp.jobs.models import Job
-from webapp.jobs.services import cancel_job, retry_job, start_job
+from webapp.jobs.services import NotRetryable, cancel_job, retry_job, start_job
 
 
 def job_list(request):
@@ -34,7 +35,11 @@ def job_cancel(request, pk: int):
 @role_required(ADMIN)
 @require_POST
 def job_retry(request, pk: int):
-    job = retry_job(get_object_or_404(Job, pk=pk), request.user)
+    try:
+        job = retry_job(get_object_or_404(Job, pk=pk), request.user)
+    except NotRetryable as exc:
+        messages.error(request, str(exc))
+        return redirect("job-detail", pk=pk)
     return redirect("job-detail", pk=job.pk)
 
 

@@ -9,8 +9,11 @@ class SearchConfig(AppConfig):
         from django.db.models.signals import post_delete
 
         from webapp.catalog.models import Image
+        from webapp.search.access import delete_photo
+        from webapp.search.models import SearchQuery
 
         post_delete.connect(_forget_deleted_image, sender=Image, dispatch_uid="features-of-deleted-image")
+        post_delete.connect(delete_photo, sender=SearchQuery, dispatch_uid="photo-of-deleted-search")
 
 
 def _forget_deleted_image(instance, **_kwargs) -> None:

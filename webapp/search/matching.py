@@ -6,7 +6,6 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from django.core.files.storage import default_storage
 from django.urls import reverse
 from PIL import Image as PILImage
 
@@ -15,6 +14,7 @@ from ml.spatial import FeatureStore, extract_local_features, verify_pair
 from webapp.catalog.models import Image
 from webapp.search.engine import current_engine
 from webapp.search.models import SearchQuery
+from webapp.search.querying import PhotoMissing, open_query_photo
 from webapp.search.services import image_file_path
 
 HEIGHT = 480  # both photos are drawn at this height
@@ -36,12 +36,12 @@ class Drawing:
     only_dense: bool  # dense matching verifies the pair where RootSIFT does not (day/night, seasons)
 
 
-def match_drawing(query: SearchQuery, image: Image) -> Drawing:
+def match_drawing(query: SearchQuery, image: Image, query_url: str) -> Drawing:
+    """The drawing, with the search's photo at ``query_url``. Raises PhotoMissing when the search's photo or
+    the result's file is gone."""
+    qimg = open_query_photo(query)  # before loading anything: a lost photo is answered at once
     engine = current_engine()
     pipeline = engine.database.pipeline
-    with default_storage.open(query.photo.name, "rb") as f:
-        qimg = PILImage.open(f)
-        qimg.load()
     qfeats = extract_local_features(qimg, pipeline.local_features)
     # An index built without verification has no cache: the result's features are computed now.
     dfeats = _cached_or_made(engine.database.features, image, lambda photo: extract_local_features(
@@ -64,7 +64,7 @@ def match_drawing(query: SearchQuery, image: Image) -> Drawing:
         dense_lines = joined(cells_to_pixels(dense.query_points, qdense.grid, qimg.size),
                              cells_to_pixels(dense.database_points, ddense.grid, (image.width, image.height)))
     only_dense = dense_inliers >= pipeline.dense.min_inliers and check.inliers < pipeline.verification.min_inliers
-    return Drawing(qw + dw, HEIGHT, qw, dw, reverse("search-photo", args=[query.uid]),
+    return Drawing(qw + dw, HEIGHT, qw, dw, query_url,
                    reverse("image-preview", args=[image.external_id]),
                    joined(check.query_points, check.database_points), check.inliers, check.putative, dense_lines,
                    dense_inliers, only_dense)
@@ -75,5 +75,9 @@ def _cached_or_made(store: FeatureStore | None, image: Image, make):
     feats = store.readable(image.external_id) if store is not None else None
     if feats is not None:
         return feats
-    with PILImage.open(image_file_path(image)) as photo:
-        return make(photo)
+    try:
+        with PILImage.open(image_file_path(image)) as photo:
+            return make(photo)
+    except OSError as exc:
+        raise PhotoMissing(f"The file of result {image.external_id} is missing from the collection, so its "
+                           "matches cannot be drawn.") from exc

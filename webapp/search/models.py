@@ -102,7 +102,9 @@ class IndexVersion(models.Model):
 
 
 class SearchQuery(models.Model):
-    """One search by photo, kept so its results page has a shareable URL and appears in the user's history."""
+    """One search by photo, kept for its results page and the user's history. Private: its owner (and admins)
+    may open it; an anonymous search, the browser session that ran it. ``share_token`` (set by the owner's
+    "share") makes a separate, unguessable link that anyone allowed to search may open (webapp/search/access.py)."""
 
     uid = models.UUIDField(unique=True, editable=False)
     user = models.ForeignKey(settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL, related_name="searches")
@@ -115,6 +117,8 @@ class SearchQuery(models.Model):
     confidence = models.FloatField(null=True, blank=True)
     candidates = models.JSONField(default=list, blank=True, help_text="Top landmark candidates with scores.")
     seconds = models.FloatField(default=0.0)
+    share_token = models.CharField(max_length=64, unique=True, null=True, blank=True, editable=False,
+                                   help_text="Secret of the share link; empty while the search is private.")
     created_at = models.DateTimeField(auto_now_add=True, db_index=True)
 
     class Meta:

@@ -26,11 +26,25 @@ def run_search(data: bytes, name: str, user, options: Options | None = None) -> 
     return _search_and_store(image, name, user, options or Options())
 
 
+class PhotoMissing(Exception):
+    """A stored photo that a page needs is gone from storage (deleted, or its disk lost)."""
+
+
+def open_query_photo(query: SearchQuery) -> PILImage.Image:
+    """The search's stored photo, decoded; PhotoMissing when storage no longer has it (or it cannot be read)."""
+    try:
+        with default_storage.open(query.photo.name, "rb") as f:
+            image = PILImage.open(f)
+            image.load()
+    except OSError as exc:  # FileNotFoundError, or a file cut short
+        raise PhotoMissing("The photo of this search is no longer stored, so it cannot be shown or searched "
+                           "again.") from exc
+    return image
+
+
 def rerun_search(query: SearchQuery, user, options: Options) -> SearchQuery:
     """The same photo searched again with other options (a new query, so both stay shareable)."""
-    with default_storage.open(query.photo.name, "rb") as f:
-        image = PILImage.open(f)
-        image.load()
+    image = open_query_photo(query)
     return _search_and_store(image.convert("RGB"), query.original_name, user, options)
 
 

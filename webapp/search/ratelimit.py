@@ -1,14 +1,14 @@
-"""Per-user (or per-address, for anonymous public search) limits on photo uploads: a sliding-window
-counter in the Django cache (shared between processes when CACHE_URL points at Redis). The count of the
-current minute plus the previous minute's, weighted by how much of it the last 60 s still cover: a plain
-fixed window let a burst straddling the minute through at twice the limit."""
+"""Per-user (or per-address, for anonymous public search) limits on searches by photo: every path that runs
+a search (the upload form, the API, "search again") takes one hit of SEARCH_RATE_LIMIT a minute. Counted
+in the database (webapp.limits), which every web process shares."""
 
 from __future__ import annotations
 
 import time
 
 from django.conf import settings
-from django.core.cache import cache
+
+from webapp.limits.counters import take
 
 
 def _who(request) -> str:
@@ -18,19 +18,14 @@ def _who(request) -> str:
     return f"ip:{request.META.get('REMOTE_ADDR', 'unknown')}"
 
 
-def allow_upload(request) -> tuple[bool, int]:
-    """(allowed, seconds until the window resets) under SEARCH_RATE_LIMIT uploads per minute."""
+def allow_search(request) -> tuple[bool, int]:
+    """(allowed, seconds until the current minute ends) under SEARCH_RATE_LIMIT searches per minute."""
     limit = settings.SEARCH_RATE_LIMIT
     if limit <= 0:
         return True, 0
     now = time.time()
-    window, into = divmod(now, 60)
-    key = f"search-rate:{_who(request)}:{int(window)}"
-    cache.add(key, 0, timeout=120)
-    try:
-        count = cache.incr(key)
-    except ValueError:  # the key expired between add and incr
-        cache.set(key, 1, timeout=120)
-        count = 1
-    previous = cache.get(f"search-rate:{_who(request)}:{int(window) - 1}", 0)
-    return count + previous * (1 - into / 60) <= limit, 60 - int(into)
+    return take(f"search:{_who(request)}", now, limit), 60 - int(now % 60)
+
+
+def too_many_message(wait: int) -> str:
+    return f"Too many searches: at most {settings.SEARCH_RATE_LIMIT} a minute. Try again in {wait} s."
