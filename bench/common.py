@@ -21,7 +21,7 @@ ARCHIVE = ROOT / "docs" / "benchmarks-archive.md"
 RESULTS_HEADER = (
     "# Benchmarks\n\n"
     "Each section is the latest run of one benchmark, rewritten in place by the script in `bench/` that its "
-    "stamp line names, with the date and the machine; superseded runs are in "
+    "stamp line names (date · machine · command); superseded runs are in "
     "[benchmarks-archive.md](benchmarks-archive.md).\n"
 )
 ARCHIVE_HEADER = (
