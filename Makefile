@@ -49,8 +49,9 @@ $(VENV)/.installed-bench: pyproject.toml $(VENV)/.installed-test
 	$(BIN)/pip install -q -e ".[test,bench]"
 	touch $@
 
-# Each benchmark prints its table and appends it to docs/benchmarks.md (minutes each on 2 cores;
-# the whole set takes about an hour). Run one with `$(BIN)/python bench/<name>.py --help`.
+# Each benchmark prints its table and rewrites its own section of docs/benchmarks.md, moving the run it
+# replaces to docs/benchmarks-archive.md (minutes each on 2 cores; the whole set takes about an hour).
+# Run one with `$(BIN)/python bench/<name>.py --help`.
 bench: $(VENV)/.installed-bench
 	$(BIN)/python bench/bench_import.py
 	$(BIN)/python bench/bench_embed.py

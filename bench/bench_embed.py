@@ -8,7 +8,9 @@ few rounds, so load from other users of the machine hits them alike; each keeps 
 
     .venv/bin/python bench/bench_embed.py [--images 40] [--size 512] [--rounds 2] [--no-write]
 
-Prints a Markdown table and appends it, with machine info, to docs/benchmarks.md ("Embedding throughput").
+Prints a Markdown table and makes it the "Embedding throughput" section of docs/benchmarks.md, with machine
+info (``bench.common.record``: the section is rewritten in place, the run it replaces moves to
+docs/benchmarks-archive.md).
 """
 
 from __future__ import annotations
@@ -27,13 +29,12 @@ from PIL import Image, ImageOps
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from bench.common import machine  # noqa: E402
+from bench.common import machine, record  # noqa: E402
 from ml.embed import EmbedConfig, embed_images, normalise, target_size  # noqa: E402
 from ml.models import LandmarkNet  # noqa: E402
 from ml.weights import load_model  # noqa: E402
 
 DEFAULT_DATA = ROOT.parent / "shared" / "data" / "landmarks-mini" / "images"
-BENCHMARKS_MD = ROOT / "docs" / "benchmarks.md"
 
 
 @dataclass
@@ -130,13 +131,6 @@ def table(results: list[Result], naive_rate: float, n: int, size: int, rounds: i
     return "\n".join(lines)
 
 
-def append_markdown(text: str, info: str) -> None:
-    BENCHMARKS_MD.parent.mkdir(parents=True, exist_ok=True)
-    existing = BENCHMARKS_MD.read_text() if BENCHMARKS_MD.exists() else "# Benchmarks\n"
-    section = f"\n## Embedding throughput\n\n_{info}_ (`bench/bench_embed.py`)\n\n{text}\n"
-    BENCHMARKS_MD.write_text(existing.rstrip("\n") + "\n" + section)
-
-
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--data", type=Path, default=DEFAULT_DATA, help="folder of .jpg photos")
@@ -179,8 +173,8 @@ def main(argv: list[str] | None = None) -> None:
     print()
     print(text)
     if not args.no_write:
-        append_markdown(text, info)
-        print(f"\nappended to {BENCHMARKS_MD}")
+        command = "python bench/bench_embed.py " + " ".join(sys.argv[1:] if argv is None else argv)
+        record("Embedding throughput", f"Measured with torch {torch.__version__}.\n\n{text}", command.strip())
 
 
 if __name__ == "__main__":

@@ -7,7 +7,10 @@ GAP, before and after, in one run.
 
 Both models are evaluated with the same pipeline (global descriptor only, `baseline-lite0` settings), so
 the difference is the training alone. Training uses only `index` images: the queries are never seen.
-`--sweep` trains every recipe of SWEEP and tabulates them all (the table of what was tried).
+`--sweep` trains every recipe of SWEEP and tabulates them all (the table of what was tried). A run
+rewrites its own section of docs/benchmarks.md ("Fine-tuning lite0 with ArcFace (landmarks-mini)", or
+"Fine-tuning recipes compared (landmarks-mini)" for `--sweep`) and moves the one it replaces to
+docs/benchmarks-archive.md.
 """
 
 from __future__ import annotations
@@ -149,7 +152,9 @@ def main() -> None:
     if args.no_write:
         print(body)
     else:
-        record("Fine-tuning lite0 with ArcFace (landmarks-mini)", body, command.strip())
+        title = "Fine-tuning recipes compared (landmarks-mini)" if args.sweep else \
+            "Fine-tuning lite0 with ArcFace (landmarks-mini)"
+        record(title, body, command.strip())
 
 
 if __name__ == "__main__":

@@ -8,7 +8,8 @@ once (the bandwidth bound: an exact search must read every vector).
 
     .venv/bin/python bench/bench_index.py [--count 1000000] [--hnsw] [--no-write]
 
-Appends to docs/benchmarks.md under "Index at 1 M vectors".
+Rewrites the section "Index at 1 M vectors" of docs/benchmarks.md; the run it replaces moves to
+docs/benchmarks-archive.md.
 """
 
 from __future__ import annotations

@@ -59,7 +59,7 @@ def main(argv: list[str] | None = None) -> None:
     if args.no_write:
         print(body)
     else:
-        record("The database pass with region descriptors (issue #7)", body, command.strip())
+        record("The database pass with region descriptors", body, command.strip())
 
 
 if __name__ == "__main__":

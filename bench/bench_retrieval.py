@@ -10,8 +10,8 @@ astronaut, rocket), and how many of those 4 got "no landmark" at the pipeline's 
 
     .venv/bin/python bench/bench_retrieval.py [--data DIR] [--only NAME ...] [--no-write]
 
-Prints a Markdown table and appends it, with machine info, to docs/benchmarks.md under
-"Retrieval on landmarks-mini".
+Prints a Markdown table and makes it, with machine info, the section "Retrieval on landmarks-mini" of
+docs/benchmarks.md (rewritten in place; the run it replaces moves to docs/benchmarks-archive.md).
 """
 
 from __future__ import annotations

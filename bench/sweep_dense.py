@@ -80,7 +80,7 @@ def main() -> None:
     body = table(["dense matching", "no labels: mAP medium", "mAP@100", "labels: mAP medium", "mAP@100"], rows)
     print(body)
     if not args.no_write:
-        record("Dense matching settings on landmarks-mini (issue #4)", body, "python bench/sweep_dense.py")
+        record("Dense matching settings on landmarks-mini", body, "python bench/sweep_dense.py")
 
 
 if __name__ == "__main__":
