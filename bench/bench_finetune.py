@@ -5,7 +5,7 @@ GAP, before and after, in one run.
     .venv/bin/python bench/bench_finetune.py [--recipe few-shot] [--epochs 10] [--image-size 384]
     .venv/bin/python bench/bench_finetune.py --sweep [--device cuda] [--no-write]
 
-Both models are evaluated with the same pipeline (global descriptor only, `baseline-lite0` settings), so
+Both models are evaluated with the same pipeline (global descriptor only, `baseline` preset settings), so
 the difference is the training alone. Training uses only `index` images: the queries are never seen.
 `--sweep` trains every recipe of SWEEP and tabulates them all (the table of what was tried). A run
 rewrites its own section of docs/benchmarks.md ("Fine-tuning lite0 with ArcFace (landmarks-mini)", or

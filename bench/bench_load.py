@@ -4,7 +4,7 @@ sending requests back to back; latency percentiles, throughput and errors. Then 
 other pages (landmark, image, images list, jobs, models and indexes, ...) with no load: one client over
 loopback, so the time measured is the server's plus well under a millisecond of connection.
 
-    .venv/bin/python bench/bench_load.py [--pipelines baseline-lite0 default] [--workers 2] [--threads 1]
+    .venv/bin/python bench/bench_load.py [--pipelines baseline default] [--workers 2] [--threads 1]
     .venv/bin/python bench/bench_load.py --pipelines web-fast --synthetic 100000   # issue #6's target
 
 ``--synthetic N`` grows the index to N vectors after the build: synthetic Image rows that copy the
@@ -205,7 +205,7 @@ def serve(env: dict, port: int, workers: int, threads: int, log: Path) -> subpro
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--pipelines", nargs="+", default=["baseline-lite0", "default"])
+    parser.add_argument("--pipelines", nargs="+", default=["baseline", "default"])
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--threads", type=int, default=1, help="gunicorn threads per worker (the product's default)")
     parser.add_argument("--cap", type=float, default=120, help="Seconds at most per run.")

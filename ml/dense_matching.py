@@ -49,7 +49,7 @@ class DenseMatchConfig:
     """Dense spatial matching of the top of a ranking, and how its inliers change the order."""
 
     top_n: int = 0  # database photos matched per query; 0 = off
-    min_inliers: int = 20  # fewer is no evidence (unrelated pairs get 8-10, docs/benchmarks.md)
+    min_inliers: int = 20  # fewer is no evidence (unrelated pairs get 8-10, docs/benchmarks-archive.md)
     inlier_cap: int = 60  # inliers beyond this add nothing
     weight: float = 1.0  # ranking score + weight * min(cap, inliers) / cap, for photos with >= min_inliers
     block: int = 4  # index into the backbone's ``blocks``; lite2's block 4 has stride 16

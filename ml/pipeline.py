@@ -155,12 +155,12 @@ LABEL_STEPS = {
     "label_vote": LabelVoteConfig(k=1),
     "label_rerank": LabelRerankConfig(method="discriminative", threshold=0.0),
     # "No landmark" below 0.25: an answer needs spatial verification or cos >= 0.75 to its nearest image
-    # (evidence (2 cos - 1) / 2); lite2-ms puts unrelated photos at cos up to ~0.73 (docs/benchmarks.md).
+    # (evidence (2 cos - 1) / 2); lite2-ms puts unrelated photos at cos up to ~0.73 (docs/benchmarks-archive.md).
     "recognition": RecognitionConfig(vote=LabelVoteConfig(k=1), threshold=0.25),
 }
 LITE2_MS = {"models": ("tf_efficientnet_lite2",), "scales": MULTI_SCALE}
 # R-MAC regions at 3 levels (about 21 per photo), compared pair by pair: global-only mAP 61.8 -> 67.0 on
-# landmarks-mini (docs/benchmarks.md); the shortlist is as deep as SuperGlobal's re-ranking (400).
+# landmarks-mini (docs/benchmarks-archive.md); the shortlist is as deep as SuperGlobal's re-ranking (400).
 REGIONS_TOP400 = RegionalConfig(levels=3, shortlist=400)
 # Dense spatial matching of the top 50 on lite2's block-4 feature maps (ml.dense_matching): it verifies
 # day/night and season pairs RootSIFT cannot. >= 20 inliers adds min(60, inliers)/60 to the ranking score;

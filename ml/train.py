@@ -106,7 +106,7 @@ class TrainResult:
 def few_shot_settings(backbone: str) -> tuple[dict[str, Any], dict[str, Any]]:
     """(ModelConfig, TrainConfig) fields for a handful of photos per landmark: start from the ImageNet
     descriptor (identity neck), imprint the class centres, freeze BatchNorm. With AdamW, lr 1e-3, 10 epochs
-    at 384 px it improved lite0 on landmarks-mini (docs/benchmarks.md); a random neck made it worse."""
+    at 384 px it improved lite0 on landmarks-mini (docs/benchmarks-archive.md); a random neck made it worse."""
     return ({"neck_init": "identity", "embedding_dim": backbone_width(backbone)},
             {"freeze_bn": True, "head_init": "imprint"})
 

@@ -8,7 +8,7 @@ they tell landmarks apart. Applied to query and database alike, then L2-normalis
 
 A few hundred labelled images cannot estimate a D x D covariance (D = 1280 for lite2), so the intra-class
 covariance is shrunk towards a multiple of the identity (``shrinkage`` x its mean eigenvalue): with 145
-images and 34 landmarks, 0.1 to 0.3 measured best (docs/benchmarks.md) and 1.0 already halves the gain.
+images and 34 landmarks, 0.1 to 0.3 measured best (docs/benchmarks-archive.md) and 1.0 already halves the gain.
 Unsupervised PCA-whitening learned on so small a database hurt (61.8 -> 59 or less), so there is no
 label-free variant here. On landmarks-mini Lw lifts lite2 multi-scale from 61.8 to 71.9 mAP on its own
 (preset ``lite2-ms-lw``), but the product default does not use it: see the note in ml.pipeline.
