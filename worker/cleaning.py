@@ -35,11 +35,12 @@ from ml.stages.embed import EmbedStage
 from ml.stages.features import LocalFeatureStage
 from ml.stages.index_build import DEFAULT_CHUNK
 from ml.stages.verify import VerifyStage
+from ml.weights import PACKAGED_PREFIX
 from webapp.catalog.models import Image, Landmark
 from webapp.curation.models import CleaningRun, NoiseCluster, Verdict
 from webapp.jobs.models import Job
 from webapp.search.models import EmbeddingSet
-from webapp.search.services import active_model_version, feature_dir, image_file_path, model_spec
+from webapp.search.services import Embedder, cleaning_embedder, feature_dir, image_file_path
 from worker.params import config_from
 from worker.records import RecordEmbeddingSet
 from worker.runner import JobContext, job_function
@@ -95,16 +96,16 @@ def plan_clean(job: Job) -> dict:
     if len(images) < 2:
         raise ValueError("cleaning needs at least two labelled images")
     ids = [im.external_id for im in images]
-    mv = active_model_version()
-    es = _covering_set(mv, ids)
+    embedder = cleaning_embedder()  # the models search uses, as the serving index recorded them
+    es = _covering_set(embedder, ids)
     embeddings = es.path if es else str(Path(settings.ARTIFACTS_ROOT) / "embeddings" / f"clean-{job.pk}-{uuid.uuid4().hex[:8]}")
     config = config_from(EvidenceConfig, params.get("evidence", {}))
     verify = params.get("verify", True)
     chunk_pairs = int(params.get("chunk_pairs") or settings.CLEAN_CHUNK_PAIRS)
     if chunk_pairs < 1:
         raise ValueError(f"chunk_pairs must be at least 1, got {chunk_pairs}")
-    spec = {"embeddings": embeddings, "embedding_set": es.pk if es else None, "model_version": mv.pk,
-            "embed": None if es else PipelineConfig(name="clean", models=(model_spec(mv),)).as_dict(),
+    spec = {"embeddings": embeddings, "embedding_set": es.pk if es else None,
+            "model_version": embedder.model_version.pk, "embed": None if es else embedder.pipeline.as_dict(),
             "evidence": asdict(config), "verify": verify, "feature_dir": str(feature_dir()),
             "evidence_dir": str(_evidence_folder(embeddings, ids, config, verify)), "chunk_pairs": chunk_pairs,
             "thresholds": params.get("thresholds", {}), "report": params.get("report")}
@@ -113,13 +114,30 @@ def plan_clean(job: Job) -> dict:
                                 "pks": [str(im.pk) for im in images]})
 
 
-def _covering_set(mv, ids: list[str]) -> EmbeddingSet | None:
-    """A stored embedding set of model ``mv`` holding every one of ``ids`` (the newest of the last five)."""
+def _covering_set(embedder: Embedder, ids: list[str]) -> EmbeddingSet | None:
+    """A stored embedding set made the way ``embedder`` embeds, holding every one of ``ids``: the serving
+    index's, else the newest such set of its model among the last five."""
     wanted = set(ids)
-    for es in EmbeddingSet.objects.filter(model_version=mv)[:5]:
-        if Path(es.path).is_dir() and wanted <= set(read_embedding_shards(es.path, lazy=True)[0]):
+    candidates = [embedder.index_set] if embedder.index_set is not None else []
+    candidates += list(EmbeddingSet.objects.filter(model_version=embedder.model_version)[:5])
+    for es in candidates:
+        if made_by(es, embedder.pipeline) and Path(es.path).is_dir() \
+                and wanted <= set(read_embedding_shards(es.path, lazy=True)[0]):
             return es
     return None
+
+
+def made_by(es: EmbeddingSet, pipeline: PipelineConfig) -> bool:
+    """Whether ``es`` holds vectors embedded the way ``pipeline`` embeds (a set that records no settings
+    was made at 512 px, one scale, not mirrored)."""
+    embed = es.params.get("embed") or {}
+    made = (_specs(es.params.get("models") or pipeline.models), int(embed.get("image_size") or 512),
+            tuple(float(x) for x in (embed.get("scales") or es.scales or [1.0])), bool(embed.get("flip", False)))
+    return made == (_specs(pipeline.models), pipeline.image_size, tuple(float(x) for x in pipeline.scales), pipeline.flip)
+
+
+def _specs(models) -> tuple[str, ...]:
+    return tuple(m.removeprefix(PACKAGED_PREFIX) for m in models)  # "packaged:x" and "x" load the same
 
 
 def _finish(job: Job, staged: StagedJob, outputs: dict[str, dict]) -> dict:

@@ -1,15 +1,20 @@
-"""Which model, embeddings and index the product uses now."""
+"""Which model, embeddings and index the product uses now: the one place that says which models serve
+search (the active index's, as it recorded them), which ones cleaning embeds with (the same), and which
+one new builds start from (the active model version)."""
 
 from __future__ import annotations
 
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 from django.conf import settings
 from django.core.files.storage import default_storage
 from django.db import transaction
 
+from ml.pipeline import PipelineConfig
+from ml.regional import RegionalConfig
 from webapp.catalog.models import Image
-from webapp.search.models import IndexVersion, ModelVersion
+from webapp.search.models import EmbeddingSet, IndexVersion, ModelVersion
 
 DEFAULT_BACKBONE = "tf_efficientnet_lite0"
 
@@ -38,6 +43,41 @@ def active_model_version() -> ModelVersion:
         return pinned
     trained = ModelVersion.objects.exclude(checkpoint="").filter(params__finished=True).first()
     return trained or default_model_version()
+
+
+@dataclass
+class Embedder:
+    """What embeds the photos cleaning compares: the models and embedding settings (a pipeline with only
+    those), the ModelVersion its embedding sets belong to, and the serving index's set (None without one)."""
+
+    pipeline: PipelineConfig
+    model_version: ModelVersion
+    index_set: EmbeddingSet | None
+
+    def describe(self) -> str:
+        p = self.pipeline
+        scales = f"{len(p.scales)} scales" if len(p.scales) > 1 else "one scale"
+        return f"{' + '.join(p.models)} at {p.image_size} px, {scales}{', mirrored' if p.flip else ''}"
+
+
+def serving_index() -> IndexVersion | None:
+    """The index version every search uses."""
+    return IndexVersion.objects.filter(is_active=True).select_related("embedding_set__model_version").first()
+
+
+def cleaning_embedder() -> Embedder:
+    """What cleaning embeds with: the serving index's models and embedding settings, as it recorded them,
+    so the neighbours a curator reviews are those search finds; before any index, the active model at
+    512 px, one scale."""
+    iv = serving_index()
+    if iv is not None and iv.params.get("config"):
+        config = iv.pipeline_config()
+        embed_only = replace(PipelineConfig(name="clean"), models=config.models, model_weights=config.model_weights,
+                             image_size=config.image_size, scales=config.scales, flip=config.flip,
+                             regional=RegionalConfig())
+        return Embedder(embed_only, iv.embedding_set.model_version, iv.embedding_set)
+    mv = active_model_version()
+    return Embedder(PipelineConfig(name="clean", models=(model_spec(mv),)), mv, None)
 
 
 def activate_model(mv: ModelVersion | None) -> None:

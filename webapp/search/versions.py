@@ -9,14 +9,23 @@ from django.views.decorators.http import require_POST
 from webapp.curation.roles import ADMIN, role_required
 from webapp.search.models import IndexVersion, ModelVersion
 from webapp.search.plots import line_chart
-from webapp.search.services import activate_index, activate_model, active_model_version
+from webapp.search.services import (
+    activate_index,
+    activate_model,
+    active_model_version,
+    cleaning_embedder,
+    serving_index,
+)
 
 
 def model_list(request):
     page = Paginator(ModelVersion.objects.select_related("job").defer("metrics"), 25).get_page(request.GET.get("page"))
     indexes = IndexVersion.objects.select_related("embedding_set__model_version")[:20]
-    return render(request, "search/model_list.html", {"page": page, "active": active_model_version(),
-                                                      "indexes": indexes})
+    serving = serving_index()
+    return render(request, "search/model_list.html", {
+        "page": page, "active": active_model_version(), "indexes": indexes, "serving": serving,
+        "search_models": serving.pipeline_config().models if serving and serving.params.get("config") else (),
+        "cleaning": cleaning_embedder().describe()})
 
 
 @role_required(ADMIN)
