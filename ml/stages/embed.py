@@ -40,7 +40,9 @@ class EmbedStage(Stage):
             folder.write_inputs(i, {"ids": ids[lo:hi], "paths": paths[lo:hi]})
         return Plan([hi - lo for lo, hi in bounds])
 
-    def compute(self, folder: StageFolder, plan: Plan, i: int, progress) -> str:
+    def compute(self, folder: StageFolder, plan: Plan, i: int, progress) -> str | None:
+        if folder.file(_vectors(i)).exists():  # written last: the chunk is whole
+            return None
         inputs = folder.inputs(i)
         models = shared_models(self.pipeline.models)
         dense = dense_fill(self.pipeline, self.feature_dir, inputs["ids"])  # from the same passes

@@ -79,7 +79,7 @@ class Stage:
 
     def compute(self, folder: StageFolder, plan: Plan, i: int, progress: PartProgress | None) -> str | None:
         """Compute part ``i`` and publish what it makes by rename; it may run again after a crash. Returns a
-        note on what it did, for the log."""
+        note on what it did, for the log, or None when it found its output on disk already."""
         raise NotImplementedError
 
     def join(self, folder: StageFolder, plan: Plan) -> dict:
@@ -174,7 +174,8 @@ def compute_part(stage: Stage, folder: StageFolder, plan: Plan, i: int, progress
             return False
         note = stage.compute(folder, plan, i, progress)
         write_bytes(folder.file(f"{name}.done"), b"")
-    log.info("%s: %s part %d: %s", folder.path.parent.name, stage.name, i, note or "done")  # the job's folder
+    if note:  # None: its output was on disk already (the process died before marking it done)
+        log.info("%s: %s part %d: %s", folder.path.parent.name, stage.name, i, note)  # the job's folder
     return True
 
 

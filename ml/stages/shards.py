@@ -36,12 +36,12 @@ class IndexStage(Stage):
         return Plan([hi - lo for lo, hi in bounds], {"index": asdict(replace(self.config, kind=kind)), "kind": kind,
                                                      "shard_size": self.shard_size})
 
-    def compute(self, folder: StageFolder, plan: Plan, i: int, progress) -> str:
+    def compute(self, folder: StageFolder, plan: Plan, i: int, progress) -> str | None:
         lo = i * plan.data["shard_size"]
         rows = np.load(self.vectors, mmap_mode="r")[lo:lo + plan.sizes[i]]
-        build_shard(rows, folder.inputs(i), self.staging / shard_name(i), IndexConfig(**plan.data["index"]),
-                    progress=progress)
-        return f"{len(rows)} vectors"
+        built = build_shard(rows, folder.inputs(i), self.staging / shard_name(i), IndexConfig(**plan.data["index"]),
+                            progress=progress)
+        return f"{len(rows)} vectors" if built else None
 
     def join(self, folder: StageFolder, plan: Plan) -> dict:
         if not shard_complete(self.out):  # else published before the process died, not recorded

@@ -47,7 +47,9 @@ class VerifyStage(Stage):
         return Plan([hi - lo for lo, hi in bounds],
                     {"graph_seconds": round(time.perf_counter() - started, 3), "planned_at": time.time()})
 
-    def compute(self, folder: StageFolder, plan: Plan, i: int, progress) -> str:
+    def compute(self, folder: StageFolder, plan: Plan, i: int, progress) -> str | None:
+        if folder.file(f"chunk-{i:06d}.npy").exists():  # written by rename: whole
+            return None
         inputs = folder.inputs(i)
         store = LocalFeatureStore(self.feature_dir, self.sift)  # cached by the feature stage before
         values = verify_pairs(np.asarray(inputs["pairs"], np.int64).reshape(-1, 2), inputs["ids"], store,
