@@ -6,7 +6,7 @@ from django.db import migrations, models
 class Migration(migrations.Migration):
 
     dependencies = [
-        ('search', '0005_searchresult_dense_inliers'),
+        ('search', '0006_index_version_records'),
     ]
 
     operations = [
