@@ -67,7 +67,8 @@ def collection(imported_mini):
     return Collection()
 
 
-def test_a_kept_photo_comes_back_only_with_new_evidence_and_the_queue_says_so(collection, curator_user, tmp_path):
+def test_a_kept_photo_comes_back_only_with_new_evidence_and_the_queue_says_so(collection, curator_user, client,
+                                                                             tmp_path):
     moved, other = collection.moved, collection.other
     first = collection.run(tmp_path)
     queue = open_queue()
@@ -92,6 +93,10 @@ def test_a_kept_photo_comes_back_only_with_new_evidence_and_the_queue_says_so(co
     assert len(open_queue()) == 2 and third.queue["requeued"] == 1
     assert first.pk != requeued.run_id == third.pk
 
+    client.force_login(curator_user)
+    page = client.get(requeued.get_absolute_url()).content.decode()
+    assert "Re-queued on new evidence" in page and "chichen_itza" in page
+    assert "re-queued" in client.get("/curation/").content.decode()
 
 
 def test_a_cluster_decided_elsewhere_is_closed_by_the_next_run(collection, curator_user, tmp_path):
