@@ -18,7 +18,9 @@ from webapp.catalog.models import Image, Landmark
 from webapp.curation import actions, review
 from webapp.curation.decisions import pending, recent_batches
 from webapp.curation.models import LabelChange, NoiseCluster
-from webapp.curation.roles import CURATOR, role_required
+from webapp.curation.roles import ADMIN, CURATOR, has_role, role_required
+from webapp.jobs.forms import PIPELINES, LoopForm
+from webapp.search.models import IndexVersion
 
 ACTIONS = {"accept", "relabel", "not_landmark", "keep", "merge"}
 
@@ -33,7 +35,17 @@ def queue(request):
     page.object_list = review.with_labels(page.object_list)
     return render(request, "curation/queue.html", {
         "page": page, "status": status, "statuses": NoiseCluster.Status.choices,
-        "first": review.next_open(None), "left": review.open_count(), "recent": recent_batches(request.user)})
+        "first": review.next_open(None), "left": review.open_count(), "recent": recent_batches(request.user),
+        "loop_form": _loop_form(request.user)})
+
+
+def _loop_form(user) -> LoopForm | None:
+    """Retrain -> rebuild -> evaluate, for admins; the index pipeline defaults to the active index's."""
+    if not has_role(user, ADMIN):
+        return None
+    active = IndexVersion.objects.filter(is_active=True).first()
+    preset = active.params.get("pipeline") if active else None
+    return LoopForm(prefix="loop", initial={"pipeline": preset} if preset in dict(PIPELINES) else {})
 
 
 @role_required(CURATOR)
