@@ -36,9 +36,8 @@ def test_a_decision_loads_the_next_open_cluster_with_the_count_left(client, queu
     response = client.post(reverse("cluster-apply", args=[colosseum.pk]), {"action": "accept"}, **HTMX)
     html = response.content.decode()
     assert response.status_code == 200 and response["HX-Push-Url"] == petra.get_absolute_url()
-    assert html.startswith('<div id="review-area">') or 'id="review-area"' in html.split("\n", 3)[1]
-    assert "1 image: accept suggestion. 2 open clusters left." in html
-    assert f"Cluster #{petra.pk}" in html and "<!doctype" not in html  # the area alone, the next cluster in it
+    assert '<div id="review-area">' in html and "<!doctype" not in html  # the area alone, swapped in place
+    assert "1 image: accept suggestion. 2 open clusters left." in html and f"Cluster #{petra.pk}" in html
     assert Image.objects.get(pk=colosseum.images.get().pk).landmark.name == "colosseum"
 
     partly = client.post(reverse("cluster-apply", args=[three.pk]), {"action": "keep", "images": ids[:1]}, **HTMX)

@@ -32,11 +32,12 @@ def label_names(clusters) -> dict[int, list[Landmark]]:
 
 
 def with_labels(clusters) -> list[NoiseCluster]:
-    """``clusters`` as a list, each with ``labels``: its photos' current labels (for its suggestion in words)."""
+    """``clusters`` as a list, each with ``labels``: the labels its photos are filed under other than its
+    suggestion (for the suggestion in words: "move these to that")."""
     clusters = list(clusters)
     names = label_names(clusters)
     for cluster in clusters:
-        cluster.labels = names.get(cluster.pk, [])
+        cluster.labels = [lm for lm in names.get(cluster.pk, []) if lm.pk != cluster.target_landmark_id]
     return clusters
 
 

@@ -60,7 +60,8 @@ def _review(request, cluster: NoiseCluster | None, notice: str = "", error: str 
                "recent": recent_batches(request.user)}
     if cluster is not None:
         cards = review.cluster_cards(cluster)
-        context.update(cards=cards, labels=list({c["image"].landmark: None for c in cards if c["image"].landmark}),
+        filed = {c["image"].landmark: None for c in cards if c["image"].landmark}  # in order, once each
+        context.update(cards=cards, labels=[lm for lm in filed if lm.pk != cluster.target_landmark_id],
                        changes=(LabelChange.objects.filter(cluster=cluster).select_related(
                            "image", "old_landmark", "new_landmark", "decided_by", "undone_by")[:100]),
                        after=review.next_open(cluster))
