@@ -18,8 +18,8 @@ class Recipe:
 
 
 RECIPES: dict[str, Recipe] = {
-    "current": Recipe("the product's training as `manage.py train` runs it by default: lite0, ArcFace "
-                      "(s 30, m 0.3), 512 px, 5 epochs, SGD at lr 1e-3, soft augmentation"),
+    "current": Recipe("the default training (the train job's defaults): lite0, ArcFace (s 30, m 0.3), 512 px, "
+                      "5 epochs, SGD at lr 1e-3, soft augmentation"),
 }
 
 

@@ -30,6 +30,7 @@ def test_curate_start_the_loop_and_see_the_new_versions(page, live_server, admin
     page.wait_for_load_state()
     page.locator(".review-card").first.focus()
     page.keyboard.press("Shift+A")
+    page.wait_for_function("document.querySelectorAll('.review-card.selected').length === 3")
     page.keyboard.press("a")
     # Thumbnails are made on first view, beside a worker loading torch on two cores: give it time.
     page.wait_for_selector("text=3 images: accept suggestion. No open clusters left.", timeout=60_000)
