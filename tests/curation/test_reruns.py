@@ -96,7 +96,9 @@ def test_a_kept_photo_comes_back_only_with_new_evidence_and_the_queue_says_so(co
     client.force_login(curator_user)
     page = client.get(requeued.get_absolute_url()).content.decode()
     assert "Re-queued on new evidence" in page and "chichen_itza" in page
-    assert "re-queued" in client.get("/curation/").content.decode()
+    queue_page = client.get("/curation/").content.decode()
+    assert "re-queued: new evidence" in queue_page
+    assert f"run (#{third.pk}," in queue_page and "re-queued 1 decided photo on new evidence" in queue_page
 
 
 def test_a_cluster_decided_elsewhere_is_closed_by_the_next_run(collection, curator_user, tmp_path):

@@ -17,7 +17,7 @@ from django_htmx.http import push_url
 from webapp.catalog.models import Image, Landmark
 from webapp.curation import actions, review
 from webapp.curation.decisions import pending, recent_batches
-from webapp.curation.models import LabelChange, NoiseCluster
+from webapp.curation.models import CleaningRun, LabelChange, NoiseCluster
 from webapp.curation.roles import ADMIN, CURATOR, has_role, role_required
 from webapp.jobs.forms import PIPELINES, LoopForm
 from webapp.search.models import IndexVersion
@@ -36,7 +36,7 @@ def queue(request):
     return render(request, "curation/queue.html", {
         "page": page, "status": status, "statuses": NoiseCluster.Status.choices,
         "first": review.next_open(None), "left": review.open_count(), "recent": recent_batches(request.user),
-        "loop_form": _loop_form(request.user)})
+        "latest_run": CleaningRun.objects.exclude(queue={}).first(), "loop_form": _loop_form(request.user)})
 
 
 def _loop_form(user) -> LoopForm | None:
