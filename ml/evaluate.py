@@ -7,7 +7,8 @@
 embeddings, local features, regions, whitening and DBA, index shards), then runs
 ``ml.pipeline.search_one`` for every query, exactly as the product does, and scores the rankings:
 revisited-Oxford Medium / Hard mAP (percent, trapezoidal AP), Kaggle mAP@100 (positives = easy + hard,
-junk removed), recall@1 / @10, and the time per query and for the database.
+junk removed), recall@1 / @10, recognition GAP (percent; with labels only: each query's landmark is its
+positives' label), and the time per query and for the database.
 With ``use_labels=False`` the ``labels`` entry of gnd.json is never looked at.
 """
 
@@ -25,7 +26,7 @@ from typing import Any
 
 import numpy as np
 
-from ml.metrics import mean_average_precision_at_k, recall_at_k, revisited_map
+from ml.metrics import global_average_precision, mean_average_precision_at_k, recall_at_k, revisited_map
 from ml.models import LandmarkNet
 from ml.pipeline import (
     PipelineConfig,
@@ -36,12 +37,13 @@ from ml.pipeline import (
     search_one,
     with_models,
 )
+from ml.recognize import gap_predictions
 from ml.stages.index_build import build_database, embed_collection
 from ml.weights import shared_models
 
 Progress = Callable[[int, int], None]
 RESULT_KEYS = (
-    "medium", "hard", "map_at_100", "recall_at_1", "recall_at_10", "seconds_per_query",
+    "medium", "hard", "map_at_100", "recall_at_1", "recall_at_10", "gap", "seconds_per_query",
     "database_seconds", "pipeline", "rankings",
 )
 
@@ -236,6 +238,18 @@ def _mkdir(path: Path) -> Path:
     return path
 
 
+def recognition_gap(layout: EvalLayout, results: dict[str, SearchResult]) -> float | None:
+    """Kaggle's GAP (percent) of the recognitions, a query's landmark being its positives' label; None
+    without database labels or without a query that has positives."""
+    if layout.labels is None:
+        return None
+    truth = {q.query_id: {layout.labels[i] for i in q.easy + q.hard if i in layout.labels} for q in layout.queries}
+    if not any(truth.values()):
+        return None
+    recognitions = {qid: r.recognition for qid, r in results.items() if r.recognition is not None}
+    return 100.0 * global_average_precision(gap_predictions(recognitions), truth)
+
+
 def score(
     layout: EvalLayout, results: dict[str, SearchResult], config: PipelineConfig, database_seconds: float
 ) -> dict[str, Any]:
@@ -260,6 +274,7 @@ def score(
         "map_at_100": 100.0 * mean_average_precision_at_k(predictions, solution, 100) if has_positives else None,
         "recall_at_1": 100.0 * recall_at_k(predictions, solution, 1) if has_positives else None,
         "recall_at_10": 100.0 * recall_at_k(predictions, solution, 10) if has_positives else None,
+        "gap": recognition_gap(layout, results),
         "seconds_per_query": float(np.mean(seconds)) if seconds else 0.0,
         "database_seconds": float(database_seconds),
         "pipeline": {"name": config.name, "parameters": asdict(config)},

@@ -1,10 +1,13 @@
 """The three import layouts, built in a test folder from landmarks-mini's real photos."""
 
 import csv
+import json
 import shutil
 from pathlib import Path
 
 from tests.conftest import MINI, mini_landmarks, mini_rows
+
+EVAL_QUERIES = ["2057eb3037d018d4", "0ccf2e2a3f817675", "0a87edf4e12b6e28"]
 
 
 def _copy(image_id: str, dst: Path) -> None:
@@ -54,4 +57,40 @@ def make_folders_layout(root: Path) -> Path:
     names = mini_landmarks()
     for r in mini_rows():
         _copy(r["id"], root / names[r["landmark_id"]] / f"{r['id']}.jpg")
+    return root
+
+
+def make_mini_subset(root: Path, landmark_ids: set[str]) -> Path:
+    """landmarks-mini's own layout (images.csv, landmarks.csv, images/) with only these landmarks' photos."""
+    rows = [r for r in mini_rows() if r["landmark_id"] in landmark_ids]
+    (root / "images").mkdir(parents=True)
+    for name in ("images.csv", "landmarks.csv"):
+        with (MINI / name).open(newline="") as src, (root / name).open("w", newline="") as dst:
+            reader = csv.DictReader(src)
+            writer = csv.DictWriter(dst, reader.fieldnames)
+            writer.writeheader()
+            writer.writerows(r for r in reader if r["landmark_id"] in landmark_ids)
+    for r in rows:
+        _copy(r["id"], root / "images" / f"{r['id']}.jpg")
+    return root
+
+
+def make_eval_layout(root: Path, queries=EVAL_QUERIES, positives_per_query: int = 3, negatives: int = 6) -> Path:
+    """The evaluation layout (images/, gnd.json with labels) of a few landmarks-mini queries, their first
+    positives and a few photos of other landmarks."""
+    gnd = json.loads((MINI / "gnd.json").read_text())
+    labels = gnd["labels"]
+    db: list[str] = []
+    entries = {}
+    for q in queries:
+        pos = gnd["queries"][q]["easy"][:positives_per_query]
+        db += pos
+        entries[q] = {"easy": pos, "hard": [], "junk": []}
+    used = {labels[i] for i in db}
+    db += [i for i in gnd["images"] if labels[i] not in used][:negatives]
+    (root / "images").mkdir(parents=True)
+    for i in db + list(queries):
+        shutil.copyfile(MINI / "images" / f"{i}.jpg", root / "images" / f"{i}.jpg")
+    layout = {"images": db, "queries": entries, "labels": {i: labels[i] for i in db}}
+    (root / "gnd.json").write_text(json.dumps(layout))
     return root

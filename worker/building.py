@@ -1,9 +1,9 @@
 """The build_index job: the product's index build (``ml.stages.index_build``: embed -> local features ->
 regions -> whitening and DBA -> index shards), with the rows it makes recorded as stages of their own
 (the embedding set after embedding, the active index version last). Its settings are resolved once, when
-the job starts (the preset, or a whole ``config``; the model; the images), and written into its work
-folder with the images: every resume and every part reads them back, and the index version records them
-whole."""
+the job starts (the preset, or a whole ``config``; the model; the images; what it is derived from and the
+index it replaces, its parent), and written into its work folder with the images: every resume and every
+part reads them back, and the index version records them whole."""
 
 from __future__ import annotations
 
@@ -22,6 +22,7 @@ from webapp.catalog.labels import labels_of
 from webapp.catalog.models import Image, by_external_ids
 from webapp.jobs.models import Job
 from webapp.search.models import EmbeddingSet, IndexVersion, ModelVersion
+from webapp.search.provenance import datasets_of, derived_from
 from webapp.search.services import (
     active_model_version,
     feature_dir,
@@ -62,7 +63,8 @@ def open_build(job: Job, create: bool = False) -> StagedJob | None:
     stages = index_stages(work, build, labels_of, embed_runtime())
     if build.embed:
         stages.insert(1, RecordEmbeddingSet(job, work, build.pipeline, spec["model_version"], spec["image_filter"]))
-    stages.append(PublishIndex(job, work, {"pipeline": spec["preset"], **build_record(build)}, spec["embedding_set"]))
+    record = {"pipeline": spec["preset"], **build_record(build), "provenance": spec.get("provenance", {})}
+    stages.append(PublishIndex(job, work, record, spec["embedding_set"], spec.get("parent")))
     return StagedJob(work, stages)
 
 
@@ -78,16 +80,18 @@ def plan_build(job: Job) -> dict:
         ids = read_embedding_shards(es.path, lazy=True)[0]
         needs_files = pipeline.uses_local_features or pipeline.uses_dense or pipeline.regional.enabled
         paths = _paths_of(ids, pipeline) if needs_files else [""] * len(ids)
+        datasets = datasets_of(ids)
     else:
         mv = ModelVersion.objects.get(pk=params["model_version"]) if params.get("model_version") else active_model_version()
         pipeline = with_models(base, mv.checkpoint) if mv.checkpoint else base
         if not mv.checkpoint:  # untrained: the pipeline's own packaged models are what embeds
             mv = packaged_model_version("+".join(pipeline.models))
         images = list(Image.objects.filter(split__in=params.get("splits") or DEFAULT_INDEX_SPLITS)
-                      .order_by("pk").only("pk", "external_id", "file", "path"))
+                      .order_by("pk").only("pk", "external_id", "file", "path", "dataset"))
         if not images:
             raise ValueError("no images to index (import a data set first, or check --splits)")
         ids, paths = [im.external_id for im in images], [image_file_path(im) for im in images]
+        datasets = {im.dataset for im in images}
     if params.get("index"):
         pipeline = replace(pipeline, index=config_from(IndexConfig, {**asdict(pipeline.index), **params["index"]}))
     stamp = f"{timezone.now():%Y%m%d-%H%M%S}-{uuid.uuid4().hex[:6]}"
@@ -100,7 +104,9 @@ def plan_build(job: Job) -> dict:
         recall_queries=int(params.get("recall_queries") or RECALL_QUERIES))
     spec = {"build": build.as_dict(), "preset": base.name, "model_version": mv.pk,
             "embedding_set": es.pk if es else None,
-            "image_filter": {"splits": params.get("splits") or DEFAULT_INDEX_SPLITS}}
+            "image_filter": {"splits": params.get("splits") or DEFAULT_INDEX_SPLITS},
+            "provenance": derived_from(datasets, len(ids)),  # the labels its whitening and label steps read
+            "parent": IndexVersion.objects.filter(is_active=True).values_list("pk", flat=True).first()}
     return work_of(job).create(spec, ids, paths)
 
 

@@ -37,7 +37,8 @@ from ml.stages.index_build import DEFAULT_CHUNK
 from ml.stages.verify import VerifyStage
 from ml.weights import PACKAGED_PREFIX
 from webapp.catalog.models import Image, Landmark
-from webapp.curation.models import CleaningRun, NoiseCluster, Verdict
+from webapp.curation.models import CleaningRun, Verdict
+from webapp.curation.reruns import update_queue
 from webapp.jobs.models import Job
 from webapp.search.models import EmbeddingSet
 from webapp.search.services import Embedder, cleaning_embedder, feature_dir, image_file_path
@@ -160,7 +161,7 @@ def conclude(job: Job, embedding_set: int, folder: Path, evidence: CleaningEvide
     thresholds = config_from(Thresholds, spec.get("thresholds") or {})
     verdicts = decide(evidence, labels, thresholds)
     clusters = cluster_suspects(verdicts, evidence, thresholds)
-    run = _store(job, embedding_set, folder, job.params, verdicts, clusters, pks)
+    run = _store(job, embedding_set, folder, job.params, verdicts, clusters, pks, thresholds.verify_thresh)
     if spec.get("report"):
         write_report_csv(verdicts, spec["report"])
     return result_of(run)
@@ -184,35 +185,37 @@ def _cached_evidence(folder: Path, ids: list[str]) -> CleaningEvidence | None:
     return evidence if evidence.ids == ids else None
 
 
-def _store(job, es: int, folder, params, verdicts, clusters, pks: dict[str, int]) -> CleaningRun:
-    """The run with its verdicts and clusters, once per job (a twin chord callback finds it stored)."""
+def _store(job, es: int, folder, params, verdicts, clusters, pks: dict[str, int], verify_thresh: int) -> CleaningRun:
+    """The run with its verdicts, its clusters put in the review queue (``webapp.curation.reruns``), once per
+    job (a twin chord callback finds it stored)."""
     alive = _existing(pks.values())  # an image deleted since the job started gets no verdict
     pks = {i: pk for i, pk in pks.items() if pk in alive}
     verdicts = [v for v in verdicts if v.id in pks]
     landmarks = {lm.external_id: lm for lm in Landmark.objects.all()}
+    label_of = {v.id: v.label for v in verdicts}
     counts = {k: sum(v.verdict == k for v in verdicts) for k in ("keep", "suspect", "drop")}
     with transaction.atomic():
         Job.objects.select_for_update().filter(pk=job.pk).first()  # one writer per job at a time
         run = CleaningRun.objects.filter(job=job).first()
         if run is not None:
             return run
+        CleaningRun.objects.select_for_update().order_by("-pk").first()  # runs update the queue one at a time
         run = CleaningRun.objects.create(embedding_set_id=es, params=params, evidence_path=str(folder), job=job,
                                          stats={**counts, "clusters": len(clusters)})
-        Verdict.objects.bulk_create([
-            Verdict(run=run, image_id=pks[v.id], verdict=v.verdict, label=landmarks.get(v.label),
-                    suggested_landmark=landmarks.get(v.suggested_label) if v.suggested_label else None,
-                    suggest_not_landmark=v.suggested_label == NOT_A_LANDMARK, score=v.score,
-                    evidence={"reason": v.reason, "neighbours": [
-                        {"id": n, "similarity": s, "inliers": (i if i >= 0 else None)}
-                        for n, s, i in zip(v.neighbour_ids, v.similarities, v.inliers, strict=True)]})
-            for v in verdicts], batch_size=500)
-        for c in clusters:
-            target = landmarks.get(c.target_label) if c.target_label not in (None, NOT_A_LANDMARK) else None
-            cluster = NoiseCluster.objects.create(
-                run=run, kind=c.kind, target_landmark=target, suggested_action=c.action[:200],
-                confidence=c.confidence, benefit=c.expected_benefit, size=c.size)
-            cluster.images.set([pks[i] for i in c.image_ids if i in pks])
+        Verdict.objects.bulk_create([_verdict_row(run, v, pks, landmarks, label_of) for v in verdicts], batch_size=500)
+        run.queue = update_queue(run, clusters, pks, landmarks, verify_thresh)
+        run.save(update_fields=["queue"])
     return run
+
+
+def _verdict_row(run: CleaningRun, v, pks: dict[str, int], landmarks: dict, label_of: dict[str, str]) -> Verdict:
+    """A verdict as a row; each neighbour with its label then, so a later run can tell new evidence."""
+    return Verdict(run=run, image_id=pks[v.id], verdict=v.verdict, label=landmarks.get(v.label),
+                   suggested_landmark=landmarks.get(v.suggested_label) if v.suggested_label else None,
+                   suggest_not_landmark=v.suggested_label == NOT_A_LANDMARK, score=v.score,
+                   evidence={"reason": v.reason, "neighbours": [
+                       {"id": n, "label": label_of.get(n), "similarity": s, "inliers": (i if i >= 0 else None)}
+                       for n, s, i in zip(v.neighbour_ids, v.similarities, v.inliers, strict=True)]})
 
 
 def _existing(pks, batch: int = 5000) -> set[int]:

@@ -58,9 +58,11 @@ class PublishIndex(Stage):
     name = "publish"
     title = "publishing"
 
-    def __init__(self, job: Job, work: Work, record: dict, embedding_set: int | None):
-        """``embedding_set``: the set indexed, when it existed before the job (else the one it recorded)."""
+    def __init__(self, job: Job, work: Work, record: dict, embedding_set: int | None, parent: int | None = None):
+        """``embedding_set``: the set indexed, when it existed before the job (else the one it recorded);
+        ``parent``: the index active when the build started, which the new one replaces."""
         self.job, self.work, self.record, self.embedding_set = job, work, record, embedding_set
+        self.parent = parent
 
     def plan(self, folder: StageFolder) -> Plan:
         return Plan([])
@@ -76,6 +78,7 @@ class PublishIndex(Stage):
                 iv = IndexVersion.objects.create(
                     embedding_set_id=es, kind={"exact": "flat"}.get(index["kind"], index["kind"]), path=index["path"],
                     size=index["count"], is_active=True, published_at=timezone.now(), job=self.job,
+                    parent=IndexVersion.objects.filter(pk=self.parent).first() if self.parent else None,
                     recall=index["recall"], recall_queries=index["recall_queries"],
                     params={**self.record, "shards": index["shards"], "shard_size": index["shard_size"],
                             "recall_k": index["recall_k"]})

@@ -21,6 +21,7 @@ from django.db.models.functions import Coalesce
 from django.utils import timezone
 from tqdm import tqdm
 
+from webapp.jobs.chains import advance
 from webapp.jobs.models import Job
 
 log = logging.getLogger(__name__)
@@ -181,5 +182,16 @@ def execute_job(job_id: int, foreground: bool = False, retry: bool = False, hold
     new_log = ctx.take_log()
     if new_log is not None:
         final["log"] = new_log
-    Job.objects.filter(pk=job_id, state=Job.State.RUNNING).update(**final)
-    return Job.objects.get(pk=job_id)
+    recorded = Job.objects.filter(pk=job_id, state=Job.State.RUNNING).update(**final)
+    job = Job.objects.get(pk=job_id)
+    if recorded and job.chain_id and job.state == Job.State.SUCCEEDED:
+        _next_step(job)
+    return job
+
+
+def _next_step(job: Job) -> None:
+    """Start the next step of the job's chain; if that fails here, the watchdog starts it later."""
+    try:
+        advance(job)
+    except Exception:
+        log.exception("job %s succeeded, but the next step of chain %s did not start yet", job.pk, job.chain_id)

@@ -1,4 +1,6 @@
-"""The train job: fine-tune a backbone with a margin head on the labelled images; resumable from its checkpoints."""
+"""The train job: fine-tune a backbone with a margin head on the labelled images; resumable from its checkpoints.
+The model version records what it was derived from (``webapp.search.provenance``, its recipe) and, as its
+parent, the model active when it started: the one it is meant to replace, whose figures it is compared with."""
 
 from __future__ import annotations
 
@@ -14,7 +16,8 @@ from ml.models import ModelConfig
 from ml.train import TrainConfig, step_checkpoints, train
 from webapp.jobs.models import Job
 from webapp.search.models import ModelVersion
-from webapp.search.services import image_file_path
+from webapp.search.provenance import derived_from
+from webapp.search.services import active_model_version, image_file_path
 from worker.params import config_from, images_in
 from worker.runner import JobContext, job_function
 
@@ -22,9 +25,9 @@ from worker.runner import JobContext, job_function
 @job_function(Job.Kind.TRAIN)
 def run_train(job: Job, ctx: JobContext) -> dict:
     params = job.params
+    images = list(images_in(params).filter(landmark__isnull=False).select_related("landmark"))
     records = [{"image_id": im.external_id, "path": image_file_path(im), "landmark_id": im.landmark.external_id,
-                "width": im.width, "height": im.height}
-               for im in images_in(params).filter(landmark__isnull=False).select_related("landmark")]
+                "width": im.width, "height": im.height} for im in images]
     manifest = TrainingManifest.from_records(records, params.get("min_images_per_class", 1))
     if len(manifest) == 0:
         raise ValueError("no labelled images to train on (check --splits)")
@@ -32,10 +35,15 @@ def run_train(job: Job, ctx: JobContext) -> dict:
     name = params.get("name") or f"{model_cfg.backbone}-{model_cfg.head}-{job.pk}"
     out_dir = Path(settings.ARTIFACTS_ROOT) / "models" / name
     train_cfg, resumed = _resumable(job, config_from(TrainConfig, params.get("train", {})), out_dir)
+    earlier = ModelVersion.objects.filter(name=name, job=job).first()  # a resumed job keeps what it recorded
+    parent = earlier.parent if earlier else active_model_version()
+    provenance = earlier.params.get("provenance") if earlier else {
+        **derived_from({im.dataset for im in images}, len(images)), "recipe": params.get("recipe") or "custom"}
     mv, _ = ModelVersion.objects.update_or_create(name=name, defaults={
         "backbone": model_cfg.backbone, "head": model_cfg.head or "", "embedding_dim": model_cfg.embedding_dim,
-        "job": job, "params": {"model": asdict(model_cfg), "train": asdict(train_cfg), "images": len(manifest),
-                               "classes": manifest.num_classes, "finished": False}})
+        "job": job, "parent": parent,
+        "params": {"model": asdict(model_cfg), "train": asdict(train_cfg), "images": len(manifest),
+                   "classes": manifest.num_classes, "finished": False, "provenance": provenance}})
     curve = CurveWriter(mv, upto=resumed)
     if resumed:
         ctx.note(f"resuming {name} from its checkpoint at step {resumed}")

@@ -1,6 +1,7 @@
 """The watchdog: jobs whose worker died (no heartbeat for JOB_STALE_SECONDS) are sent again and resume
 from what they finished; queued jobs whose message never arrived (the broker was down when they were
-started) are sent again too. Runs every minute on the workers' beat, or `manage.py watchdog`."""
+started) are sent again too; a chain whose step succeeded without its next step started (the process died
+in between) goes on. Runs every minute on the workers' beat, or `manage.py watchdog`."""
 
 from __future__ import annotations
 
@@ -11,6 +12,7 @@ from django.conf import settings
 from django.db.models import Q
 from django.utils import timezone
 
+from webapp.jobs.chains import advance_stalled
 from webapp.jobs.models import Job
 from webapp.jobs.services import send_job
 
@@ -18,7 +20,8 @@ log = logging.getLogger(__name__)
 
 
 def recover_jobs(stale_after: float | None = None) -> list[int]:
-    """Send again every stale running job and every long-queued one; return their ids."""
+    """Send again every stale running job and every long-queued one, and start stalled chain steps; return
+    their ids."""
     stale = timedelta(seconds=settings.JOB_STALE_SECONDS if stale_after is None else stale_after)
     cutoff = timezone.now() - stale
     jobs = Job.objects.filter(queued=True).filter(
@@ -36,4 +39,4 @@ def recover_jobs(stale_after: float | None = None) -> list[int]:
         if send_job(job):
             sent.append(job.pk)
             log.warning("job %s: %s", job.pk, note.strip())
-    return sent
+    return sent + advance_stalled()

@@ -18,8 +18,9 @@ from ml.pipeline import PipelineConfig, get_pipeline
 from ml.rerank import LabelRerankConfig, VerificationConfig
 from ml.spatial import LocalFeatureConfig
 from tests.conftest import MINI
+from tests.layouts import EVAL_QUERIES, make_eval_layout
 
-QUERIES = ["2057eb3037d018d4", "0ccf2e2a3f817675", "0a87edf4e12b6e28"]
+QUERIES = EVAL_QUERIES
 
 # Small and fast, but every stage on: verification, verified QE, label re-ranking.
 FAST = replace(
@@ -32,28 +33,9 @@ FAST = replace(
 )
 
 
-def _make_layout(root: Path, queries=QUERIES, positives_per_query: int = 3, negatives: int = 6) -> Path:
-    gnd = json.loads((MINI / "gnd.json").read_text())
-    labels = gnd["labels"]
-    db: list[str] = []
-    entries = {}
-    for q in queries:
-        pos = gnd["queries"][q]["easy"][:positives_per_query]
-        db += pos
-        entries[q] = {"easy": pos, "hard": [], "junk": []}
-    used = {labels[i] for i in db}
-    db += [i for i in gnd["images"] if labels[i] not in used][:negatives]
-    (root / "images").mkdir(parents=True)
-    for i in db + list(queries):
-        shutil.copyfile(MINI / "images" / f"{i}.jpg", root / "images" / f"{i}.jpg")
-    layout = {"images": db, "queries": entries, "labels": {i: labels[i] for i in db}}
-    (root / "gnd.json").write_text(json.dumps(layout))
-    return root
-
-
 @pytest.fixture(scope="module")
 def layout_dir(tmp_path_factory) -> Path:
-    return _make_layout(tmp_path_factory.mktemp("eval") / "mini3")
+    return make_eval_layout(tmp_path_factory.mktemp("eval") / "mini3")
 
 
 @pytest.fixture(scope="module")
@@ -71,6 +53,7 @@ def test_result_has_exactly_the_keys_and_complete_rankings(layout_dir, cache):
     assert result["hard"] is None  # no query has hard positives
     assert 50 <= result["medium"] <= 100 and 0 <= result["map_at_100"] <= 100
     assert result["recall_at_1"] == 100.0
+    assert 0 < result["gap"] <= 100  # recognition against the queries' landmarks (their positives' label)
     assert result["seconds_per_query"] > 0 and result["database_seconds"] > 0
     assert result["pipeline"]["name"] == "fast-test"
     assert result["pipeline"]["parameters"]["verification"]["top_n"] == 6
@@ -91,6 +74,7 @@ def test_no_labels_never_reads_labels(layout_dir, tmp_path, cache):
     (poisoned / "gnd.json").write_text(json.dumps(gnd))
     removed = evaluate(poisoned, FAST, use_labels=True, cache=EvalCache(tmp_path / "g"))
     assert without["rankings"] == removed["rankings"]
+    assert without["gap"] is None and removed["gap"] is None  # no labels, no recognition to score
 
 
 def test_bbx_crop_is_applied_and_queries_folder_comes_first(layout_dir, tmp_path, cache):

@@ -156,7 +156,7 @@ def test_recall_of_an_approximate_index_is_on_the_versions_page(tmp_path, client
     client.force_login(viewer_user)
     html = client.get(reverse("model-list")).content.decode()
     assert f"recall@100 vs exact: {ivf.recall:.2f} (200 sampled queries)" in html
-    assert f"#{exact.pk} Exact (flat inner product)" in html and ">exact</td>" in html
+    assert f"#{exact.pk} Exact (flat inner product)" in html and '<span class="recall">exact</span>' in html
 
 
 @pytest.mark.worker

@@ -10,6 +10,7 @@ from collections.abc import Iterable
 from django.db import transaction
 
 from webapp.catalog.models import CatalogRevision, Image, Landmark
+from webapp.curation.decisions import pending
 from webapp.curation.models import CleaningRun, LabelChange, NoiseCluster, Verdict
 from webapp.curation.roles import CURATOR, require_role
 
@@ -60,10 +61,11 @@ def keep_as_is(images, *, acting_user, reason: str = "", cluster=None) -> list[L
     return changes
 
 
-def accept_suggestions(images, run: CleaningRun, *, acting_user, cluster=None) -> list[LabelChange]:
+def accept_suggestions(images, run: CleaningRun, *, acting_user, cluster=None,
+                       batch: uuid.UUID | None = None) -> list[LabelChange]:
     """Apply each image's suggested label from ``run`` (images without a suggestion are left alone)."""
     require_role(acting_user, CURATOR)
-    batch = uuid.uuid4()
+    batch = batch or uuid.uuid4()
     verdicts = Verdict.objects.filter(run=run, image__in=list(images)).select_related("image", "suggested_landmark")
     changes: list[LabelChange] = []
     with transaction.atomic():
@@ -72,6 +74,19 @@ def accept_suggestions(images, run: CleaningRun, *, acting_user, cluster=None) -
                 changes += set_labels([v.image], v.suggested_landmark, acting_user=acting_user, action=Action.ACCEPT,
                                       reason=f"suggested by cleaning run #{run.pk} (score {v.score:.2f})",
                                       run=run, cluster=cluster, batch=batch)
+    return changes
+
+
+def accept_clusters(clusters: Iterable[NoiseCluster], *, acting_user) -> list[LabelChange]:
+    """Accept the suggestions for the photos left to decide in each cluster, as one batch (one undo)."""
+    require_role(acting_user, CURATOR)
+    batch = uuid.uuid4()
+    changes: list[LabelChange] = []
+    with transaction.atomic():
+        for cluster in clusters:
+            left = pending(cluster.images.values_list("pk", flat=True))
+            changes += accept_suggestions(list(Image.objects.filter(pk__in=left)), cluster.run,
+                                          acting_user=acting_user, cluster=cluster, batch=batch)
     return changes
 
 
@@ -99,8 +114,7 @@ def undo(change: LabelChange, *, acting_user) -> LabelChange | None:
             cleaning_run=change.cleaning_run, cluster=change.cluster, decided_by=acting_user, undoes=change)
         Image.objects.filter(pk=image.pk).update(landmark_id=change.old_landmark_id)
         CatalogRevision.bump()
-        if change.cluster_id:
-            NoiseCluster.objects.filter(pk=change.cluster_id).update(status=NoiseCluster.Status.OPEN)
+        _close_cluster_if_decided(change.cluster)  # reopened, unless an earlier decision still stands
     return reverted
 
 
@@ -125,11 +139,9 @@ def undo_batch(batch: uuid.UUID, *, acting_user) -> list[LabelChange]:
 
 
 def _close_cluster_if_decided(cluster: NoiseCluster | None) -> None:
-    """A cluster is done once every member has a decision that is not undone."""
+    """A cluster is done once no photo in it is left to decide (``decisions.pending``)."""
     if cluster is None:
         return
-    decided = set(LabelChange.objects.filter(cluster=cluster, undone_by__isnull=True)
-                  .exclude(action=Action.UNDO).values_list("image_id", flat=True))
-    members = set(cluster.images.values_list("pk", flat=True))
-    status = NoiseCluster.Status.DONE if members <= decided else NoiseCluster.Status.OPEN
+    left = pending(cluster.images.values_list("pk", flat=True))
+    status = NoiseCluster.Status.OPEN if left else NoiseCluster.Status.DONE
     NoiseCluster.objects.filter(pk=cluster.pk).update(status=status)

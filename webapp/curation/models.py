@@ -15,6 +15,8 @@ class CleaningRun(models.Model):
     params = models.JSONField(default=dict, blank=True)
     evidence_path = models.CharField(max_length=1000, blank=True, help_text="Cached kNN graph and inliers.")
     stats = models.JSONField(default=dict, blank=True)
+    queue = models.JSONField(default=dict, blank=True, help_text="What the run did to the review queue: clusters "
+                             "updated, new and closed, photos re-queued on new evidence (webapp/curation/reruns.py).")
     job = models.ForeignKey("jobs.Job", null=True, blank=True, on_delete=models.SET_NULL)
     created_at = models.DateTimeField(auto_now_add=True)
 
@@ -40,7 +42,11 @@ class Verdict(models.Model):
                                            related_name="+")
     suggest_not_landmark = models.BooleanField(default=False)
     score = models.FloatField(help_text="0 to 1, higher = more likely mislabelled.")
-    evidence = models.JSONField(default=dict, blank=True, help_text="Neighbour ids, similarities, inliers.")
+    evidence = models.JSONField(default=dict, blank=True, help_text="Neighbour ids, labels, similarities, inliers.")
+    reopens = models.ForeignKey("LabelChange", null=True, blank=True, on_delete=models.SET_NULL, related_name="+",
+                                help_text="A curator's decision this verdict puts back in the queue: the photo now "
+                                          "verifies with photos of another landmark it did not verify with when it "
+                                          "was decided (listed in evidence['new_evidence']).")
 
     class Meta:
         ordering = ["-score"]
@@ -55,7 +61,8 @@ class NoiseCluster(models.Model):
 
     class Status(models.TextChoices):
         OPEN = "open"
-        DONE = "done"
+        DONE = "done", "decided"
+        CLEARED = "cleared", "no longer flagged"  # a later run judged its photos and flags them no more
 
     run = models.ForeignKey(CleaningRun, on_delete=models.CASCADE, related_name="clusters")
     kind = models.CharField(max_length=12, choices=Kind.choices)

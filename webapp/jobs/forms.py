@@ -8,8 +8,10 @@ from pathlib import Path
 from django import forms
 from django.conf import settings
 
+from ml.evaluate import LayoutError, read_layout
 from ml.pipeline import DEFAULT_PIPELINE
 from ml.pipeline import PIPELINES as PRESETS
+from ml.recipes import DEFAULT_RECIPE, RECIPES
 from ml.train import few_shot_settings
 from webapp.catalog.models import Image
 from webapp.jobs.models import Job
@@ -106,6 +108,41 @@ class EvaluateForm(forms.Form):
     def params(self) -> dict:
         d = self.cleaned_data
         return {"path": d["path"], "pipeline": d["pipeline"], "use_labels": d["use_labels"]}
+
+
+def evaluation_set(value: str) -> str:
+    """A folder under IMPORT_ROOTS in the evaluation layout (images/, gnd.json), as a resolved path."""
+    path = allowed_path(value)
+    try:
+        read_layout(path)
+    except LayoutError as exc:
+        raise forms.ValidationError(str(exc)) from exc
+    return path
+
+
+class LoopForm(forms.Form):
+    """Retrain -> rebuild the index -> evaluate (``webapp/search/loop.py``)."""
+
+    recipe = forms.ChoiceField(choices=[(name, f"{name}: {r.description}") for name, r in RECIPES.items()],
+                               initial=DEFAULT_RECIPE)
+    evaluation_set = forms.CharField(help_text="A folder in the evaluation layout (images/, gnd.json), e.g. "
+                                               "../shared/data/landmarks-dev/eval.")
+    pipeline = forms.ChoiceField(choices=PIPELINES, initial=DEFAULT_PIPELINE, label="Index pipeline")
+    max_steps = forms.IntegerField(required=False, min_value=1, label="Training steps",
+                                   help_text="Empty: the recipe's epochs.")
+    image_size = forms.IntegerField(required=False, min_value=32, max_value=1024, label="Training image size",
+                                    help_text="Empty: the recipe's.")
+    batch_size = forms.IntegerField(required=False, min_value=1, max_value=1024, label="Training batch size",
+                                    help_text="Empty: the recipe's.")
+
+    def clean_evaluation_set(self):
+        return evaluation_set(self.cleaned_data["evaluation_set"])
+
+    def loop_params(self) -> dict:
+        d = self.cleaned_data
+        train = {k: d[k] for k in ("max_steps", "image_size", "batch_size") if d[k]}
+        return {"recipe": d["recipe"], "evaluation_set": d["evaluation_set"], "pipeline": d["pipeline"],
+                "train": train}
 
 
 FORMS = {f.kind: f for f in (ImportForm, TrainForm, EmbedForm, BuildIndexForm, CleanForm, EvaluateForm)}

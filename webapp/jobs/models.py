@@ -6,6 +6,44 @@ from django.urls import reverse
 from django.utils import timezone
 
 
+class JobChain(models.Model):
+    """Jobs that run in turn (``webapp/jobs/chains.py``): each step starts when the one before it succeeded,
+    taking what that one made from its result; a step that fails or is cancelled stops the chain there."""
+
+    title = models.CharField(max_length=200)
+    steps = models.JSONField(help_text='[{"kind", "params", "takes": {param: key of the previous result}}]')
+    created_by = models.ForeignKey(settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL,
+                                   related_name="+")
+    created_at = models.DateTimeField(auto_now_add=True, db_index=True)
+
+    class Meta:
+        ordering = ["-created_at", "-id"]
+
+    def __str__(self) -> str:
+        return f"{self.title} (#{self.pk})"
+
+    def current_jobs(self) -> list:
+        """The latest job of each step started so far (a retry replaces the job it retries), in step order."""
+        latest: dict[int, Job] = {}
+        for job in self.jobs.order_by("chain_step", "created_at", "id"):
+            latest[job.chain_step] = job
+        return [latest[step] for step in sorted(latest)]
+
+    def status(self) -> tuple[str, str]:
+        """(state, sentence): running, succeeded, or stopped, and why it stopped."""
+        jobs = self.current_jobs()
+        last = jobs[-1] if jobs else None
+        if last is None:
+            return "stopped", "no job was started"
+        step = f"step {last.chain_step + 1} of {len(self.steps)} ({last.get_kind_display()}, job #{last.pk})"
+        if last.state in (Job.State.FAILED, Job.State.CANCELLED):
+            why = f": {last.error_line}" if last.error_line else ""
+            return "stopped", f"stopped at {step}: {last.state}{why}"
+        if last.state == Job.State.SUCCEEDED and last.chain_step == len(self.steps) - 1:
+            return "succeeded", f"all {len(self.steps)} steps succeeded"
+        return "running", f"at {step}: {last.state}"
+
+
 class Job(models.Model):
     class Kind(models.TextChoices):
         IMPORT = "import_dataset", "Import data set"
@@ -41,6 +79,8 @@ class Job(models.Model):
     )
     queued = models.BooleanField(default=False, help_text="Run by a worker rather than in the foreground.")
     worker = models.CharField(max_length=200, blank=True, help_text="Host and process that ran it.")
+    chain = models.ForeignKey(JobChain, null=True, blank=True, on_delete=models.SET_NULL, related_name="jobs")
+    chain_step = models.PositiveSmallIntegerField(null=True, blank=True, help_text="Its step in the chain, from 0.")
     created_at = models.DateTimeField(auto_now_add=True, db_index=True)
     started_at = models.DateTimeField(null=True, blank=True)
     finished_at = models.DateTimeField(null=True, blank=True)

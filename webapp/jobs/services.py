@@ -16,9 +16,11 @@ RUN_JOB_TASK = "worker.run_job"
 QUEUES = {Job.Kind.TRAIN: "gpu", Job.Kind.EMBED: "gpu"}
 
 
-def create_job(kind: str, params: dict | None = None, user=None, queued: bool = False) -> Job:
+def create_job(kind: str, params: dict | None = None, user=None, queued: bool = False, chain=None,
+               step: int | None = None) -> Job:
+    """``chain``, ``step``: the job is that step of a JobChain (``webapp/jobs/chains.py``)."""
     return Job.objects.create(kind=kind, params=params or {}, created_by=user if user and user.pk else None,
-                              queued=queued)
+                              queued=queued, chain=chain, chain_step=step)
 
 
 def enqueue(job: Job) -> None:
@@ -41,9 +43,9 @@ def send_job(job: Job) -> bool:
     return True
 
 
-def start_job(kind: str, params: dict | None = None, user=None) -> Job:
+def start_job(kind: str, params: dict | None = None, user=None, chain=None, step: int | None = None) -> Job:
     with transaction.atomic():
-        job = create_job(kind, params, user, queued=True)
+        job = create_job(kind, params, user, queued=True, chain=chain, step=step)
         enqueue(job)
     return job
 
@@ -60,7 +62,8 @@ class NotRetryable(ValueError):
 
 
 def retry_job(job: Job, user=None) -> Job:
-    """Start a new job with the same kind and parameters as a failed or cancelled one."""
+    """Start a new job with the same kind and parameters as a failed or cancelled one (the same step of its
+    chain: the chain goes on from it)."""
     if not job.can_retry:
         raise NotRetryable(f"job #{job.pk} is {job.state}: only a failed or cancelled job can be retried")
-    return start_job(job.kind, job.params, user or job.created_by)
+    return start_job(job.kind, job.params, user or job.created_by, chain=job.chain, step=job.chain_step)

@@ -20,7 +20,7 @@ def job_list(request):
 
 
 def job_detail(request, pk: int):
-    job = get_object_or_404(Job.objects.select_related("created_by"), pk=pk)
+    job = get_object_or_404(Job.objects.select_related("created_by", "chain"), pk=pk)
     template = "jobs/_job_status.html" if request.htmx else "jobs/job_detail.html"
     return render(request, template, {"job": job})
 

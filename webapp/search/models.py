@@ -11,7 +11,8 @@ class ModelVersion(models.Model):
     head = models.CharField(max_length=30, blank=True, help_text="Training head (arcface, cosface, ...).")
     embedding_dim = models.PositiveIntegerField(default=512)
     checkpoint = models.CharField(max_length=1000, blank=True, help_text="Checkpoint path; empty = packaged weights.")
-    parent = models.ForeignKey("self", null=True, blank=True, on_delete=models.SET_NULL)
+    parent = models.ForeignKey("self", null=True, blank=True, on_delete=models.SET_NULL,
+                               help_text="The model active when this one was trained: the one it replaces.")
     params = models.JSONField(default=dict, blank=True)
     metrics = models.JSONField(default=dict, blank=True, help_text="Per-step curves: loss, accuracy, lr.")
     pinned = models.BooleanField(default=False, help_text="Chosen as the active model (a rollback); "
@@ -63,6 +64,8 @@ class IndexVersion(models.Model):
                                "search against exact search, measured when built; null for exact ones.")
     recall_queries = models.PositiveIntegerField(null=True, blank=True,
                                                  help_text="Database vectors used as queries to measure recall.")
+    parent = models.ForeignKey("self", null=True, blank=True, on_delete=models.SET_NULL, related_name="+",
+                               help_text="The index active when this one was built: the one it replaces.")
 
     class Meta:
         ordering = ["-created_at", "-id"]
@@ -99,6 +102,25 @@ class IndexVersion(models.Model):
             return "recall not measured"
         k = self.params.get("recall_k") or 100
         return f"recall@{k} vs exact: {self.recall:.2f} ({self.recall_queries} sampled queries)"
+
+
+class Evaluation(models.Model):
+    """An index version's pipeline, as it records it (models included), evaluated on a data set in the
+    evaluation layout (``ml.evaluate``), with labels and without: what the versions page compares."""
+
+    index_version = models.ForeignKey(IndexVersion, on_delete=models.CASCADE, related_name="evaluations")
+    dataset = models.CharField(max_length=1000, help_text="The evaluation set's folder (resolved path).")
+    figures = models.JSONField(default=dict, help_text="Percent: map and gap and recall_at_1 with labels, "
+                               "map_no_labels without; queries, database images.")
+    job = models.ForeignKey("jobs.Job", null=True, blank=True, on_delete=models.SET_NULL)
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        ordering = ["-created_at", "-id"]
+        constraints = [models.UniqueConstraint(fields=["index_version", "dataset"], name="one_evaluation_per_set")]
+
+    def __str__(self) -> str:
+        return f"Index #{self.index_version_id} on {self.dataset}"
 
 
 class SearchQuery(models.Model):

@@ -78,6 +78,7 @@ def summary(result: dict, dataset: Path, labels: bool) -> str:
         ("mAP@100", fmt(result["map_at_100"])),
         ("recall@1", fmt(result["recall_at_1"], 1)),
         ("recall@10", fmt(result["recall_at_10"], 1)),
+        ("GAP", fmt(result["gap"])),
         ("s / query", fmt(result["seconds_per_query"], 3)),
         ("database s", fmt(result["database_seconds"], 1)),
     ]
