@@ -29,6 +29,7 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
+from ml.calibration import ConfidenceConfig, ScoreConfig, monotone
 from ml.configs import from_dict
 from ml.dense_matching import (
     DenseCacheFill,
@@ -82,7 +83,7 @@ from ml.spatial import (
     verify_many,
 )
 from ml.weights import load_model
-from ml.whitening import Whitening, WhiteningConfig
+from ml.whitening import AdaptationConfig, Whitening, WhiteningConfig
 
 Progress = Callable[[int, int], None]
 FULL_RANKING_UP_TO = 10_000  # databases up to this size are ranked completely, larger ones to SHORTLIST
@@ -101,6 +102,7 @@ class PipelineConfig:
     scales: tuple[float, ...] = (1.0,)
     flip: bool = False  # also embed the mirrored image (K5's TTA, reference B.2)
     whitening: WhiteningConfig = field(default_factory=WhiteningConfig)  # learned from labels, when known
+    adaptation: AdaptationConfig = field(default_factory=AdaptationConfig)  # learned from verified pairs
     dba: ExpansionConfig = field(default_factory=ExpansionConfig)
     qe: ExpansionConfig = field(default_factory=ExpansionConfig)
     regional: RegionalConfig = field(default_factory=RegionalConfig)  # re-score the shortlist by regions
@@ -112,11 +114,15 @@ class PipelineConfig:
     label_rerank: LabelRerankConfig = field(default_factory=LabelRerankConfig)
     bridged: BridgedConfig = field(default_factory=BridgedConfig)
     recognition: RecognitionConfig = field(default_factory=RecognitionConfig)
+    scores: ScoreConfig = field(default_factory=ScoreConfig)  # what a result's score means, and the order
     index: IndexConfig = field(default_factory=IndexConfig)
 
     def __post_init__(self) -> None:
         if self.regional.enabled and self.whitening.method != "none":
-            raise ValueError(f"pipeline {self.name}: regional re-scoring does not support learned whitening yet")
+            raise ValueError(f"pipeline {self.name}: regional re-scoring does not support whitening learned from "
+                             "labels yet (adaptation, learned from verified pairs, whitens regions too)")
+        if self.adaptation.enabled and self.whitening.method != "none":
+            raise ValueError(f"pipeline {self.name}: choose one learned whitening: from labels or from verified pairs")
 
     def embed_config(self, runtime: Mapping[str, Any] | None = None) -> EmbedConfig:
         """How to embed for this pipeline; ``runtime`` (batch size, decode workers, device) is this
@@ -154,10 +160,10 @@ VERIFY_TOP50 = VerificationConfig(top_n=50, min_inliers=15, mode="fused", weight
 LABEL_STEPS = {
     "label_vote": LabelVoteConfig(k=1),
     "label_rerank": LabelRerankConfig(method="discriminative", threshold=0.0),
-    # "No landmark" below 0.25: an answer needs spatial verification or cos >= 0.75 to its nearest image
-    # (evidence (2 cos - 1) / 2); lite2-ms puts unrelated photos at cos up to ~0.73 (docs/benchmarks-archive.md).
-    "recognition": RecognitionConfig(vote=LabelVoteConfig(k=1), threshold=0.25),
 }
+# Uncalibrated recognition: "no landmark" below 0.25 of noisy-OR evidence: an answer needs spatial
+# verification or cos >= 0.75 to its nearest image (evidence (2 cos - 1) / 2).
+NOISY_OR_RECOGNITION = RecognitionConfig(vote=LabelVoteConfig(k=1), threshold=0.25)
 LITE2_MS = {"models": ("tf_efficientnet_lite2",), "scales": MULTI_SCALE}
 # R-MAC regions at 3 levels (about 21 per photo), compared pair by pair: global-only mAP 61.8 -> 67.0 on
 # landmarks-mini (docs/benchmarks-archive.md); the shortlist is as deep as SuperGlobal's re-ranking (400).
@@ -168,8 +174,9 @@ REGIONS_TOP400 = RegionalConfig(levels=3, shortlist=400)
 DENSE_TOP50 = DenseMatchConfig(top_n=50, min_inliers=20, inlier_cap=60, weight=1.0)
 
 # The presets a user chooses between, each with its cost and quality (landmarks-mini, 2 CPU cores,
-# docs/benchmarks.md). Variants tried on the way live with the benchmarks that compare them
-# (bench/pipelines.py). A preset only seeds a new build: an index records the whole config it was built
+# docs/benchmarks.md), and its scores calibrated on 3 folds of landmarks-dev/train (bench/calibrate.py
+# --fit): a score and a confidence are probabilities; "no landmark" below 0.5. Variants tried on the way
+# live with the benchmarks that compare them (bench/pipelines.py). A preset only seeds a new build: an index records the whole config it was built
 # with, and is searched with that record, whatever the preset says later.
 DEFAULT = _preset(
     # flip: every photo also embedded mirrored (the 2021 5th place's TTA, reference B.2), the views' power
@@ -178,7 +185,12 @@ DEFAULT = _preset(
     "re-scoring, query expansion, RootSIFT and dense verification of the top 50; with labels, 1-NN label "
     "vote and label-aware re-ranking (landmarks-mini mAP 73.2 without labels, 85.7 with)",
     flip=True, qe=ExpansionConfig(k=2), verification=VERIFY_TOP50, dense=DENSE_TOP50, regional=REGIONS_TOP400,
-    **LITE2_MS, **LABEL_STEPS)
+    **LITE2_MS, **LABEL_STEPS,
+    # Calibrated on 3 folds of landmarks-dev/train (bench/calibrate.py --fit; reliability on the sets never
+    # used to fit in docs/benchmarks.md). The confidence is P(landmark right); "no landmark" below 0.5.
+    recognition=RecognitionConfig(vote=LabelVoteConfig(k=1), threshold=0.5, calibration=ConfidenceConfig(
+        evidence_weight=2.786, runner_up_weight=0.0, share_weight=4.137, nearest_weight=0.0, bias=-3.204)),
+    scores=ScoreConfig(fused_weight=1.655, label_weight=5.76, bias=-5.551, rank=True))
 PIPELINES: dict[str, PipelineConfig] = {
     p.name: p
     for p in [
@@ -190,10 +202,21 @@ PIPELINES: dict[str, PipelineConfig] = {
                 "top 20; with labels, 1-NN label vote (landmarks-mini mAP 56.2 without labels, 65.8 with)",
                 models=("tf_efficientnet_lite0",), image_size=384,
                 verification=VerificationConfig(top_n=20, min_inliers=10, mode="fused", weight=1.0),
-                local_features=LocalFeatureConfig(max_side=512, max_keypoints=500), **LABEL_STEPS),
+                local_features=LocalFeatureConfig(max_side=512, max_keypoints=500), **LABEL_STEPS,
+                recognition=RecognitionConfig(vote=LabelVoteConfig(k=1), threshold=0.5, calibration=ConfidenceConfig(
+                    evidence_weight=4.747, runner_up_weight=0.0, share_weight=3.903, nearest_weight=0.0,
+                    bias=-2.905)),
+                # Adapted to the collection: landmarks-dev/train folds 50.7/51.8/58.7 -> 54.3/57.3/63.4 mAP
+                # without labels (bench/bench_adaptation.py --confirm 10 15 0.1 --pipeline web-fast).
+                adaptation=AdaptationConfig(neighbours=10, min_inliers=15, shrinkage=0.1),
+                scores=ScoreConfig(fused_weight=1.166, label_weight=5.996, bias=-4.94, rank=True)),
         _preset("baseline", "the reference to measure gains against, ~0.1 s a query: off-the-shelf lite0 "
                 "(ImageNet), GeM, 512 px, no re-ranking (landmarks-mini mAP 53.6)",
-                models=("tf_efficientnet_lite0",)),
+                models=("tf_efficientnet_lite0",),
+                recognition=RecognitionConfig(threshold=0.5, calibration=ConfidenceConfig(
+                    evidence_weight=3.948, runner_up_weight=-0.668, share_weight=1.709, nearest_weight=1.714,
+                    bias=-4.85)),
+                scores=ScoreConfig(fused_weight=3.746, label_weight=0.0, bias=-5.205)),
     ]
 }
 DEFAULT_PIPELINE = "default"
@@ -351,15 +374,14 @@ class Hit:
     """One ranked database image."""
 
     image_id: str
-    score: float  # the ranking score (global similarity, + inlier bonus when verified)
+    score: float  # the probability that it shows the query's place, in [0, 1] (ml.calibration.ScoreConfig)
     global_score: float  # cosine similarity of the query to the (DBA'd) database descriptor
-    inliers: int  # spatially verified inliers; 0 = not verified or nothing consistent
+    inliers: int  # spatially verified inliers (RootSIFT); 0 = not verified or nothing consistent
     verification: Verification | None = None  # inlier correspondences, original-image pixels
     dense_inliers: int = 0  # inliers of dense matching on the backbone's feature maps; 0 = not matched
-
-    @property
-    def verified(self) -> bool:
-        return self.verification is not None
+    fused: float = 0.0  # its ranking evidence: global or region similarity + the verification bonuses
+    agrees: float = 0.0  # the query's recognition confidence when it shows the recognised landmark, else 0
+    verified: bool = False  # enough inliers to count as the same place (RootSIFT or dense), not chance ones
 
 
 @dataclass
@@ -452,8 +474,12 @@ def search_one(
             qvec = qregions[0]
         else:
             qvec = embed_query(models, source, pipeline)
-    if database.whitening is not None:
-        qvec = database.whitening.apply(qvec)
+    if database.whitening is not None:  # the database was whitened (from labels, or adapted): the query too
+        if qregions is not None:
+            qregions = database.whitening.apply_regions(qregions)
+            qvec = qregions[0]
+        else:
+            qvec = database.whitening.apply(qvec)
     timings["embed"] = time.perf_counter() - t
     qdense = tap.features if tap is not None else None
     if wants_dense and qdense is None:
@@ -526,17 +552,45 @@ def rank(
         t = time.perf_counter()
         recognition = _recognize_and_rerank(database, state, qvec)
         timings["labels"] = time.perf_counter() - t
+    fused = _with_dense_bonus(pipeline, state)
+    fused = fuse_inliers(fused, state.inliers, vcfg) if vcfg.top_n else fused
+    agrees = _label_agreement(database, state, recognition)
+    scores = pipeline.scores.probability(fused, agrees)
+    if pipeline.scores.rank:  # the score is the ranking key
+        order = np.argsort(-scores, kind="stable")
+        state.reorder(order)
+        fused, agrees, scores = fused[order], agrees[order], scores[order]
+    else:  # the pipeline's own order: shown monotone
+        scores = monotone(scores)
     top = state.positions[:depth]
-    scores = _with_dense_bonus(pipeline, state)[:depth]
-    fused = fuse_inliers(scores, state.inliers[:depth], vcfg) if vcfg.top_n else scores
     # The global score shown is the similarity to the query itself, not to its expanded version.
     direct = np.asarray(index.vectors[np.sort(top)], dtype=np.float32) @ qvec if len(top) else np.zeros(0)
     direct = dict(zip(np.sort(top).tolist(), direct.tolist(), strict=True))
     hits = [
-        Hit(index.ids[p], float(f), float(direct[int(p)]), int(n), state.checks.get(int(p)), int(d))
-        for p, f, n, d in zip(top, fused, state.inliers[:depth], state.dense[:depth], strict=True)
+        Hit(index.ids[p], float(scores[r]), float(direct[int(p)]), int(state.inliers[r]), state.checks.get(int(p)),
+            int(state.dense[r]), float(fused[r]), float(agrees[r]), _verified(pipeline, state, r))
+        for r, p in enumerate(top)
     ]
     return SearchResult(hits, recognition, timings)
+
+
+def _label_agreement(database: SearchDatabase, state: _Ranking, recognition: Recognition | None) -> np.ndarray:
+    """Per ranked photo: the recognition's confidence where its label is the best candidate landmark, else
+    0 (all 0 without labels)."""
+    agrees = np.zeros(len(state.positions))
+    if recognition is None or not recognition.candidates:
+        return agrees
+    best, confidence = recognition.candidates[0]
+    labels = database.labels
+    same = np.fromiter((labels[p] == best for p in state.positions.tolist()), bool, len(state.positions))
+    agrees[same] = confidence
+    return agrees
+
+
+def _verified(pipeline: PipelineConfig, state: _Ranking, r: int) -> bool:
+    """Enough inliers to be the same place: a handful of chance matches is not a verification."""
+    return bool(state.inliers[r] >= pipeline.verification.min_inliers
+                or (pipeline.uses_dense and state.dense[r] >= pipeline.dense.min_inliers))
 
 
 def _expansion(

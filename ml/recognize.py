@@ -8,6 +8,12 @@ e_i = vote_i / 2 (vote_i without verification): 1 - prod(1 - e_i). One fully ver
 photo gives 1; a landmark with one database photo is not penalised for having only one; agreeing
 neighbours add up.
 
+With a ``calibration`` (``ml.calibration.ConfidenceConfig``, fitted on held-out queries by
+``bench/calibrate.py``) the confidence is instead the probability that the landmark is right, from that
+evidence, the runner-up's, the share of the nearest photos showing the landmark, and whether the nearest
+one does: a photo whose three nearest photos all show the Colosseum is recognised even when none of them
+verifies.
+
 A photo that matches nothing (a cat, a coffee cup) gets low global similarities and no verified
 neighbour, so its confidence stays below ``threshold`` and the answer is "no landmark"
 (``landmark_id = None``); its best candidates are still listed.
@@ -20,6 +26,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from ml.calibration import ConfidenceConfig
 from ml.rerank import LabelVoteConfig, predict_labels
 
 
@@ -31,6 +38,8 @@ class RecognitionConfig:
     # or a nearest image at cos >= 0.75 (evidence (2 cos - 1) / 2). Calibrated on landmarks-mini against
     # scikit-image's non-landmark photos (docs/benchmarks.md); another model needs its own calibration.
     threshold: float = 0.25
+    calibration: ConfidenceConfig | None = None  # None: the noisy-OR evidence is the confidence
+    share_of: int = 5  # the nearest photos whose labels the calibration counts
 
 
 @dataclass
@@ -38,6 +47,9 @@ class Recognition:
     landmark_id: Hashable | None  # None = no landmark
     confidence: float  # of the best candidate, in [0, 1]
     candidates: list[tuple[Hashable, float]]  # best first, confidences on the same scale
+    # Per candidate, the evidence a calibration weighs: (its vote evidence, the best other candidate's,
+    # the share of the nearest photos showing it, whether the nearest photo shows it).
+    evidence: dict[Hashable, tuple[float, float, float, bool]] = field(default_factory=dict)
 
     @property
     def is_landmark(self) -> bool:
@@ -53,11 +65,20 @@ def recognize(
     """Recognise from the ranked neighbours: their labels, global similarities and inliers (or None)."""
     cfg = cfg or RecognitionConfig()
     vote = predict_labels(neighbour_labels, sims, inliers, cfg.vote)
-    # Candidates in vote order (A.7), each with its calibrated (noisy-OR) confidence.
-    candidates = [(lab, vote.confidence_of(lab)) for lab, _ in vote.ranked[: cfg.top_n]]
+    # Candidates in vote order (A.7), each with its confidence (noisy-OR evidence, or calibrated from it).
+    voted = [(lab, vote.confidence_of(lab)) for lab, _ in vote.ranked[: cfg.top_n]]
+    nearest = list(neighbour_labels[: cfg.share_of])
+    evidence = {lab: (conf, max((c for other, c in voted if other != lab), default=0.0),
+                      sum(n == lab for n in nearest) / max(len(nearest), 1), bool(nearest) and nearest[0] == lab)
+                for lab, conf in voted}
+    if cfg.calibration is None:
+        candidates = voted
+    else:
+        candidates = sorted(((lab, cfg.calibration.probability(*evidence[lab])) for lab, _ in voted),
+                            key=lambda kv: -kv[1])
     best = candidates[0] if candidates else (None, 0.0)
     landmark = best[0] if best[1] >= cfg.threshold else None
-    return Recognition(landmark, best[1], candidates)
+    return Recognition(landmark, best[1], candidates, evidence)
 
 
 def gap_predictions(results: dict[Hashable, Recognition]) -> dict[Hashable, tuple[Hashable, float] | None]:

@@ -42,6 +42,22 @@ class WhiteningConfig:
 
 
 @dataclass
+class AdaptationConfig:
+    """Whitening learned from the collection itself, no labels needed: each photo's ``neighbours`` nearest
+    photos are spatially verified (RootSIFT), the pairs with at least ``min_inliers`` show the same place,
+    and Lw is learned from them, for the global and the region descriptors alike."""
+
+    neighbours: int = 0  # nearest neighbours of each photo checked; 0 = no adaptation
+    min_inliers: int = 15
+    shrinkage: float = 0.1
+    min_pairs: int = 20  # fewer verified pairs: too little to learn from, the vectors stay as they are
+
+    @property
+    def enabled(self) -> bool:
+        return self.neighbours > 0
+
+
+@dataclass
 class Whitening:
     """x -> normalise((x - mean) @ projection)."""
 
@@ -54,6 +70,15 @@ class Whitening:
         out = (np.atleast_2d(x) - self.mean) @ self.projection
         out /= np.maximum(np.linalg.norm(out, axis=1, keepdims=True), 1e-12)
         return out[0] if single else out
+
+    def apply_regions(self, regions: np.ndarray) -> np.ndarray:
+        """(..., R, D) region descriptors whitened alike; all-zero rows (padding) stay zero."""
+        x = np.asarray(regions, dtype=np.float32)
+        flat = x.reshape(-1, x.shape[-1])
+        padding = ~flat.any(axis=1)
+        out = self.apply(flat)
+        out[padding] = 0.0
+        return out.reshape(x.shape[:-1] + (out.shape[-1],))
 
     def save(self, directory: str | os.PathLike) -> Path:
         path = Path(directory) / FILE_NAME
@@ -86,14 +111,20 @@ def learn_whitening(
     """Lw from labelled database descriptors; None when the config says none or there are too few pairs."""
     if config.method == "none":
         return None
+    return whitening_from_pairs(vectors, same_label_pairs(labels), config.shrinkage, config.min_pairs)
+
+
+def whitening_from_pairs(vectors: np.ndarray, pairs: np.ndarray, shrinkage: float, min_pairs: int) -> Whitening | None:
+    """Lw from (P, 2) pairs of rows of ``vectors`` known to show the same place (same label, or spatially
+    verified); None with fewer than ``min_pairs``."""
     x = np.asarray(vectors, dtype=np.float64)
-    pairs = same_label_pairs(labels)
-    if len(pairs) < config.min_pairs:
+    pairs = np.asarray(pairs, dtype=np.int64).reshape(-1, 2)
+    if len(pairs) < min_pairs:
         return None
     mean = x.mean(axis=0)
     diffs = x[pairs[:, 0]] - x[pairs[:, 1]]
     intra = diffs.T @ diffs / len(diffs)
-    intra += config.shrinkage * np.trace(intra) / len(intra) * np.eye(len(intra))
+    intra += shrinkage * np.trace(intra) / len(intra) * np.eye(len(intra))
     eigval, eigvec = np.linalg.eigh(intra)
     whiten = eigvec / np.sqrt(np.maximum(eigval, 1e-12))  # x @ whiten = intra^-1/2, rotated
     z = (x - mean) @ whiten

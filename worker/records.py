@@ -70,6 +70,7 @@ class PublishIndex(Stage):
     def join(self, folder: StageFolder, plan: Plan) -> dict:
         index = self.work.stage("index").joined()
         es = self.embedding_set or self.work.stage(RecordEmbeddingSet.name).joined()["embedding_set"]
+        adapted = self.work.stage("adapt").joined()  # None when the pipeline does not adapt
         with transaction.atomic():
             Job.objects.select_for_update().filter(pk=self.job.pk).first()  # one publisher per job at a time
             iv = IndexVersion.objects.filter(job=self.job).first()
@@ -81,5 +82,5 @@ class PublishIndex(Stage):
                     parent=IndexVersion.objects.filter(pk=self.parent).first() if self.parent else None,
                     recall=index["recall"], recall_queries=index["recall_queries"],
                     params={**self.record, "shards": index["shards"], "shard_size": index["shard_size"],
-                            "recall_k": index["recall_k"]})
+                            "recall_k": index["recall_k"], "adaptation": adapted})
         return {"index_version": iv.pk}

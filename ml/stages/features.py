@@ -34,9 +34,10 @@ class LocalFeatureStage(Stage):
 
     @classmethod
     def for_pipeline(cls, work: Work, pipeline: PipelineConfig, feature_dir: str, chunk_size: int) -> LocalFeatureStage:
-        """The caches searches with ``pipeline`` read (``ml.pipeline.feature_cache_keys``)."""
+        """The caches searches with ``pipeline`` read (``ml.pipeline.feature_cache_keys``), and the RootSIFT
+        its adaptation verifies with."""
         dense = DenseSource(pipeline.dense, pipeline.models[0], pipeline.image_size) if pipeline.uses_dense else None
-        sift = pipeline.local_features if pipeline.uses_local_features else None
+        sift = pipeline.local_features if pipeline.uses_local_features or pipeline.adaptation.enabled else None
         return cls(work, feature_dir, sift, dense, chunk_size)
 
     def queue_of(self, plan: Plan) -> str:

@@ -3,8 +3,8 @@ on the workers and ``evaluate`` runs in one process, so what is measured is what
 
     embed -> local features -> regions -> global post-processing -> index shards
 
-(embed is left out when the vectors come from an existing embedding set; local features and regions when
-the pipeline does not use them). ``open_database`` (``ml.pipeline``) then opens what they made."""
+(embed is left out when the vectors come from an existing embedding set; local features, adaptation and
+regions when the pipeline does not use them; adaptation comes after the local features it verifies with). ``open_database`` (``ml.pipeline``) then opens what they made."""
 
 from __future__ import annotations
 
@@ -16,6 +16,8 @@ from pathlib import Path
 from ml.configs import from_dict
 from ml.index import RECALL_QUERIES
 from ml.pipeline import PipelineConfig, SearchDatabase, feature_cache_keys, open_database
+from ml.regional import FILE_NAME as REGIONS_FILE
+from ml.stages.adapt import AdaptStage
 from ml.stages.embed import EmbedStage, region_grid
 from ml.stages.features import LocalFeatureStage
 from ml.stages.postprocess import VECTORS, GlobalStage, Labels
@@ -26,6 +28,7 @@ from ml.weights import weights_digest
 
 DEFAULT_CHUNK = 512  # images per embedding, feature and region part
 DEFAULT_SHARD = 250_000  # vectors per index shard
+DEFAULT_CHUNK_PAIRS = 2000  # pairs per adaptation part
 
 
 @dataclass
@@ -39,6 +42,7 @@ class BuildSpec:
     embed: bool = True  # False: ``embeddings`` exists already (a build from an embedding set)
     set_grid: dict | None = None  # an existing set's region grid, when its folder does not record it
     chunk_size: int = DEFAULT_CHUNK
+    chunk_pairs: int = DEFAULT_CHUNK_PAIRS  # pairs per adaptation part
     shard_size: int = DEFAULT_SHARD
     recall_queries: int = RECALL_QUERIES
     runtime: dict | None = None  # how to embed (batch size, decode workers): never what the vectors are
@@ -71,11 +75,15 @@ def index_stages(work: Work, spec: BuildSpec, labels: Labels | None = None, runt
     stages: list[Stage] = []
     if spec.embed:
         stages.append(EmbedStage(work, p, spec.embeddings, spec.feature_dir, spec.chunk_size, how))
-    if p.uses_local_features or p.uses_dense:
+    if p.uses_local_features or p.uses_dense or p.adaptation.enabled:
         stages.append(LocalFeatureStage.for_pipeline(work, p, spec.feature_dir, spec.chunk_size))
+    if p.adaptation.enabled:
+        stages.append(AdaptStage(p, spec.embeddings, spec.feature_dir, staging, spec.chunk_pairs))
+    regions = None
     if p.regional.enabled:
-        stages.append(RegionStage(work, p, spec.embeddings, staging, spec.chunk_size, how, spec.set_grid))
-    stages.append(GlobalStage(p, spec.embeddings, staging, labels))
+        stages.append(RegionStage(work, p, spec.embeddings, spec.chunk_size, how, spec.set_grid))
+        regions = work.path / RegionStage.name / REGIONS_FILE
+    stages.append(GlobalStage(p, spec.embeddings, staging, labels, regions))
     stages.append(IndexStage(p.index, spec.embeddings, work.path / GlobalStage.name / VECTORS, staging,
                              spec.index_dir, spec.shard_size, spec.recall_queries))
     return stages

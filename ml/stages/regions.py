@@ -1,6 +1,6 @@
-"""The region stage: the (N, R, D) R-MAC region descriptors a pipeline re-scores its shortlist with, in the
-index folder. The embedding set's own, when it was made on the pipeline's grid (hard-linked, no copy);
-else made here in chunks and joined."""
+"""The region stage: the (N, R, D) R-MAC region descriptors a pipeline re-scores its shortlist with. The
+embedding set's own, when it was made on the pipeline's grid (hard-linked, no copy); else made here in
+chunks and joined. The global stage puts them in the index folder (whitened, when it whitens)."""
 
 from __future__ import annotations
 
@@ -22,10 +22,10 @@ class RegionStage(Stage):
     title = "region descriptors"
     queue = "gpu"
 
-    def __init__(self, work: Work, pipeline: PipelineConfig, embeddings: str, staging: Path, chunk_size: int,
+    def __init__(self, work: Work, pipeline: PipelineConfig, embeddings: str, chunk_size: int,
                  runtime: dict | None = None, set_grid: dict | None = None):
         """``set_grid``: the grid the embedding set's regions were made on, when its folder does not say."""
-        self.work, self.pipeline, self.embeddings, self.staging = work, pipeline, Path(embeddings), staging
+        self.work, self.pipeline, self.embeddings = work, pipeline, Path(embeddings)
         self.chunk_size, self.runtime, self.set_grid = chunk_size, runtime or {}, set_grid
 
     def set_regions(self) -> Path | None:
@@ -44,14 +44,15 @@ class RegionStage(Stage):
             folder.write_inputs(i, {"paths": paths[lo:hi]})
         return Plan([hi - lo for lo, hi in bounds], {"from_set": False})
 
-    def compute(self, folder: StageFolder, plan: Plan, i: int, progress) -> str:
+    def compute(self, folder: StageFolder, plan: Plan, i: int, progress) -> str | None:
+        if folder.file(_regions(i)).exists():  # written by rename: whole
+            return None
         regions = database_regions(shared_models(self.pipeline.models), folder.inputs(i)["paths"], self.pipeline,
                          folder.file(_regions(i)), progress, runtime=self.runtime)
         return f"{len(regions)} images"
 
     def join(self, folder: StageFolder, plan: Plan) -> dict:
-        out = self.staging / REGIONS_FILE
-        self.staging.mkdir(parents=True, exist_ok=True)
+        out = folder.file(REGIONS_FILE)
         if plan.data["from_set"]:
             link_atomic(self.set_regions(), out)
         else:

@@ -155,15 +155,15 @@ def test_the_pipeline_rescores_its_shortlist_by_regions(tmp_path):
     result = search_one(database, models, _photo(query["id"]))
     assert result.hits[0].image_id == query["id"]  # a database photo finds itself
     shortlisted, rest = result.hits[:12], result.hits[12:]
-    assert all(h.score >= h.global_score - 1e-3 for h in shortlisted)
-    assert any(h.score > h.global_score + 0.01 for h in shortlisted)  # regions, not the global score
-    assert all(abs(h.score - h.global_score) < 1e-5 for h in rest)  # below the shortlist: global order
-    assert min(h.score for h in shortlisted) >= max(h.score for h in rest) - 1e-6
+    assert all(h.fused >= h.global_score - 1e-3 for h in shortlisted)
+    assert any(h.fused > h.global_score + 0.01 for h in shortlisted)  # regions, not the global score
+    assert all(abs(h.fused - h.global_score) < 1e-5 for h in rest)  # below the shortlist: global order
+    assert min(h.fused for h in shortlisted) >= max(h.fused for h in rest) - 1e-6
 
     plain = replace(database, regions=None)  # an index built without regions: the step is skipped
-    assert all(abs(h.score - h.global_score) < 1e-5 for h in search_one(plain, models, _photo(query["id"])).hits)
+    assert all(abs(h.fused - h.global_score) < 1e-5 for h in search_one(plain, models, _photo(query["id"])).hits)
 
 
 def test_regions_and_learned_whitening_are_refused_together():
-    with pytest.raises(ValueError, match="regional re-scoring does not support learned whitening"):
+    with pytest.raises(ValueError, match="regional re-scoring does not support whitening learned from labels"):
         replace(_regional_pipeline(), whitening=WhiteningConfig(method="learned"))

@@ -54,8 +54,8 @@ def test_regions_are_published_with_the_index_and_used_by_search(imported_mini, 
     castle = Image.objects.get(external_id=QUERY).landmark
     top = Image.objects.filter(external_id__in=[h.image_id for h in outcome.hits[:5]])
     assert all(im.landmark == castle for im in top)
-    assert all(h.score >= h.global_score - 1e-3 for h in outcome.hits[:20])
-    assert any(h.score > h.global_score + 0.01 for h in outcome.hits[:20])  # re-scored by regions
+    assert all(h.fused >= h.global_score - 1e-3 for h in outcome.hits[:20])
+    assert any(h.fused > h.global_score + 0.01 for h in outcome.hits[:20])  # re-scored by regions
 
 
 def test_one_pass_embeds_and_regions_the_catalogue(imported_mini, tmp_path):

@@ -48,6 +48,30 @@ def test_upload_names_the_landmark_and_ranks_its_photos_first(viewer_client, act
     assert query.results.count() == 100 or query.results.count() == 145 or query.results.count() >= 100
 
 
+def test_scores_are_probabilities_in_rank_order_and_verified_means_enough_matches(client, active_index, viewer_user):
+    """Every path shows one score per result, the ranking key: in [0, 1] and never rising down the list,
+    with labels (whose re-ranking moved photos of the recognised landmark up) and without; the evidence is
+    separate, and "verified" needs enough matches, not a handful of chance inliers."""
+    key = ApiToken.issue(viewer_user)
+    pipeline = active_index.pipeline_config()
+    for photo in (QUERY, MINI / "images" / "52992f5255f55c69.jpg"):
+        with open(photo, "rb") as f:
+            body = client.post("/api/search", {"image": f, "k": "100"}, HTTP_AUTHORIZATION=f"Token {key}").json()
+        scores = [r["score"] for r in body["results"]]
+        assert all(0.0 <= s <= 1.0 for s in scores) and scores == sorted(scores, reverse=True)
+        for r in body["results"]:
+            enough = (r["inliers"] or 0) >= pipeline.verification.min_inliers \
+                or (r["dense_inliers"] or 0) >= pipeline.dense.min_inliers
+            assert r["verified"] == enough
+        assert any(r["inliers"] and not r["verified"] for r in body["results"])  # chance inliers exist
+    query = SearchQuery.objects.latest("created_at")
+    client.force_login(viewer_user)
+    html = client.get(reverse("search-results", args=[query.uid])).content.decode()
+    assert 'type="range" name="min_score" min="0" max="1"' in html
+    last = query.results.filter(verified=True).order_by("-rank").first()
+    assert last is not None and html.index('id="verified-end"') > html.index(f'class="lm">{last.rank}. ')
+
+
 def test_results_page_pages_and_filters_by_score(viewer_client, active_index, django_assert_max_num_queries):
     upload(viewer_client)
     query = SearchQuery.objects.get()
@@ -181,8 +205,8 @@ def test_api_search_with_token(client, active_index, viewer_user):
     body = response.json()
     assert body["landmark"]["id"] == "1" and body["landmark"]["name"] == "london_bridge"
     assert 0 < body["landmark"]["confidence"] <= 1
-    assert len(body["results"]) == 5 and set(body["results"][0]) == {"image_id", "landmark_id", "score",
-                                                                     "inliers", "dense_inliers"}
+    assert len(body["results"]) == 5 and set(body["results"][0]) == {
+        "image_id", "landmark_id", "score", "global_score", "inliers", "dense_inliers", "verified"}
     assert body["results"][0]["landmark_id"] == "1" and isinstance(body["results"][0]["inliers"], int)
     assert body["query_url"].startswith("http://testserver/search/")
     assert body["index_version"] == active_index.pk

@@ -87,7 +87,8 @@ def search(request):
     if query.landmark:
         landmark = {"id": query.landmark.external_id, "name": query.landmark.name, "confidence": query.confidence}
     results = [{"image_id": r.image.external_id, "landmark_id": r.image.landmark.external_id if r.image.landmark else None,
-                "score": r.score, "inliers": r.inliers, "dense_inliers": r.dense_inliers}
+                "score": r.score, "global_score": r.global_score, "inliers": r.inliers,
+                "dense_inliers": r.dense_inliers, "verified": r.verified}
                for r in query.results.select_related("image__landmark").order_by("rank")[:k]]
     return JsonResponse({"landmark": landmark, "results": results, "index_version": query.index_version_id,
                          "query_url": request.build_absolute_uri(_page_of(query))})

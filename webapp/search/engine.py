@@ -235,10 +235,11 @@ def _with_options(database: SearchDatabase, options: Options) -> SearchDatabase:
     if not options.query_expansion:
         pipeline = replace(pipeline, qe=replace(pipeline.qe, k=0),
                            verification=replace(pipeline.verification, qe_k=0))
-    if not options.use_labels:
+    if not options.use_labels:  # neither the re-ranking step nor the score's label term
         from ml.rerank import LabelRerankConfig
 
-        pipeline = replace(pipeline, label_rerank=LabelRerankConfig(method="none"))
+        pipeline = replace(pipeline, label_rerank=LabelRerankConfig(method="none"),
+                           scores=replace(pipeline.scores, label_weight=0.0))
     if pipeline is database.pipeline:
         return database
     return replace(database, pipeline=pipeline)

@@ -154,13 +154,17 @@ class SearchResult(models.Model):
     query = models.ForeignKey(SearchQuery, on_delete=models.CASCADE, related_name="results")
     rank = models.PositiveIntegerField()
     image = models.ForeignKey("catalog.Image", on_delete=models.CASCADE, related_name="+")
-    score = models.FloatField(help_text="The final (re-ranked) score.")
+    score = models.FloatField(help_text="The probability, 0 to 1, that it shows the query's place: the ranking "
+                              "key, never higher than the result above it.")
     global_score = models.FloatField(help_text="Cosine similarity of the global descriptors.")
-    inliers = models.IntegerField(null=True, blank=True, help_text="Verified local matches; null if not verified.")
+    inliers = models.IntegerField(null=True, blank=True, help_text="Local matches spatial verification found; null "
+                                  "if it was not checked.")
     dense_inliers = models.IntegerField(
         null=True, blank=True,
         help_text="Positions of the network's feature maps that one perspective transform matches (dense "
                   "matching); null if not matched or none agree.")
+    verified = models.BooleanField(default=False, help_text="Enough local or feature-map matches to be the same "
+                                   "place; a handful of chance matches is not a verification.")
 
     class Meta:
         ordering = ["query", "rank"]

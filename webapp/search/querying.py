@@ -70,7 +70,7 @@ def _search_and_store(image: PILImage.Image, name: str, user, options: Options) 
             seconds=outcome.seconds)
         SearchResult.objects.bulk_create([
             SearchResult(query=query, rank=r, image_id=images[h.image_id], score=h.score,
-                         global_score=h.global_score, inliers=h.inliers if h.verified else None,
-                         dense_inliers=h.dense_inliers or None)
+                         global_score=h.global_score, inliers=h.inliers if h.verification is not None else None,
+                         dense_inliers=h.dense_inliers or None, verified=h.verified)
             for r, h in enumerate((h for h in outcome.hits if h.image_id in images), start=1)])
     return query

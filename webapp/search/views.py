@@ -10,6 +10,7 @@ from django.contrib import messages
 from django.contrib.auth.decorators import login_not_required
 from django.contrib.auth.views import redirect_to_login
 from django.core.paginator import Paginator
+from django.db.models import Count, Max
 from django.http import FileResponse, Http404
 from django.shortcuts import redirect, render
 from django.urls import reverse
@@ -73,8 +74,10 @@ def search_results(request, uid=None, token=None):
     page = Paginator(results, PAGE_SIZE).get_page(request.GET.get("page"))
     share_url = request.build_absolute_uri(reverse("search-shared-results", args=[query.share_token])) \
         if query.share_token else None
+    verified = query.results.filter(verified=True).aggregate(count=Count("pk"), last=Max("rank"))
     return render(request, "search/results.html", {
         "query": query, "page": page, "min_score": min_score, "options": Options.from_dict(query.options),
+        "verified_count": verified["count"], "last_verified": verified["last"],
         "share_token": token, "owner": token is None and access.is_owner(request, query), "share_url": share_url})
 
 
