@@ -9,6 +9,7 @@ from dataclasses import replace
 import numpy as np
 import pytest
 from django.core.management import call_command
+from django.urls import reverse
 
 from ml.evaluate import run_evaluation
 from ml.pipeline import get_pipeline, ranking_depth, search_one
@@ -50,3 +51,30 @@ def test_evaluate_and_a_product_build_give_the_same_rankings(imported_mini, tmp_
         if theirs.recognition.landmark_id is not None:
             assert mine.recognition.landmark_id == str(theirs.recognition.landmark_id)
             assert mine.recognition.confidence == pytest.approx(theirs.recognition.confidence, abs=1e-6)
+
+
+def test_an_adapted_build_records_its_whitening_and_searches_as_evaluate_does(imported_mini, tmp_path, client,
+                                                                               viewer_user):
+    """web-fast adapts to its collection: the product build learns the same whitening from the same verified
+    pairs as evaluate, records how many, searches alike, and the models page says so."""
+    pipeline = replace(get_pipeline("web-fast"), name="web-fast-256", image_size=256)
+    assert pipeline.adaptation.enabled
+    call_command("build_index", "--config", config_file(tmp_path, pipeline), "--splits", "index")
+    iv = IndexVersion.objects.get(is_active=True)
+    adapted = iv.params["adaptation"]
+    assert adapted["whitened"] and adapted["pairs"] >= pipeline.adaptation.min_pairs
+    assert adapted["checked"] >= adapted["pairs"]
+    product = current_engine()
+    run = run_evaluation(MINI, pipeline, use_labels=True)
+    built, measured = product.database, run.database
+    np.testing.assert_array_equal(built.whitening.projection, measured.whitening.projection)
+    at = {image_id: n for n, image_id in enumerate(measured.ids)}
+    np.testing.assert_array_equal(np.asarray(built.index.vectors),
+                                  np.asarray(measured.index.vectors)[[at[i] for i in built.ids]])
+    for query in run.layout.queries[:8]:
+        mine = search_one(built, product.models, query.path, top_k=ranking_depth(built.index.count))
+        assert [h.image_id for h in mine.hits] == [h.image_id for h in run.results[query.query_id].hits]
+
+    client.force_login(viewer_user)
+    html = client.get(reverse("model-list")).content.decode()
+    assert f"adapted to this collection: {adapted['pairs']} verified pairs" in html
