@@ -192,8 +192,8 @@ def main() -> None:
     body = table(HEADERS, rows) + (
         f"\n\nBoth models through the same pipeline ({pipeline.name}); packaged = the ImageNet lite2 weights the "
         "recipe starts from. Trained on all 647 photos (26 landmarks) of landmarks-dev/train, none of which are "
-        "in the reporting sets; settings chosen on held-out folds of landmarks-dev/train only. Training on CPU, "
-        "one torch thread.")
+        "in the reporting sets; the recipe's settings were checked only on held-out folds of landmarks-dev/train "
+        "(`--fold`), never on these sets. Training on CPU, one torch thread.")
     if args.no_write:
         print(body)
     else:
