@@ -320,6 +320,44 @@ class LandmarkNet(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.forward_neck(self.forward_pooled(x))
 
+    def forward_early(self, x: torch.Tensor, blocks: int) -> torch.Tensor:
+        """The backbone's stem and first ``blocks`` blocks: what ``freeze_early_blocks`` freezes."""
+        bb = _staged(self.backbone)
+        return bb.blocks[:blocks](bb.bn1(bb.conv_stem(x)))
+
+    def forward_late(self, h: torch.Tensor, blocks: int) -> torch.Tensor:
+        """The descriptor from ``forward_early(x, blocks)``: ``forward_late(forward_early(x, k), k) == forward(x)``."""
+        bb = _staged(self.backbone)
+        h = bb.blocks[blocks:](h)
+        if hasattr(bb, "bn2") and bb.__class__.__name__ == "EfficientNet":  # its head conv is a feature layer
+            h = bb.bn2(bb.conv_head(h))
+        return self.forward_neck(self.pool(h))
+
+
+def _staged(backbone: nn.Module) -> nn.Module:
+    if not all(hasattr(backbone, a) for a in ("conv_stem", "bn1", "blocks")) or \
+            backbone.__class__.__name__ not in ("EfficientNet", "MobileNetV3"):
+        raise ValueError(f"early blocks can be split off only an EfficientNet or MobileNetV3 backbone, "
+                         f"not {backbone.__class__.__name__}")
+    return backbone
+
+
+def freeze_early_blocks(model: LandmarkNet, blocks: int) -> int:
+    """Keep the stem and the first ``blocks`` blocks of the backbone at their pretrained weights: no gradient,
+    BatchNorm statistics frozen. Low-level filters transfer to unseen landmarks as they are, and the
+    training step then computes those blocks once, without autograd (``LandmarkNet.forward_early``).
+    Returns how many parameter tensors were frozen."""
+    bb = _staged(model.backbone)
+    if not 0 <= blocks <= len(bb.blocks):
+        raise ValueError(f"freeze_blocks must be between 0 and {len(bb.blocks)}, got {blocks}")
+    count = 0
+    for module in (bb.conv_stem, bb.bn1, *bb.blocks[:blocks]):
+        freeze_batchnorm(module)
+        for param in module.parameters():
+            param.requires_grad_(False)
+            count += 1
+    return count
+
 
 def init_identity_neck(model: LandmarkNet) -> None:
     width = model.backbone.num_features

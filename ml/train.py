@@ -13,6 +13,7 @@ after k as one that never stopped.
 
 from __future__ import annotations
 
+import copy
 import logging
 import math
 import random
@@ -34,7 +35,7 @@ from ml.data import (
     TrainingManifest,
     template_sizes,
 )
-from ml.models import LandmarkNet, ModelConfig, freeze_batchnorm
+from ml.models import LandmarkNet, ModelConfig, freeze_batchnorm, freeze_early_blocks
 from ml.weights import backbone_width, create_model, read_checkpoint, save_checkpoint
 
 log = logging.getLogger(__name__)
@@ -71,6 +72,13 @@ class TrainConfig:
     freeze_bn: bool = False
     backbone_lr_mult: float = 1.0
     head_init: str = "random"  # "random" or "imprint" (needs a manifest, not tar shards)
+    # Transfer to unseen landmarks: the backbone's stem and first ``freeze_blocks`` blocks keep their
+    # pretrained weights (and are computed once per batch, without autograd), and ``distill_weight`` * mean
+    # (1 - cosine) to the descriptor of the model as it started (a frozen copy: with the packaged weights
+    # and an identity neck, the ImageNet GeM descriptor) is added to the loss, so it does not forget.
+    freeze_blocks: int = 0
+    distill_weight: float = 0.0
+    threads: int = 0  # torch CPU threads for this run; 0 = leave torch's setting
     seed: int = 123456789
     device: str = "auto"
     image_size: int = 512  # square input when no template is given
@@ -93,6 +101,8 @@ class TrainConfig:
             raise ValueError("batch_size and grad_accum_steps must be at least 1")
         if self.max_steps is None and self.epochs < 1:
             raise ValueError("give epochs >= 1 or max_steps")
+        if self.freeze_blocks < 0 or self.distill_weight < 0 or self.threads < 0:
+            raise ValueError("freeze_blocks, distill_weight and threads must be >= 0")
 
 
 @dataclass
@@ -169,6 +179,44 @@ def imprint_head(model: LandmarkNet, manifest: TrainingManifest, image_size: int
     model.train(was_training)
 
 
+# --- transfer: frozen early blocks, distillation ------------------------------------------------------
+
+class Distillation:
+    """A frozen copy of the model as training starts (the teacher) and the weight of the term that keeps the
+    trained descriptor close to the teacher's: ``weight * mean(1 - cos(student, teacher))``."""
+
+    def __init__(self, model: LandmarkNet, weight: float) -> None:
+        self.weight = weight
+        self.teacher = copy.deepcopy(model).eval()
+        self.teacher.head = None
+        self.teacher.requires_grad_(False)
+
+    @torch.no_grad()
+    def target(self, x: torch.Tensor, early: torch.Tensor | None = None, blocks: int = 0) -> torch.Tensor:
+        """The teacher's descriptor of ``x``; from ``early`` (the shared frozen blocks' output) when given."""
+        return self.teacher.forward_late(early, blocks) if early is not None else self.teacher(x)
+
+
+def distillation_loss(student: torch.Tensor, teacher: torch.Tensor) -> torch.Tensor:
+    """mean(1 - cosine) between each descriptor and its teacher's: 0 when they point the same way."""
+    return (1.0 - F.cosine_similarity(student.float(), teacher.float(), dim=1)).mean()
+
+
+def embed_for_training(model: LandmarkNet, x: torch.Tensor, freeze_blocks: int = 0,
+                       distill: Distillation | None = None) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """(descriptors, the teacher's descriptors or None). Frozen early blocks run once, without autograd,
+    and feed both the model and the teacher (their weights are the same there)."""
+    if freeze_blocks:
+        with torch.no_grad():
+            early = model.forward_early(x, freeze_blocks)
+        embeddings = model.forward_late(early, freeze_blocks)
+        target = distill.target(x, early, freeze_blocks) if distill else None
+    else:
+        embeddings = model(x)
+        target = distill.target(x) if distill else None
+    return embeddings, target
+
+
 # --- one optimizer step --------------------------------------------------------------------------------
 
 def accumulate_gradients(
@@ -176,26 +224,37 @@ def accumulate_gradients(
     micro_batches: list[tuple[torch.Tensor, torch.Tensor]],
     scaler: torch.amp.GradScaler | None = None,
     autocast_dtype: torch.dtype | None = None,
+    distill: Distillation | None = None,
+    freeze_blocks: int = 0,
+    parts: dict[str, float] | None = None,
 ) -> tuple[float, float]:
     """Forward + backward every micro-batch, each loss divided by their number, so the gradients are those
-    of the mean loss over all of them. Returns (mean loss, accuracy); does not step the optimizer."""
+    of the mean loss over all of them. Returns (mean loss, accuracy); does not step the optimizer. With
+    ``distill`` the loss includes its term, whose mean (unweighted) goes to ``parts["distill"]``."""
     if model.head is None:
         raise ValueError("training needs a model with a head (ModelConfig.head and num_classes > 0)")
     n = len(micro_batches)
-    total_loss, correct, seen = 0.0, 0, 0
+    total_loss, correct, seen, distilled = 0.0, 0, 0, 0.0
     for x, y in micro_batches:
         device_type = x.device.type
         ctx = torch.autocast(device_type, dtype=autocast_dtype) if autocast_dtype else nullcontext()
         with ctx:
-            embeddings = model(x)
+            embeddings, target = embed_for_training(model, x, freeze_blocks, distill)
             logits = model.head(embeddings, y)
-            loss = F.cross_entropy(logits.float(), y) / n
+            loss = F.cross_entropy(logits.float(), y)
+            if distill is not None:
+                term = distillation_loss(embeddings, target)
+                distilled += float(term.detach()) / n
+                loss = loss + distill.weight * term
+            loss = loss / n
         (scaler.scale(loss) if scaler is not None else loss).backward()
         total_loss += float(loss.detach())
         with torch.no_grad():
             # Accuracy from the plain cosine logits: the margin would understate it.
             correct += int((model.head(embeddings.detach(), None).argmax(1) == y).sum())
             seen += len(y)
+    if parts is not None and distill is not None:
+        parts["distill"] = distilled
     return total_loss, correct / max(1, seen)
 
 
@@ -280,10 +339,17 @@ def train(
     landmark_ids, num_classes, class_counts = _label_space(manifest_or_dataset)
     model_config = _fit_label_space(model_config, num_classes, class_counts)
 
+    if cfg.threads:
+        torch.set_num_threads(cfg.threads)
     _seed_everything(cfg.seed)
     model = create_model(model_config).to(device)
     if cfg.freeze_bn:
         freeze_batchnorm(model)
+    if cfg.freeze_blocks:
+        freeze_early_blocks(model, cfg.freeze_blocks)
+    # The teacher is the model as created (before imprinting, which touches only the head it drops), so a
+    # resumed run distils towards the same descriptor.
+    distill = Distillation(model, cfg.distill_weight) if cfg.distill_weight > 0 else None
     if cfg.head_init == "imprint" and not cfg.resume_from:
         if not isinstance(manifest_or_dataset, TrainingManifest):
             raise ValueError("head_init='imprint' needs a training manifest (tar shards are read only once)")
@@ -321,7 +387,7 @@ def train(
             pending.append((x.to(device, non_blocking=True), y.to(device, non_blocking=True)))
             if len(pending) < cfg.grad_accum_steps:
                 continue
-            row = _optimizer_step(model, optimizer, scheduler, scaler, autocast_dtype, pending, cfg)
+            row = _optimizer_step(model, optimizer, scheduler, scaler, autocast_dtype, pending, cfg, distill)
             pending = []
             state["step"] += 1
             state["position"] = position
@@ -349,9 +415,12 @@ def train(
     return TrainResult(final, metrics, state["step"], written)
 
 
-def _optimizer_step(model, optimizer, scheduler, scaler, autocast_dtype, micro_batches, cfg) -> dict[str, float]:
+def _optimizer_step(model, optimizer, scheduler, scaler, autocast_dtype, micro_batches, cfg,
+                    distill=None) -> dict[str, float]:
     lr = optimizer.param_groups[0]["lr"]
-    loss, accuracy = accumulate_gradients(model, micro_batches, scaler, autocast_dtype)
+    parts: dict[str, float] = {}
+    loss, accuracy = accumulate_gradients(model, micro_batches, scaler, autocast_dtype, distill,
+                                          cfg.freeze_blocks, parts)
     if scaler is not None:
         scaler.unscale_(optimizer)
     if cfg.max_grad_norm:
@@ -363,7 +432,7 @@ def _optimizer_step(model, optimizer, scheduler, scaler, autocast_dtype, micro_b
         optimizer.step()
     optimizer.zero_grad(set_to_none=True)
     scheduler.step()
-    return {"loss": loss, "accuracy": accuracy, "lr": lr}
+    return {"loss": loss, "accuracy": accuracy, "lr": lr, **parts}
 
 
 def _fit_label_space(cfg: ModelConfig, num_classes: int, class_counts: list[int]) -> ModelConfig:

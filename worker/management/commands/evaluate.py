@@ -1,7 +1,7 @@
 """python manage.py evaluate DATASET_DIR --json OUT [--no-labels] [--model SPEC] [--pipeline NAME | --config FILE]
 [--list-pipelines]
 
-Runs ml.evaluate on a data set in the evaluation layout; never touches the database.
+Runs ml.evaluate on a data set in the evaluation layout; reads the database only for ``--model active``.
 """
 
 import json
@@ -18,13 +18,15 @@ from ml.weights import WeightsError
 class Command(BaseCommand):
     help = ("Evaluate a retrieval pipeline on DATASET_DIR (images/, queries/, gnd.json): revisited mAP "
             "(Medium/Hard), Kaggle mAP@100, recall@1/10, time per query and for the database.")
-    requires_system_checks = []  # a pure computation: no models, no database
+    requires_system_checks = []  # a pure computation: no database, but for --model active
 
     def add_arguments(self, parser):
         parser.add_argument("dataset_dir", nargs="?", type=Path)
         parser.add_argument("--json", type=Path, help="Write the full result (with rankings) to this file.")
         parser.add_argument("--no-labels", action="store_true", help="Ignore gnd.json 'labels' entirely.")
-        parser.add_argument("--model", help="Checkpoint path or model spec (e.g. tf_efficientnet_lite0; a+b = ensemble).")
+        parser.add_argument("--model", help="Checkpoint path or model spec (e.g. tf_efficientnet_lite0; a+b = "
+                            "ensemble), or 'active': the active model version's checkpoint, as build_index "
+                            "embeds with it (the pipeline's own packaged models while nothing is trained).")
         parser.add_argument("--pipeline", default=DEFAULT_PIPELINE, help=f"Preset name (default {DEFAULT_PIPELINE}).")
         parser.add_argument("--config", type=Path, help="A whole pipeline configuration as JSON (what an index "
                             "version records in its params' \"config\", or `bench/pipelines.py NAME`) instead "
@@ -42,8 +44,9 @@ class Command(BaseCommand):
         pipeline = read_config(o["config"]) if o["config"] else o["pipeline"]
         if not o["config"] and o["pipeline"] not in PIPELINES:
             raise CommandError(f"unknown pipeline {o['pipeline']!r}; known: {', '.join(list_pipelines())}")
+        model = active_model() if o["model"] == "active" else o["model"]
         try:
-            result = evaluate(o["dataset_dir"], pipeline, o["model"], use_labels=not o["no_labels"],
+            result = evaluate(o["dataset_dir"], pipeline, model, use_labels=not o["no_labels"],
                               progress=self._progress)
         except (LayoutError, WeightsError) as exc:
             raise CommandError(str(exc)) from exc
@@ -57,6 +60,17 @@ class Command(BaseCommand):
     def _progress(self, done: int, total: int) -> None:
         sys.stderr.write(f"\r{done}/{total}")
         sys.stderr.flush()
+
+
+def active_model() -> str | None:
+    """What ``--model active`` evaluates: the active ModelVersion's checkpoint, or None (the pipeline's own
+    models) when it has none, as ``worker.building.plan_build`` chooses what a new index embeds with."""
+    from webapp.search.services import active_model_version
+
+    mv = active_model_version()
+    if mv.checkpoint and not Path(mv.checkpoint).is_file():
+        raise CommandError(f"the active model {mv.name} has no checkpoint file at {mv.checkpoint}")
+    return mv.checkpoint or None
 
 
 def read_config(path: Path) -> PipelineConfig:
