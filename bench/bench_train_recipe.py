@@ -10,7 +10,7 @@ never trained on), with and without labels; rewrites the section "Recommended tr
 model instead (e.g. the one `manage.py train --recipe recommended` wrote), with its training minutes given.
 
 `--fold SEED`: how the recipe's settings were chosen, on landmarks-dev/train only. `--absent` of its landmarks
-(drawn with SEED) become an evaluation layout (`fold_layout`), the recipe trains on the others, and both
+(drawn with SEED) become an evaluation layout (`held_out_layout`), the recipe trains on the others, and both
 models are compared there; `--set key=value` changes a TrainConfig field of the recipe for the run. Prints
 only, unless `--record` (section "Recommended training recipe: held-out folds of landmarks-dev/train").
 """
@@ -51,7 +51,7 @@ def read_rows(source: Path) -> list[dict]:
         return list(csv.DictReader(f))
 
 
-def fold_layout(out_dir: Path, seed: int, absent: int, per_landmark: int, source: Path = DEV_TRAIN) -> list[str]:
+def held_out_layout(out_dir: Path, seed: int, absent: int, per_landmark: int, source: Path = DEV_TRAIN) -> list[str]:
     """An evaluation layout in ``out_dir`` (images/ as links, gnd.json with labels) of ``absent`` landmarks of
     ``source`` drawn with ``seed``: ``per_landmark`` photos of each are queries, the rest the database, every
     photo of the same landmark a positive. Returns the landmark ids left for training."""
@@ -171,7 +171,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
         if args.fold is not None:
-            keep = fold_layout(tmp / "fold", args.fold, args.absent, args.per_landmark)
+            keep = held_out_layout(tmp / "fold", args.fold, args.absent, args.per_landmark)
             checkpoint, minutes, last = train_recipe(keep, tmp / "run", overrides)
             rows = compare({f"fold {args.fold} ({args.absent} held out)": tmp / "fold"}, pipeline,
                            str(checkpoint), minutes, tmp, label_modes)
