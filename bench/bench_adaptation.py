@@ -27,8 +27,9 @@ sys.path.insert(0, str(ROOT))
 
 from bench.calibrate import REPORT_SETS, fold_layout  # noqa: E402
 from bench.common import record, table  # noqa: E402
+from bench.pipelines import variant  # noqa: E402
 from ml.evaluate import EvalCache, evaluate  # noqa: E402
-from ml.pipeline import DEFAULT, PipelineConfig, get_pipeline  # noqa: E402
+from ml.pipeline import DEFAULT, PipelineConfig  # noqa: E402
 from ml.whitening import AdaptationConfig  # noqa: E402
 
 GLOBAL = replace(PipelineConfig(name="global"), models=DEFAULT.models, scales=DEFAULT.scales, flip=DEFAULT.flip,
@@ -99,7 +100,8 @@ def main() -> None:
     parser.add_argument("--confirm", nargs=3, metavar=("NEIGHBOURS", "MIN_INLIERS", "SHRINKAGE"),
                         help="the default with and without this adaptation on the train folds")
     parser.add_argument("--report", action="store_true")
-    parser.add_argument("--pipeline", default="web-fast", help="the preset --confirm and --report run")
+    parser.add_argument("--pipeline", default="web-fast-adapted",
+                        help="the preset or bench variant --confirm and --report run")
     parser.add_argument("--folds", type=int, default=3)
     parser.add_argument("--no-write", action="store_true")
     args = parser.parse_args()
@@ -108,9 +110,9 @@ def main() -> None:
     if args.confirm:
         k, m, shrink = args.confirm
         confirm(args.folds, AdaptationConfig(neighbours=int(k), min_inliers=int(m), shrinkage=float(shrink)),
-                get_pipeline(args.pipeline))
+                variant(args.pipeline))
     if args.report:
-        report(not args.no_write, get_pipeline(args.pipeline))
+        report(not args.no_write, variant(args.pipeline))
 
 
 if __name__ == "__main__":

@@ -149,7 +149,7 @@ def main() -> None:
         fitted = fit_and_compare(folds, preset)
         print(json.dumps({k: asdict(v) for k, v in fitted.items()}, indent=1))
     if args.report:
-        report(preset, args, time.perf_counter() - started)
+        report(preset, args, started)
 
 
 def gather(preset: PipelineConfig, seed: int, args) -> dict:
@@ -225,20 +225,21 @@ def _map(fold: dict, rankings: dict) -> float:
     return 100.0 * mean_average_precision_at_k({q: rankings[q] for q in solution}, solution, 100)
 
 
-def report(preset: PipelineConfig, args, seconds: float) -> None:
+def report(preset: PipelineConfig, args, started: float) -> None:
     """The preset as configured now on the report sets: mAP, GAP and the reliability of its confidences."""
     rows, rec_p, rec_y, hit_p, hit_y = [], [], [], [], []
     for name, folder in REPORT_SETS.items():
         with tempfile.TemporaryDirectory(prefix="calibrate-") as tmp:
             rows += _report_set(name, folder, preset, EvalCache(Path(tmp)), rec_p, rec_y, hit_p, hit_y)
     body = table(["data set", "labels", "mAP medium", "s/query"], rows)
-    body += "\n\nRecognition confidence (the landmark named is right), all report queries and 4 non-landmarks:\n\n"
+    body += ("\n\nRecognition confidence (its best landmark is right; below 0.5 the answer is \"no landmark\"), the "
+             "labelled report queries and scikit-image's 4 non-landmark photos with each set:\n\n")
     body += _reliability_table(rec_p, rec_y)
     body += "\n\nResult scores (the result shows the query's landmark), every result of each query:\n\n"
     body += _reliability_table(hit_p, hit_y)
     body += (f"\n\nCalibrated on {args.folds} folds of landmarks-dev/train (seeds 1-{args.folds}; {args.absent} landmarks "
              f"absent from each fold's database, {args.per_landmark} query photos a landmark); reported on sets never "
-             f"used to fit. Whole run: {seconds:.0f} s.")
+             f"used to fit. Whole run: {time.perf_counter() - started:.0f} s.")
     if args.no_write:
         print(body)
     else:
@@ -257,8 +258,9 @@ def _report_set(name, folder, preset, cache, rec_p, rec_y, hit_p, hit_y) -> list
             continue
         truth = {q.query_id: {run.layout.labels[i] for i in q.easy + q.hard} for q in run.layout.queries}
         for qid, r in run.results.items():
+            best = r.recognition.candidates[0][0] if r.recognition.candidates else None  # named or not
             rec_p.append(r.recognition.confidence)
-            rec_y.append(r.recognition.landmark_id in truth[qid] if r.recognition.landmark_id is not None else False)
+            rec_y.append(best is not None and best in truth[qid])
             for h in r.hits[:TOP]:
                 hit_p.append(h.score)
                 hit_y.append(run.layout.labels.get(h.image_id) in truth[qid])

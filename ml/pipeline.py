@@ -204,12 +204,9 @@ PIPELINES: dict[str, PipelineConfig] = {
                 verification=VerificationConfig(top_n=20, min_inliers=10, mode="fused", weight=1.0),
                 local_features=LocalFeatureConfig(max_side=512, max_keypoints=500), **LABEL_STEPS,
                 recognition=RecognitionConfig(vote=LabelVoteConfig(k=1), threshold=0.5, calibration=ConfidenceConfig(
-                    evidence_weight=2.331, runner_up_weight=0.0, share_weight=3.813, nearest_weight=0.0,
-                    bias=-1.984)),
-                # Adapted to the collection: landmarks-dev/train folds 50.7/51.8/58.7 -> 54.3/57.3/63.4 mAP
-                # without labels (bench/bench_adaptation.py --confirm 10 15 0.1 --pipeline web-fast).
-                adaptation=AdaptationConfig(neighbours=10, min_inliers=15, shrinkage=0.1),
-                scores=ScoreConfig(fused_weight=1.716, label_weight=5.718, bias=-4.412, rank=True)),
+                    evidence_weight=4.747, runner_up_weight=0.0, share_weight=3.903, nearest_weight=0.0,
+                    bias=-2.905)),
+                scores=ScoreConfig(fused_weight=1.166, label_weight=5.996, bias=-4.94, rank=True)),
         _preset("baseline", "the reference to measure gains against, ~0.1 s a query: off-the-shelf lite0 "
                 "(ImageNet), GeM, 512 px, no re-ranking (landmarks-mini mAP 53.6)",
                 models=("tf_efficientnet_lite0",),

@@ -7,7 +7,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-DEFAULT_RECIPE = "current"
+DEFAULT_RECIPE = "recommended"  # what the curation loop offers first: trained to transfer (docs/benchmarks.md)
 
 
 @dataclass(frozen=True)

@@ -14,6 +14,7 @@ from django.urls import reverse
 from ml.evaluate import run_evaluation
 from ml.pipeline import get_pipeline, ranking_depth, search_one
 from ml.spatial import LocalFeatureConfig
+from ml.whitening import AdaptationConfig
 from tests.conftest import MINI
 from tests.pipelines import config_file
 from webapp.search.engine import current_engine
@@ -55,10 +56,10 @@ def test_evaluate_and_a_product_build_give_the_same_rankings(imported_mini, tmp_
 
 def test_an_adapted_build_records_its_whitening_and_searches_as_evaluate_does(imported_mini, tmp_path, client,
                                                                                viewer_user):
-    """web-fast adapts to its collection: the product build learns the same whitening from the same verified
-    pairs as evaluate, records how many, searches alike, and the models page says so."""
-    pipeline = replace(get_pipeline("web-fast"), name="web-fast-256", image_size=256)
-    assert pipeline.adaptation.enabled
+    """A pipeline that adapts to its collection: the product build learns the same whitening from the same
+    verified pairs as evaluate, records how many, searches alike, and the models page says so."""
+    pipeline = replace(get_pipeline("web-fast"), name="web-fast-adapted-256", image_size=256,
+                       adaptation=AdaptationConfig(neighbours=10, min_inliers=15, shrinkage=0.1))
     call_command("build_index", "--config", config_file(tmp_path, pipeline), "--splits", "index")
     iv = IndexVersion.objects.get(is_active=True)
     adapted = iv.params["adaptation"]
