@@ -12,6 +12,9 @@ keep each result's evidence (fused ranking score, label agreement) and each land
 - leave-one-fold-out: mAP of ranking by that score against the preset's own order, and the calibration
   error of both models on the fold left out, to choose whether the score should order the results.
 
+The presets use the result scores; the recognition model is fitted and printed but no preset uses it:
+it named far fewer right landmarks on landmarks-mini (docs/decisions/0007).
+
 ``--fit`` prints the fitted weights for ``ml/pipeline.py``. ``--report`` runs the preset as it is now (with
 its calibrations) on landmarks-dev/eval and landmarks-mini (plus scikit-image's 4 non-landmark photos as
 queries), and the reliability tables are recorded in docs/benchmarks.md.
@@ -118,11 +121,16 @@ def best_candidate(q: dict, cc: ConfidenceConfig) -> tuple[str | None, float, bo
     return label, p, right
 
 
-def score_rows(queries: dict, cc: ConfidenceConfig) -> tuple[np.ndarray, np.ndarray]:
-    """Per kept result: (fused, the calibrated recognition's confidence if it shows its landmark, else 0)."""
+def score_rows(queries: dict, cc: ConfidenceConfig | None) -> tuple[np.ndarray, np.ndarray]:
+    """Per kept result: (fused, the recognition's confidence if it shows its landmark, else 0): the
+    calibrated recognition's with ``cc``, else the noisy-OR evidence of the vote's first candidate."""
     x, y = [], []
     for q in queries.values():
-        best, p, _ = best_candidate(q, cc)
+        if cc is not None:
+            best, p, _ = best_candidate(q, cc)
+        else:
+            best, evidence, _ = q["candidates"][0] if q["candidates"] else (None, [0.0], False)
+            p = evidence[0]
         for _, fused, label, right in q["hits"]:
             x.append([fused, p if label == best else 0.0])
             y.append(right)
@@ -173,24 +181,25 @@ def gather(preset: PipelineConfig, seed: int, args) -> dict:
 def fit_and_compare(folds: list[dict], preset: PipelineConfig) -> dict:
     """Leave-one-fold-out comparison, then the weights fitted on every fold."""
     rows = []
-    uses_labels = preset.label_rerank.method != "none"
+    uses_labels, calibrated = preset.label_rerank.method != "none", preset.recognition.calibration is not None
     for k, held in enumerate(folds):
         train = [f for j, f in enumerate(folds) if j != k]
-        cc, sc = fit(train, uses_labels)
-        rows.append(compare(held, cc, sc))
+        cc, sc = fit(train, uses_labels, calibrated)
+        rows.append(compare(held, cc, sc, calibrated))
     print(table(["fold", "queries", "mAP own order", "mAP by score", "recognition ECE", "score ECE"],
                 [[k + 1, *r] for k, r in enumerate(rows)]))
-    cc, sc = fit(folds, uses_labels)
+    cc, sc = fit(folds, uses_labels, calibrated)
     return {"recognition": cc, "scores": sc}
 
 
-def fit(folds: list[dict], uses_labels: bool) -> tuple[ConfidenceConfig, ScoreConfig]:
-    """The recognition's and the scores' weights. A preset without label steps keeps its own order (the
+def fit(folds: list[dict], uses_labels: bool, calibrated: bool) -> tuple[ConfidenceConfig, ScoreConfig]:
+    """The recognition's and the scores' weights; the scores' label term weighs the confidence the preset's
+    recognition gives (``calibrated`` or noisy-OR). A preset without label steps keeps its own order (the
     label term would make it a label re-ranking), so its score weighs the fused evidence only."""
     queries = {f"{k}:{q}": v for k, f in enumerate(folds) for q, v in f["queries"].items()}
     w, b = fit_logistic(*recognition_rows(queries))
     cc = ConfidenceConfig(*[round(float(v), 3) for v in w], round(b, 3))
-    x, y = score_rows(queries, cc)
+    x, y = score_rows(queries, cc if calibrated else None)
     if not uses_labels:
         w, b = fit_logistic(x[:, :1], y)
         return cc, ScoreConfig(round(float(w[0]), 3), 0.0, round(b, 3), rank=False)
@@ -198,13 +207,13 @@ def fit(folds: list[dict], uses_labels: bool) -> tuple[ConfidenceConfig, ScoreCo
     return cc, ScoreConfig(round(float(w[0]), 3), round(float(w[1]), 3), round(b, 3), rank=True)
 
 
-def compare(fold: dict, cc: ConfidenceConfig, sc: ScoreConfig) -> list:
+def compare(fold: dict, cc: ConfidenceConfig, sc: ScoreConfig, calibrated: bool) -> list:
     """mAP of the preset's own order and of ordering by the calibrated score, and both calibration errors."""
     queries = fold["queries"]
     picked = [best_candidate(q, cc) for q in queries.values()]
     rec_p = [p for label, p, _ in picked if label is not None]
     rec_y = [right for label, _, right in picked if label is not None]
-    x, y = score_rows(queries, cc)
+    x, y = score_rows(queries, cc if calibrated else None)
     p = sc.probability(x[:, 0], x[:, 1])
     by_score, start = {}, 0
     for qid, q in queries.items():
@@ -232,8 +241,10 @@ def report(preset: PipelineConfig, args, started: float) -> None:
         with tempfile.TemporaryDirectory(prefix="calibrate-") as tmp:
             rows += _report_set(name, folder, preset, EvalCache(Path(tmp)), rec_p, rec_y, hit_p, hit_y)
     body = table(["data set", "labels", "mAP medium", "s/query"], rows)
-    body += ("\n\nRecognition confidence (its best landmark is right; below 0.5 the answer is \"no landmark\"), the "
-             "labelled report queries and scikit-image's 4 non-landmark photos with each set:\n\n")
+    rule = (f"calibrated, \"no landmark\" below {preset.recognition.threshold}" if preset.recognition.calibration
+            else f"noisy-OR evidence, not calibrated, \"no landmark\" below {preset.recognition.threshold}")
+    body += (f"\n\nRecognition confidence ({rule}; right = its best landmark is right), the labelled report "
+             "queries and scikit-image's 4 non-landmark photos with each set:\n\n")
     body += _reliability_table(rec_p, rec_y)
     body += "\n\nResult scores (the result shows the query's landmark), every result of each query:\n\n"
     body += _reliability_table(hit_p, hit_y)
@@ -243,7 +254,7 @@ def report(preset: PipelineConfig, args, started: float) -> None:
     if args.no_write:
         print(body)
     else:
-        record(f"Calibrated scores and recognition confidence ({preset.name})", body,
+        record(f"Calibrated result scores and the recognition confidence ({preset.name})", body,
                "python bench/calibrate.py " + " ".join(sys.argv[1:]))
 
 

@@ -15,7 +15,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from ml.calibration import ConfidenceConfig, ScoreConfig  # noqa: E402
+from ml.calibration import ScoreConfig  # noqa: E402
 from ml.pipeline import (  # noqa: E402
     DEFAULT,
     DENSE_TOP50,
@@ -27,7 +27,6 @@ from ml.pipeline import (  # noqa: E402
     VERIFY_TOP50,
     PipelineConfig,
 )
-from ml.recognize import RecognitionConfig  # noqa: E402
 from ml.regional import RegionalConfig  # noqa: E402
 from ml.rerank import ExpansionConfig, LabelRerankConfig, LabelVoteConfig  # noqa: E402
 from ml.whitening import AdaptationConfig, WhiteningConfig  # noqa: E402
@@ -84,8 +83,6 @@ EXPERIMENTS = [
     replace(PIPELINES["web-fast"], name="web-fast-adapted",
             description="web-fast + whitening learned from the pairs RootSIFT verifies among 10-NN (>= 15 inliers)",
             adaptation=AdaptationConfig(neighbours=10, min_inliers=15, shrinkage=0.1),
-            recognition=RecognitionConfig(vote=LabelVoteConfig(k=1), threshold=0.5, calibration=ConfidenceConfig(
-                evidence_weight=2.331, runner_up_weight=0.0, share_weight=3.813, nearest_weight=0.0, bias=-1.984)),
             scores=ScoreConfig(fused_weight=1.716, label_weight=5.718, bias=-4.412, rank=True)),
 ]
 VARIANTS: dict[str, PipelineConfig] = {**PIPELINES, **{p.name: p for p in EXPERIMENTS}}
