@@ -21,8 +21,9 @@ def test_search_by_photo_and_why_this_match(page, live_server, active_index, vie
     page.wait_for_function("[...document.querySelectorAll('.results img')].slice(0, 6).every(i => i.complete && i.naturalWidth > 0)")
     check_layout(page, "search-results")
 
-    page.fill("#min_score", "0.5")  # the cutoff (a probability) hides weaker results at once
-    page.dispatch_event("#min_score", "input")
+    page.fill("#min_score", "0.5")  # the cutoff (a probability) hides weaker results, then the page reloads
+    page.wait_for_url("**min_score=0.5*")
+    page.wait_for_selector(".results li[data-score]")
     assert 0 < page.locator(".results li[data-score]:visible").count() < 20
     page.locator(".why").first.click()
     page.wait_for_selector("line.inlier")
