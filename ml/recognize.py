@@ -12,7 +12,8 @@ With a ``calibration`` (``ml.calibration.ConfidenceConfig``, fitted on held-out 
 ``bench/calibrate.py``) the confidence is instead the probability that the landmark is right, from that
 evidence, the runner-up's, the share of the nearest photos showing the landmark, and whether the nearest
 one does: a photo whose three nearest photos all show the Colosseum is recognised even when none of them
-verifies.
+verifies. No preset uses one yet: fitted on landmarks-dev/train it named far fewer right landmarks on a
+collection with 1-4 photos a landmark (docs/decisions/0007).
 
 A photo that matches nothing (a cat, a coffee cup) gets low global similarities and no verified
 neighbour, so its confidence stays below ``threshold`` and the answer is "no landmark"
