@@ -11,12 +11,11 @@ from pathlib import Path
 import numpy as np
 
 from ml.atomic_files import npy_bytes, write_bytes
-from ml.clean import EvidenceConfig, knn_graph, verify_pairs
+from ml.clean import EvidenceConfig, knn_graph
 from ml.embed import read_embedding_shards
 from ml.pipeline import PipelineConfig
-from ml.spatial import LocalFeatureStore
 from ml.stages.protocol import Plan, Stage, StageFolder, chunks
-from ml.stages.verify import pair_inputs
+from ml.stages.verify import pair_inputs, part_inliers, verify_part
 from ml.whitening import whitening_from_pairs
 
 PAIRS = "pairs.npy"
@@ -41,20 +40,15 @@ class AdaptStage(Stage):
         return Plan([hi - lo for lo, hi in bounds])
 
     def compute(self, folder: StageFolder, plan: Plan, i: int, progress) -> str | None:
-        if folder.file(f"chunk-{i:06d}.npy").exists():  # written by rename: whole
+        values = verify_part(folder, i, self.feature_dir, self.pipeline.local_features, progress)
+        if values is None:
             return None
-        inputs = folder.inputs(i)
-        store = LocalFeatureStore(self.feature_dir, self.pipeline.local_features)  # cached by the feature stage
-        values = verify_pairs(np.asarray(inputs["pairs"], np.int64).reshape(-1, 2), inputs["ids"], store,
-                              progress=progress)
-        write_bytes(folder.file(f"chunk-{i:06d}.npy"), npy_bytes(values.astype(np.int32)))
         return f"{len(values)} pairs, {int((values >= self.pipeline.adaptation.min_inliers).sum())} verified"
 
     def join(self, folder: StageFolder, plan: Plan) -> dict:
         cfg = self.pipeline.adaptation
         pairs = np.load(folder.file(PAIRS))
-        inliers = np.concatenate([np.load(folder.file(f"chunk-{i:06d}.npy")) for i in range(plan.parts)]) \
-            if plan.parts else np.zeros(0, np.int32)
+        inliers = part_inliers(folder, plan)
         verified = pairs[inliers >= cfg.min_inliers]
         _, vectors = read_embedding_shards(self.embeddings, dtype=np.float32)
         whitening = whitening_from_pairs(vectors, verified, cfg.shrinkage, cfg.min_pairs)

@@ -48,26 +48,17 @@ class VerifyStage(Stage):
                     {"graph_seconds": round(time.perf_counter() - started, 3), "planned_at": time.time()})
 
     def compute(self, folder: StageFolder, plan: Plan, i: int, progress) -> str | None:
-        if folder.file(f"chunk-{i:06d}.npy").exists():  # written by rename: whole
-            return None
-        inputs = folder.inputs(i)
-        store = LocalFeatureStore(self.feature_dir, self.sift)  # cached by the feature stage before
-        values = verify_pairs(np.asarray(inputs["pairs"], np.int64).reshape(-1, 2), inputs["ids"], store,
-                              workers=self.config.workers, progress=progress)
-        write_bytes(folder.file(f"chunk-{i:06d}.npy"), npy_bytes(values.astype(np.int32)))
-        return f"{len(values)} pairs"
+        values = verify_part(folder, i, self.feature_dir, self.sift, progress, self.config.workers)
+        return None if values is None else f"{len(values)} pairs"
 
     def join(self, folder: StageFolder, plan: Plan) -> dict:
-        values = [np.load(folder.file(f"chunk-{i:06d}.npy")) for i in range(plan.parts)]
-        for i, (size, found) in enumerate(zip(plan.sizes, values, strict=True)):
-            if len(found) != size:
-                raise ValueError(f"chunk {i} holds {len(found)} inlier counts for {size} pairs")
+        values = part_inliers(folder, plan)
         graph = {name: np.load(folder.file(f"{name}.npy")) for name in GRAPH_FILES}
         meta = {"graph_seconds": plan.data["graph_seconds"], "chunks": plan.parts,
                 "verify_seconds": round(time.time() - plan.data["planned_at"], 3)}
         evidence = assemble_evidence(
             self.work.ids(), self.work.column("labels"), graph["similarities"], graph["neighbours"], self.config,
-            graph["pairs"] if self.verify else None, np.concatenate(values) if values else np.zeros(0, np.int32), meta)
+            graph["pairs"] if self.verify else None, values, meta)
         evidence.save(self.evidence_dir)
         return {"evidence": str(self.evidence_dir), "pairs": plan.items, "config": asdict(self.config)}
 
@@ -80,6 +71,29 @@ def vectors_of(embeddings: str, ids: Sequence[str]) -> np.ndarray:
     if missing:
         raise ValueError(f"{len(missing)} images are not in the embedding set {embeddings}, e.g. {missing[:3]}")
     return np.asarray(vectors[[pos[i] for i in ids]], dtype=np.float32)
+
+
+def verify_part(folder: StageFolder, i: int, feature_dir: str, sift: LocalFeatureConfig | None, progress,
+                workers: int = 1) -> np.ndarray | None:
+    """Inlier counts of part ``i``'s pairs (``pair_inputs``) with the RootSIFT the feature stage cached,
+    written as its chunk file; None when that file exists (written by rename: whole)."""
+    out = folder.file(f"chunk-{i:06d}.npy")
+    if out.exists():
+        return None
+    inputs = folder.inputs(i)
+    values = verify_pairs(np.asarray(inputs["pairs"], np.int64).reshape(-1, 2), inputs["ids"],
+                          LocalFeatureStore(feature_dir, sift), workers=workers, progress=progress)
+    write_bytes(out, npy_bytes(values.astype(np.int32)))
+    return values
+
+
+def part_inliers(folder: StageFolder, plan: Plan) -> np.ndarray:
+    """The parts' inlier counts joined, in pair order; a part of the wrong length is an error."""
+    values = [np.load(folder.file(f"chunk-{i:06d}.npy")) for i in range(plan.parts)]
+    for i, (size, found) in enumerate(zip(plan.sizes, values, strict=True)):
+        if len(found) != size:
+            raise ValueError(f"chunk {i} holds {len(found)} inlier counts for {size} pairs")
+    return np.concatenate(values) if values else np.zeros(0, np.int32)
 
 
 def pair_inputs(pairs: np.ndarray, ids: Sequence[str]) -> dict:
