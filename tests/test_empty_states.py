@@ -46,7 +46,7 @@ def test_a_failed_job_is_said_and_can_be_tried_again(client, admin_user_role):
     client.force_login(admin_user_role)
     html = _text(client.get(reverse("curation-queue")))
     assert f'The last <a href="{reverse("job-detail", args=[job.pk])}">clean labels job (#{job.pk})</a> failed.' in html
-    assert 'name="clean-verify" value="on"' in html and 'name="clean-verify_thresh" value="20"' in html
+    assert 'name="clean-verify" value="on"' in html and 'name="clean-verify_thresh" value="15"' in html
     assert "manage.py" not in html
 
 

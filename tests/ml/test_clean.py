@@ -160,7 +160,7 @@ def test_unverifiable_photos_are_flagged_up_to_the_estimated_noise_rate():
         return 80 if pa == pb and pa < 5 else 3
 
     ev = build_evidence(w.vectors, w.ids, labels, EvidenceConfig(k=12, verify_top=8), local_features=oracle)
-    loose = Thresholds(other_rank=0)
+    loose = Thresholds(other_rank=0, noise_fill=True)  # the fill is off by default since issue 22
     verdicts = by_id(decide(ev, labels, loose))
     v = verdicts["p040"]
     assert (v.verdict, v.reason, v.suggested_label) == ("suspect", "noise_rate_ranked", "5")
@@ -170,6 +170,47 @@ def test_unverifiable_photos_are_flagged_up_to_the_estimated_noise_rate():
     off = by_id(decide(ev, labels, Thresholds(other_rank=0, noise_fill=False)))
     assert off["p040"].reason == "cannot_judge"
     assert not any(x.reason == "noise_rate_ranked" for x in off.values())
+
+
+def test_neighbour_vote_says_which_photo_of_a_cross_label_pair_is_mislabelled():
+    # Place 0 (8 photos, label a) and place 1 (8 photos, label b). Photo p001 (place 0) is labelled b and
+    # p000 is the only photo it verifies with (its other photos match nothing, like hard views); p000
+    # verifies with nothing else either. So p000 and p001 verify only with each other's label; the
+    # descriptor neighbourhood says which label is wrong: p000's neighbours are labelled a (its own), p001's
+    # are labelled a too (not its b).
+    w = world([8, 8])
+    labels = ["a"] * 8 + ["b"] * 8
+    labels[1] = "b"
+
+    def oracle(x: str, y: str) -> int:
+        return 80 if {x, y} == {"p000", "p001"} else 3
+
+    ev = build_evidence(w.vectors, w.ids, labels, EvidenceConfig(k=10, verify_top=9), local_features=oracle)
+    verdicts = by_id(decide(ev, labels))
+    assert (verdicts["p001"].verdict, verdicts["p001"].reason, verdicts["p001"].suggested_label) == (
+        "drop", "verified_other", "a")
+    assert (verdicts["p000"].verdict, verdicts["p000"].reason) == ("keep", "verified_other_outvoted")
+    # Without the vote (margin 1: never outvoted) the right photo is dropped with the wrong one.
+    off = by_id(decide(ev, labels, Thresholds(vote_margin=1.0)))
+    assert (off["p000"].verdict, off["p000"].reason) == ("drop", "verified_other")
+
+
+def test_noise_rate_estimate_does_not_count_outvoted_photos():
+    from ml.clean import _facts, estimated_noise_rate
+
+    w = world([8, 8])
+    labels = ["a"] * 8 + ["b"] * 8
+    labels[1] = "b"
+
+    def oracle(x: str, y: str) -> int:
+        return 80 if {x, y} == {"p000", "p001"} else 3
+
+    ev = build_evidence(w.vectors, w.ids, labels, EvidenceConfig(k=10, verify_top=9), local_features=oracle)
+    t = Thresholds()
+    f = _facts(ev, labels, t)
+    verdicts = [(v.verdict, v.suggested_label, v.score, v.reason) for v in decide(ev, labels, t)]
+    assert estimated_noise_rate(f) == (1.0, 2)  # by verification alone both look mislabelled
+    assert estimated_noise_rate(f, verdicts) == (0.5, 2)  # the vote clears one of them
 
 
 def test_decide_rejects_labels_of_the_wrong_length():

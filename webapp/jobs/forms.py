@@ -8,6 +8,7 @@ from pathlib import Path
 from django import forms
 from django.conf import settings
 
+from ml.clean import Thresholds
 from ml.evaluate import LayoutError, read_layout
 from ml.pipeline import DEFAULT_PIPELINE
 from ml.pipeline import PIPELINES as PRESETS
@@ -88,7 +89,7 @@ class BuildIndexForm(forms.Form):
 class CleanForm(forms.Form):
     kind = Job.Kind.CLEAN
     verify = forms.BooleanField(required=False, initial=True, help_text="Spatial verification (slower, precise).")
-    verify_thresh = forms.IntegerField(min_value=1, initial=20)
+    verify_thresh = forms.IntegerField(min_value=1, initial=Thresholds.verify_thresh)
     freq_thresh = forms.IntegerField(min_value=1, initial=1)
 
     def params(self) -> dict:

@@ -1,8 +1,9 @@
-"""python manage.py clean [--splits ...] [--no-verify] [--verify-thresh N] [--freq-thresh N] [--report PATH]
+"""python manage.py clean [--splits ...] [--no-verify] [--verify-thresh N (15)] [--freq-thresh N] [--report PATH]
 [--chunk-pairs N]"""
 
 from pathlib import Path
 
+from ml.clean import Thresholds
 from webapp.catalog.models import Image
 from webapp.jobs.models import Job
 from worker.management.jobcommand import JobCommand
@@ -19,7 +20,7 @@ class Command(JobCommand):
         parser.add_argument("--splits", nargs="+", choices=Image.Split.values, help="Only these splits.")
         parser.add_argument("--no-verify", action="store_true", help="Skip spatial verification (descriptors only).")
         parser.add_argument("--k", type=int, default=30, help="Neighbours per image in the kNN graph.")
-        parser.add_argument("--verify-thresh", type=int, default=20, help="Inliers for a pair to be the same place.")
+        parser.add_argument("--verify-thresh", type=int, default=Thresholds.verify_thresh, help="Inliers for a pair to be the same place.")
         parser.add_argument("--freq-thresh", type=int, default=1, help="Verified label-mates to confirm a label.")
         parser.add_argument("--report", type=Path, help="Also write the verdicts as CSV.")
         parser.add_argument("--chunk-pairs", type=int, help="Pairs verified per chunk (one task each on the "

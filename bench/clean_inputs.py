@@ -1,0 +1,136 @@
+"""Inputs of the label-cleaning benchmark (``bench/bench_clean.py``): the labelled sets, their descriptors and
+the inlier counts of their pairs, cached on disk with the cold-cache cost of making each.
+
+A set is a folder in the landmarks-mini layout (``images.csv`` with ``id,landmark_id``, ``images/<id>.jpg``).
+Per set, under ``CACHE/<set>/``: ``vectors.npz`` (ImageNet lite0 GeM descriptors at 512 px), ``features/``
+(RootSIFT, ``ml.spatial`` defaults), ``pairs.json`` (RootSIFT/MAGSAC inliers by pair) and ``timings.json``
+(seconds spent making each, cold). Pair inliers do not depend on the labels, so every pair any labelling
+asks to verify (``ml.clean.pairs_to_verify`` picks among the kNN graph's pairs) is verified once.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from bench.common import SHARED_DATA
+
+SETS = {"landmarks-mini": SHARED_DATA / "landmarks-mini", "landmarks-dev/train": SHARED_DATA / "landmarks-dev" / "train"}
+
+
+@dataclass
+class LabelledSet:
+    name: str
+    ids: list[str]
+    labels: list[str]
+    paths: list[Path]
+    vectors: np.ndarray
+    cache: Path
+    timings: dict = field(default_factory=dict)
+
+
+def _timings(cache: Path) -> dict:
+    path = cache / "timings.json"
+    return json.loads(path.read_text()) if path.exists() else {}
+
+
+def _save_timings(cache: Path, timings: dict) -> None:
+    (cache / "timings.json").write_text(json.dumps(timings, indent=1))
+
+
+def load_set(name: str, cache_root: Path) -> LabelledSet:
+    root = SETS[name]
+    cache = cache_root / name.replace("/", "-")
+    cache.mkdir(parents=True, exist_ok=True)
+    with (root / "images.csv").open(newline="") as f:
+        rows = list(csv.DictReader(f))
+    ids = [r["id"] for r in rows]
+    labels = [r["landmark_id"] for r in rows]
+    paths = [root / "images" / f"{i}.jpg" for i in ids]
+    timings = _timings(cache)
+    path = cache / "vectors.npz"
+    vectors = None
+    if path.exists():
+        data = np.load(path)
+        if list(data["ids"]) == ids:
+            vectors = data["vectors"]
+    if vectors is None:
+        import torch
+
+        from ml.embed import EmbedConfig, embed_images
+        from ml.weights import load_model
+
+        torch.set_num_threads(1)
+        model = load_model("packaged:tf_efficientnet_lite0")
+        t0 = time.perf_counter()
+        vectors = embed_images(model, paths, EmbedConfig(image_size=512, device="cpu", num_workers=0,
+                                                         torch_threads=1))
+        timings["embed_seconds"] = round(time.perf_counter() - t0, 2)
+        timings["embed_photos"] = len(ids)
+        np.savez(path, vectors=vectors, ids=np.array(ids))
+        _save_timings(cache, timings)
+    return LabelledSet(name, ids, labels, paths, vectors, cache, timings)
+
+
+class CachedPairs:
+    """Pair inliers from ml.spatial, remembered in a JSON file so later runs verify nothing twice; the
+    seconds spent extracting features and verifying pairs cold are kept in the set's timings."""
+
+    def __init__(self, s: LabelledSet) -> None:
+        from ml.spatial import LocalFeatureStore
+
+        self.set = s
+        self.store = LocalFeatureStore(s.cache / "features")
+        t0 = time.perf_counter()
+        extracted = self.store.ensure(list(zip(s.ids, s.paths, strict=True)))
+        if extracted:
+            s.timings["extract_seconds"] = round(s.timings.get("extract_seconds", 0) + time.perf_counter() - t0, 2)
+            s.timings["extract_photos"] = s.timings.get("extract_photos", 0) + extracted
+            _save_timings(s.cache, s.timings)
+        self.file = s.cache / "pairs.json"
+        self.known = json.loads(self.file.read_text()) if self.file.exists() else {}
+        self.computed = 0
+        self.compute_seconds = 0.0
+
+    def __call__(self, a: str, b: str) -> int:
+        from ml.spatial import verify_pair
+
+        key = f"{min(a, b)}:{max(a, b)}"
+        if key not in self.known:
+            t0 = time.perf_counter()
+            self.known[key] = verify_pair(self.store.get(a), self.store.get(b)).inliers
+            self.compute_seconds += time.perf_counter() - t0
+            self.computed += 1
+        return self.known[key]
+
+    def save(self) -> None:
+        if self.computed:
+            t = self.set.timings
+            t["verify_seconds"] = round(t.get("verify_seconds", 0) + self.compute_seconds, 2)
+            t["verify_pairs"] = t.get("verify_pairs", 0) + self.computed
+            _save_timings(self.set.cache, t)
+            self.computed, self.compute_seconds = 0, 0.0
+        tmp = self.file.with_suffix(".tmp")
+        tmp.write_text(json.dumps(self.known))
+        tmp.replace(self.file)
+
+
+def warm(s: LabelledSet, k: int, progress_every: int = 500) -> CachedPairs:
+    """Verify every pair of the set's k-NN graph (the superset of what any labelling asks to verify)."""
+    from ml.clean import knn_graph
+
+    pairs = CachedPairs(s)
+    _, nbrs = knn_graph(s.vectors, k)
+    todo = sorted({(min(i, int(j)), max(i, int(j))) for i, row in enumerate(nbrs) for j in row if j >= 0})
+    for n, (a, b) in enumerate(todo, 1):
+        pairs(s.ids[a], s.ids[b])
+        if n % progress_every == 0:
+            pairs.save()
+            print(f"{s.name}: {n}/{len(todo)} pairs", flush=True)
+    pairs.save()
+    return pairs
