@@ -3,8 +3,10 @@ the inlier counts of their pairs, cached on disk with the cold-cache cost of mak
 
 A set is a folder in the landmarks-mini layout (``images.csv`` with ``id,landmark_id``, ``images/<id>.jpg``).
 Per set, under ``CACHE/<set>/``: ``vectors.npz`` (ImageNet lite0 GeM descriptors at 512 px), ``features/``
-(RootSIFT, ``ml.spatial`` defaults), ``pairs.json`` (RootSIFT/MAGSAC inliers by pair) and ``timings.json``
-(seconds spent making each, cold). Pair inliers do not depend on the labels, so every pair any labelling
+(RootSIFT, ``ml.spatial`` defaults), ``pairs.json`` (RootSIFT/MAGSAC inliers by pair), ``dense_features/``
+(dense features on ImageNet lite2's block-4 feature maps at 512 px, ``ml.dense_matching.DenseFeatureStore``
+with the ``DenseMatchConfig`` defaults: what search's default pipeline matches), ``dense_pairs_b4.json`` (dense
+inliers of the same pairs) and ``timings.json`` (seconds spent making each, cold). Pair inliers do not depend on the labels, so every pair any labelling
 asks to verify (``ml.clean.pairs_to_verify`` picks among the kNN graph's pairs) is verified once.
 """
 
@@ -120,17 +122,79 @@ class CachedPairs:
         tmp.replace(self.file)
 
 
-def warm(s: LabelledSet, k: int, progress_every: int = 500) -> CachedPairs:
-    """Verify every pair of the set's k-NN graph (the superset of what any labelling asks to verify)."""
+DENSE_MODEL = "packaged:tf_efficientnet_lite2"  # search's default pipeline matches lite2's block 4 (ImageNet here)
+DENSE_IMAGE_SIZE = 512
+
+
+class CachedDensePairs(CachedPairs):
+    """Dense inliers (``ml.dense_matching.dense_inliers``, ``DenseMatchConfig`` defaults: lite2 block 4, half
+    the positions kept, MAGSAC on the grid) of pairs, cached like ``CachedPairs``; timings under ``dense_*``."""
+
+    def __init__(self, s: LabelledSet) -> None:
+        import torch
+
+        from ml.dense_matching import DenseFeatureStore, DenseMatchConfig
+        from ml.weights import load_model
+
+        self.set, self.cfg = s, DenseMatchConfig()
+        self.store = DenseFeatureStore(s.cache / "dense_features", self.cfg, DENSE_MODEL, DENSE_IMAGE_SIZE)
+        items = list(zip(s.ids, s.paths, strict=True))
+        if any(i not in self.store for i in s.ids):
+            torch.set_num_threads(1)
+            self.store.model = load_model(DENSE_MODEL)
+            t0 = time.perf_counter()
+            extracted = self.store.ensure(items)
+            s.timings["dense_extract_seconds"] = round(
+                s.timings.get("dense_extract_seconds", 0) + time.perf_counter() - t0, 2)
+            s.timings["dense_extract_photos"] = s.timings.get("dense_extract_photos", 0) + extracted
+            _save_timings(s.cache, s.timings)
+        self.file = s.cache / "dense_pairs_b4.json"
+        self.known = json.loads(self.file.read_text()) if self.file.exists() else {}
+        self.computed = 0
+        self.compute_seconds = 0.0
+
+    def __call__(self, a: str, b: str) -> int:
+        from ml.dense_matching import dense_inliers
+
+        key = f"{min(a, b)}:{max(a, b)}"
+        if key not in self.known:
+            t0 = time.perf_counter()
+            self.known[key] = int(dense_inliers(self.store.get(a), self.store.get(b), self.cfg))
+            self.compute_seconds += time.perf_counter() - t0
+            self.computed += 1
+        return self.known[key]
+
+    def save(self) -> None:
+        if self.computed:
+            t = self.set.timings
+            t["dense_verify_seconds"] = round(t.get("dense_verify_seconds", 0) + self.compute_seconds, 2)
+            t["dense_verify_pairs"] = t.get("dense_verify_pairs", 0) + self.computed
+            _save_timings(self.set.cache, t)
+            self.computed, self.compute_seconds = 0, 0.0
+        tmp = self.file.with_suffix(".tmp")
+        tmp.write_text(json.dumps(self.known))
+        tmp.replace(self.file)
+
+
+def _warm(s: LabelledSet, k: int, pairs: CachedPairs, what: str, progress_every: int) -> CachedPairs:
     from ml.clean import knn_graph
 
-    pairs = CachedPairs(s)
     _, nbrs = knn_graph(s.vectors, k)
     todo = sorted({(min(i, int(j)), max(i, int(j))) for i, row in enumerate(nbrs) for j in row if j >= 0})
     for n, (a, b) in enumerate(todo, 1):
         pairs(s.ids[a], s.ids[b])
         if n % progress_every == 0:
             pairs.save()
-            print(f"{s.name}: {n}/{len(todo)} pairs", flush=True)
+            print(f"{s.name}: {n}/{len(todo)} {what} pairs", flush=True)
     pairs.save()
     return pairs
+
+
+def warm(s: LabelledSet, k: int, progress_every: int = 500) -> CachedPairs:
+    """Verify every pair of the set's k-NN graph (the superset of what any labelling asks to verify)."""
+    return _warm(s, k, CachedPairs(s), "RootSIFT", progress_every)
+
+
+def warm_dense(s: LabelledSet, k: int, progress_every: int = 2000) -> CachedDensePairs:
+    """Dense-match every pair of the set's k-NN graph (features extracted first when not cached)."""
+    return _warm(s, k, CachedDensePairs(s), "dense", progress_every)

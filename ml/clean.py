@@ -7,7 +7,9 @@ The machine half of label curation, in two steps so that re-deciding is cheap:
    (``ml.spatial``: RootSIFT, ratio test, MAGSAC++) for the pairs worth verifying: each image with its
    ``verify_top`` nearest neighbours whatever their label, plus its nearest same-label neighbours. The
    evidence is labels-agnostic apart from which same-label pairs were verified, and it can be saved to a
-   folder and loaded again.
+   folder and loaded again. Optionally (``dense_features``) the same pairs are also dense-matched on the
+   backbone's feature maps (``ml.dense_matching``: it verifies day/night and season pairs RootSIFT cannot);
+   ``Thresholds.dense_thresh`` then lets a pair with that many dense inliers count as verified too.
 2. ``decide`` (cheap, vectorised where it matters): a verdict per image from the evidence, the current
    labels and ``Thresholds``.
 
@@ -138,6 +140,14 @@ class Thresholds:
     # ... exceeds B's by more than this (else the B photo it verifies with is the mislabelled one); 1 = never
     noise_fill: bool = False  # flag the unverifiable photos up to the noise rate estimated from verified ones
     weak_thresh: int = 10  # inliers for a pair to count as a weak match (ranking the unverifiable photos only)
+    # dense_thresh stays 0 (off): added to the --choose grid ({0, 20, 30, 40, 50, 60} x dense_verifiable), dense
+    # lost on the held-out folds (mean held-out objective 0.746 with it in the grid, 0.759 without: it lifts
+    # landmarks-dev/train's recall but costs landmarks-mini's precision at 10 % flips, the binding cell).
+    dense_thresh: int = 0  # dense inliers (ml.dense_matching) for a pair to count as the same place too: a pair
+    # is verified when RootSIFT inliers >= verify_thresh OR dense inliers >= dense_thresh; 0 = off (RootSIFT
+    # only; evidence without dense counts is read the same way)
+    dense_verifiable: bool = True  # dense-verified label-mates count towards a label being verifiable (the
+    # unverified_in_verifiable_label rule); False = RootSIFT alone says which labels are verifiable
     drop_min_inliers: int = 0  # verified-elsewhere images are "drop" only with this many inliers (0 = verify_thresh)
     evidence_top: int = 10  # nearest neighbours listed in each verdict's evidence (plus all verified pairs)
 
@@ -147,7 +157,11 @@ class Thresholds:
 
 @dataclass
 class CleaningEvidence:
-    """The expensive, cached part: kNN graph and inlier counts (``-1`` = pair not verified)."""
+    """The expensive, cached part: kNN graph and inlier counts (``-1`` = pair not verified).
+
+    ``dense_inliers``: optional dense-matching inliers of the same pairs (``ml.dense_matching``, aligned with
+    ``neighbours``, ``-1`` = not matched); None when the evidence has none (so stored evidence from before
+    dense counts existed loads as it was, and reads as RootSIFT only)."""
 
     ids: list[str]
     labels: list[str]  # labels the same-label pairs were chosen with
@@ -156,18 +170,23 @@ class CleaningEvidence:
     inliers: np.ndarray  # (N, k) int32, aligned with neighbours; -1 = not verified
     config: EvidenceConfig = field(default_factory=EvidenceConfig)
     meta: dict = field(default_factory=dict)
+    dense_inliers: np.ndarray | None = None  # (N, k) int32 like inliers, or None = no dense matching
+
+    def __post_init__(self) -> None:
+        if self.dense_inliers is not None and self.dense_inliers.shape != self.neighbours.shape:
+            raise ValueError(f"dense inliers of shape {self.dense_inliers.shape} for a graph of shape "
+                             f"{self.neighbours.shape}")
 
     def __len__(self) -> int:
         return len(self.ids)
 
     def pair_inliers(self) -> dict[tuple[int, int], int]:
         """Verified pairs as {(i, j) positions with i < j: inliers}."""
-        rows, cols = np.nonzero(self.inliers >= 0)
-        out: dict[tuple[int, int], int] = {}
-        for i, r in zip(rows.tolist(), cols.tolist(), strict=True):
-            j = int(self.neighbours[i, r])
-            out[(min(i, j), max(i, j))] = int(self.inliers[i, r])
-        return out
+        return _pairs_of(self.neighbours, self.inliers)
+
+    def pair_dense_inliers(self) -> dict[tuple[int, int], int]:
+        """Dense-matched pairs as {(i, j) positions with i < j: dense inliers} (empty without dense counts)."""
+        return {} if self.dense_inliers is None else _pairs_of(self.neighbours, self.dense_inliers)
 
     def save(self, folder: str | os.PathLike) -> Path:
         """Write the evidence into ``folder`` (replaced whole: readers see the old one or the new one)."""
@@ -178,6 +197,8 @@ class CleaningEvidence:
             np.save(tmp / "neighbours.npy", self.neighbours.astype(np.int64))
             np.save(tmp / "similarities.npy", self.similarities.astype(np.float32))
             np.save(tmp / "inliers.npy", self.inliers.astype(np.int32))
+            if self.dense_inliers is not None:  # optional file: evidence without it reads as RootSIFT only
+                np.save(tmp / "dense_inliers.npy", self.dense_inliers.astype(np.int32))
             (tmp / "ids.json").write_text(json.dumps({"ids": self.ids, "labels": self.labels}))
             meta = {"format": FORMAT_VERSION, "config": asdict(self.config), "meta": self.meta}
             (tmp / "meta.json").write_text(json.dumps(meta, indent=1))  # last: marks the folder complete
@@ -199,6 +220,7 @@ class CleaningEvidence:
         if meta.get("format") != FORMAT_VERSION:
             raise EvidenceFolderError(f"{folder}: evidence format {meta.get('format')} is not {FORMAT_VERSION}")
         names = json.loads((folder / "ids.json").read_text())
+        dense = folder / "dense_inliers.npy"
         return cls(
             ids=list(names["ids"]),
             labels=list(names["labels"]),
@@ -207,7 +229,17 @@ class CleaningEvidence:
             inliers=np.load(folder / "inliers.npy"),
             config=EvidenceConfig(**meta["config"]),
             meta=meta.get("meta", {}),
+            dense_inliers=np.load(dense) if dense.is_file() else None,
         )
+
+
+def _pairs_of(neighbours: np.ndarray, values: np.ndarray) -> dict[tuple[int, int], int]:
+    rows, cols = np.nonzero(values >= 0)
+    out: dict[tuple[int, int], int] = {}
+    for i, r in zip(rows.tolist(), cols.tolist(), strict=True):
+        j = int(neighbours[i, r])
+        out[(min(i, j), max(i, j))] = int(values[i, r])
+    return out
 
 
 @dataclass
@@ -223,6 +255,7 @@ class Verdict:
     neighbour_ids: list[str] = field(default_factory=list)
     similarities: list[float] = field(default_factory=list)
     inliers: list[int] = field(default_factory=list)  # -1 = pair not verified
+    dense_inliers: list[int] = field(default_factory=list)  # aligned with inliers; empty = no dense evidence
 
 
 @dataclass
@@ -244,6 +277,10 @@ class NoiseCluster:
 
 class FeatureSource(Protocol):
     def get(self, image_id: str): ...  # -> ml.spatial.LocalFeatures
+
+
+class DenseSource(Protocol):
+    def get(self, image_id: str): ...  # -> ml.dense_matching.DenseFeatures
 
 
 PairInliers = Callable[[str, str], int]
@@ -353,6 +390,21 @@ def _pair_counter(local_features: FeatureSource | PairInliers) -> PairInliers:
     return count
 
 
+def _dense_counter(dense_features: DenseSource | PairInliers) -> PairInliers:
+    """A function (id_a, id_b) -> dense inliers from a dense feature store (``ml.dense_matching``; its
+    ``cfg`` matches them) or such a function itself."""
+    if not hasattr(dense_features, "get"):
+        return dense_features  # type: ignore[return-value]
+    from ml.dense_matching import dense_inliers  # torch only when dense features are matched here
+
+    cfg = getattr(dense_features, "cfg", None)
+
+    def count(a: str, b: str) -> int:
+        return dense_inliers(dense_features.get(a), dense_features.get(b), cfg)
+
+    return count
+
+
 def verify_pairs(
     pairs: np.ndarray,
     ids: Sequence[str],
@@ -407,6 +459,7 @@ def build_evidence(
     local_features: FeatureSource | PairInliers | None = None,
     progress: Progress | None = None,
     reuse: CleaningEvidence | None = None,
+    dense_features: DenseSource | PairInliers | None = None,
 ) -> CleaningEvidence:
     """kNN graph and inlier counts for cleaning (the expensive step; save the result and re-decide).
 
@@ -414,6 +467,9 @@ def build_evidence(
     ``LocalFeatures``), or a function ``(id_a, id_b) -> inliers``; None = no spatial verification (the
     decision then rests on the descriptors alone). ``reuse``: earlier evidence whose verified pairs are
     not verified again (after relabelling, only the new same-label pairs cost anything).
+    ``dense_features``: an ``ml.dense_matching.DenseFeatureStore`` (or a function ``(id_a, id_b) -> dense
+    inliers``) to dense-match the same pairs too (``Thresholds.dense_thresh`` reads them); needs
+    ``local_features`` (the pairs are the ones verification picks).
     ``progress(done, total)`` counts images for the graph, then pairs for verification.
     """
     config = config or EvidenceConfig()
@@ -431,8 +487,16 @@ def build_evidence(
         if reuse is not None:
             known = {(reuse.ids[a], reuse.ids[b]): v for (a, b), v in reuse.pair_inliers().items()}
         values = verify_pairs(pairs, ids, local_features, known, config.workers, progress)
-    timings = {"graph_seconds": round(t_graph, 3), "verify_seconds": round(time.perf_counter() - t0 - t_graph, 3)}
-    return assemble_evidence(ids, labels, sims, nbrs, config, pairs, values, timings)
+    t_verify = time.perf_counter() - t0 - t_graph
+    timings = {"graph_seconds": round(t_graph, 3), "verify_seconds": round(t_verify, 3)}
+    dense_values = None
+    if dense_features is not None and pairs is not None:
+        known = None
+        if reuse is not None and reuse.dense_inliers is not None:
+            known = {(reuse.ids[a], reuse.ids[b]): v for (a, b), v in reuse.pair_dense_inliers().items()}
+        dense_values = verify_pairs(pairs, ids, _dense_counter(dense_features), known, config.workers, progress)
+        timings["dense_seconds"] = round(time.perf_counter() - t0 - t_graph - t_verify, 3)
+    return assemble_evidence(ids, labels, sims, nbrs, config, pairs, values, timings, dense_values)
 
 
 def assemble_evidence(
@@ -444,20 +508,27 @@ def assemble_evidence(
     pairs: np.ndarray | None = None,
     values: np.ndarray | None = None,
     meta: dict | None = None,
+    dense_values: np.ndarray | None = None,
 ) -> CleaningEvidence:
     """The evidence of a kNN graph (``knn_graph``) and the inliers ``values`` of its ``pairs``
     (``pairs_to_verify``; None = no spatial verification): what ``build_evidence`` returns, for callers that
-    verify the pairs elsewhere (in chunks, on several workers)."""
+    verify the pairs elsewhere (in chunks, on several workers). ``dense_values``: dense inliers of the same
+    pairs, or None (no dense matching)."""
     if pairs is None:
         inliers = np.full(neighbours.shape, -1, np.int32)
     else:
         if values is None or len(values) != len(pairs):
             raise ValueError(f"{len(pairs)} pairs but {None if values is None else len(values)} inlier counts")
         inliers = _scatter_inliers(neighbours, pairs, values)
+    dense = None
+    if dense_values is not None:
+        if pairs is None or len(dense_values) != len(pairs):
+            raise ValueError(f"{0 if pairs is None else len(pairs)} pairs but {len(dense_values)} dense counts")
+        dense = _scatter_inliers(neighbours, pairs, dense_values)
     meta = {**(meta or {}), "pairs_verified": 0 if pairs is None else len(pairs), "spatial": pairs is not None,
-            "graph": "exact" if len(ids) <= config.exact_below else "ivf-flat"}
+            "dense": dense is not None, "graph": "exact" if len(ids) <= config.exact_below else "ivf-flat"}
     return CleaningEvidence([str(i) for i in ids], [str(x) for x in labels], neighbours, similarities, inliers,
-                            config, meta)
+                            config, meta, dense)
 
 
 # ------------------------------------------------------------------------------------------------- decide
@@ -485,7 +556,8 @@ class _Facts:
     lab: np.ndarray  # (N,) object labels
     size: np.ndarray  # (N,) images under each image's label
     same: np.ndarray  # (N, k) neighbour has the same label
-    verified: np.ndarray  # (N, k) pair verified with >= verify_thresh inliers
+    verified: np.ndarray  # (N, k) pair verified: >= verify_thresh inliers, or >= dense_thresh dense inliers
+    strength: np.ndarray  # (N, k) inliers on RootSIFT's scale: dense counts scaled by verify/dense thresh
     same_verified: np.ndarray  # (N,) verified same-label neighbours
     mutual: np.ndarray  # (N, k) mutual ranks
     verifiable_mates: np.ndarray  # (N,) other photos of the label verified with a label-mate
@@ -500,11 +572,14 @@ def _facts(evidence: CleaningEvidence, labels: Sequence[str], t: Thresholds) -> 
     nb = evidence.neighbours
     valid = nb >= 0
     same = valid & (lab[np.where(valid, nb, 0)] == lab[:, None])
-    verified = valid & (evidence.inliers >= t.verify_thresh)
+    verified, strength = verified_pairs(evidence, t)
+    verified &= valid
     same_verified = (same & verified).sum(axis=1)
     counts = Counter(lab.tolist())
     size = np.array([counts[x] for x in lab], np.int64)
     confirmed = same_verified >= 1
+    if not t.dense_verifiable:
+        confirmed = (same & valid & (evidence.inliers >= t.verify_thresh)).sum(axis=1) >= 1
     per_label = Counter(lab[confirmed].tolist())
     verifiable_mates = np.array([per_label[x] for x in lab], np.int64) - confirmed
     mutual = mutual_ranks(nb)
@@ -512,8 +587,23 @@ def _facts(evidence: CleaningEvidence, labels: Sequence[str], t: Thresholds) -> 
     per_label = Counter(lab[close].tolist())
     close_mates = np.array([per_label[x] for x in lab], np.int64) - close
     component = _component_sizes(nb, same & verified)
-    return _Facts(lab, size, same, verified, same_verified, mutual, verifiable_mates, size - 1, close_mates,
-                  component, neighbour_votes(nb, lab, t.vote_k))
+    return _Facts(lab, size, same, verified, strength, same_verified, mutual, verifiable_mates, size - 1,
+                  close_mates, component, neighbour_votes(nb, lab, t.vote_k))
+
+
+def verified_pairs(evidence: CleaningEvidence, t: Thresholds) -> tuple[np.ndarray, np.ndarray]:
+    """(N, k) which pairs show the same place (RootSIFT inliers >= verify_thresh, or dense inliers >=
+    dense_thresh when dense_thresh > 0 and the evidence has dense counts), and (N, k) their strength in
+    RootSIFT inliers: the larger of the RootSIFT count and the dense count scaled by verify/dense thresh."""
+    inl = evidence.inliers
+    verified = inl >= t.verify_thresh
+    strength = inl
+    if t.dense_thresh > 0 and evidence.dense_inliers is not None:
+        dense = evidence.dense_inliers
+        verified = verified | (dense >= t.dense_thresh)
+        scaled = np.where(dense >= 0, np.floor(dense * t.verify_thresh / t.dense_thresh), -1).astype(inl.dtype)
+        strength = np.maximum(inl, scaled)
+    return verified, strength
 
 
 def neighbour_votes(neighbours: np.ndarray, labels: np.ndarray, k: int) -> list[Counter]:
@@ -548,7 +638,7 @@ def _best_other(i: int, f: _Facts, evidence: CleaningEvidence) -> tuple[str | No
     """Other label most verified with image i: (label, verified neighbours, most inliers), or (None, 0, 0)."""
     votes: dict[str, list[int]] = defaultdict(list)
     for r in np.flatnonzero(f.verified[i] & ~f.same[i]):
-        votes[f.lab[evidence.neighbours[i, r]]].append(int(evidence.inliers[i, r]))
+        votes[f.lab[evidence.neighbours[i, r]]].append(int(f.strength[i, r]))
     if not votes:
         return None, 0, 0
     label = max(votes, key=lambda c: (len(votes[c]), max(votes[c])))
@@ -684,6 +774,8 @@ def decide(
     out = []
     # Evidence shown: the nearest evidence_top neighbours and every verified pair (what decided).
     shown = (np.arange(evidence.neighbours.shape[1])[None, :] < t.evidence_top) | (evidence.inliers >= 0)
+    if evidence.dense_inliers is not None and t.dense_thresh > 0:
+        shown |= evidence.dense_inliers >= 0
     shown &= evidence.neighbours >= 0
     judged = [_judge(i, f, evidence, t) for i in range(len(evidence))]
     if t.noise_fill:
@@ -697,6 +789,8 @@ def decide(
             neighbour_ids=[evidence.ids[j] for j in evidence.neighbours[i, cols]],
             similarities=[round(float(s), 4) for s in evidence.similarities[i, cols]],
             inliers=[int(x) for x in evidence.inliers[i, cols]],
+            dense_inliers=([] if evidence.dense_inliers is None or t.dense_thresh <= 0
+                           else [int(x) for x in evidence.dense_inliers[i, cols]]),
         ))
     return out
 
@@ -732,9 +826,12 @@ def _merge_clusters(verdicts: Sequence[Verdict], evidence: CleaningEvidence, t: 
     # a few photos moved together under a wrong label must not make their two labels look like one place.
     lab = [by_id[x].label if x in by_id and by_id[x].verdict == "keep" else None for x in evidence.ids]
     sides: dict[tuple[str, str], tuple[set[int], set[int]]] = defaultdict(lambda: (set(), set()))
-    for (i, j), inl in evidence.pair_inliers().items():
+    same_place = {pair for pair, inl in evidence.pair_inliers().items() if inl >= t.verify_thresh}
+    if t.dense_thresh > 0:
+        same_place |= {pair for pair, d in evidence.pair_dense_inliers().items() if d >= t.dense_thresh}
+    for i, j in sorted(same_place):
         a, b = lab[i], lab[j]
-        if inl < t.verify_thresh or a is None or b is None or a == b:
+        if a is None or b is None or a == b:
             continue
         key = (a, b) if a < b else (b, a)
         first, second = (i, j) if a < b else (j, i)

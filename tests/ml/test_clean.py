@@ -242,6 +242,71 @@ def test_evidence_save_load_round_trip_and_replace(tmp_path):
         CleaningEvidence.load(tmp_path / "missing")
 
 
+def test_dense_counts_are_saved_and_old_evidence_without_them_reads_as_rootsift_only(tmp_path):
+    w = world([4, 4, 4])
+    labels = ["a"] * 4 + ["b"] * 4 + ["c"] * 4
+    calls = []
+
+    def dense(a: str, b: str) -> int:
+        calls.append((a, b))
+        return 50
+
+    ev = build_evidence(w.vectors, w.ids, labels, EvidenceConfig(k=6, verify_top=3), local_features=w.inliers,
+                        dense_features=dense)
+    assert ev.meta["dense"] and len(calls) == ev.meta["pairs_verified"]
+    np.testing.assert_array_equal(ev.dense_inliers >= 0, ev.inliers >= 0)  # the same pairs
+    loaded = CleaningEvidence.load(ev.save(tmp_path / "with"))
+    np.testing.assert_array_equal(loaded.dense_inliers, ev.dense_inliers)
+    on = Thresholds(dense_thresh=30)
+    assert [v.verdict for v in decide(loaded, thresholds=on)] == [v.verdict for v in decide(ev, thresholds=on)]
+    # Reusing earlier evidence matches no pair twice.
+    build_evidence(w.vectors, w.ids, labels, ev.config, local_features=w.inliers, dense_features=dense, reuse=ev)
+    assert len(calls) == ev.meta["pairs_verified"]
+    # Evidence stored before dense counts existed has no dense_inliers.npy: it loads, and any dense_thresh
+    # reads it as RootSIFT alone.
+    old = evidence_for(w, labels, k=6, verify_top=3)
+    folder = old.save(tmp_path / "old")
+    assert not (folder / "dense_inliers.npy").exists()
+    loaded_old = CleaningEvidence.load(folder)
+    assert loaded_old.dense_inliers is None
+    off = [(v.verdict, v.reason, v.score) for v in decide(loaded_old)]
+    assert [(v.verdict, v.reason, v.score) for v in decide(loaded_old, thresholds=on)] == off
+    assert all(v.dense_inliers == [] for v in decide(loaded_old, thresholds=on))
+
+
+def test_a_pair_only_dense_matching_verifies_changes_the_verdict(mini_dir, tmp_path):
+    """Real photos: the Berlin night photo (WxBS), labelled as London Bridge. RootSIFT verifies it with
+    nothing (5 inliers with the day photo), so the cleaner cannot judge it; dense matching on lite2's
+    block 4 verifies it with the Berlin day photo, and it is dropped with Berlin suggested."""
+    import torch
+
+    from ml.dense_matching import DenseFeatureStore, DenseMatchConfig
+    from ml.spatial import LocalFeatureStore
+    from ml.weights import load_model
+
+    torch.set_num_threads(1)
+    night, day = "52992f5255f55c69", "b9d6a79e1feb8601"  # landmark 25
+    rows = {r["id"]: r["landmark_id"] for r in mini_rows()}
+    ids = [i for i, lab in rows.items() if lab in ("1", "25")]  # London Bridge's 4 photos and Berlin's 2
+    labels = ["1" if i == night else rows[i] for i in ids]
+    paths = [mini_dir / "images" / f"{i}.jpg" for i in ids]
+    sift = LocalFeatureStore(tmp_path / "features")
+    sift.ensure(list(zip(ids, paths, strict=True)))
+    dense = DenseFeatureStore(tmp_path / "features", DenseMatchConfig(), "tf_efficientnet_lite2", 512,
+                              load_model("tf_efficientnet_lite2"))
+    dense.ensure(list(zip(ids, paths, strict=True)))
+    ev = build_evidence(_embed(paths, 384), ids, labels, local_features=sift, dense_features=dense)
+    p, q = ids.index(night), ids.index(day)
+    r = int(np.flatnonzero(ev.neighbours[p] == q)[0])
+    assert ev.inliers[p, r] < 15 <= 20 <= ev.dense_inliers[p, r], (ev.inliers[p, r], ev.dense_inliers[p, r])
+    no_vote = dict(vote_margin=1.0)  # six photos are too few for the neighbour vote to mean anything
+    before = by_id(decide(ev, labels, Thresholds(**no_vote)))[night]
+    after = by_id(decide(ev, labels, Thresholds(dense_thresh=20, **no_vote)))[night]
+    assert (before.verdict, before.reason) == ("keep", "cannot_judge")
+    assert (after.verdict, after.suggested_label, after.reason) == ("drop", "25", "verified_other")
+    assert after.dense_inliers[after.neighbour_ids.index(day)] >= 20
+
+
 def test_rebuilding_with_reuse_verifies_only_new_pairs():
     w = world([5, 5, 5])
     labels = ["a"] * 5 + ["b"] * 5 + ["c"] * 5
