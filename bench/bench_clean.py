@@ -6,8 +6,11 @@ uniformly at random (``ml.clean.flip_labels``). Reported: precision and recall P
 (``REPORT_SEEDS``: flagged and flipped photos summed over the seeds), never used to choose anything.
 Flagged = suspect + drop.
 
-- ours: ``ml.clean`` defaults: kNN graph of ImageNet lite0 GeM descriptors (512 px) + RootSIFT/MAGSAC
-  inliers (``ml.spatial`` defaults) + ``decide`` with the default ``Thresholds``.
+- ours: ``ml.clean`` defaults: kNN graph of the ``REPORT_DESCRIPTORS`` descriptors + RootSIFT/MAGSAC inliers
+  (``ml.spatial`` defaults) + ``decide`` with the default ``Thresholds``. Descriptors (``bench.clean_inputs``):
+  ``product`` = what the product's clean job embeds with (``webapp.search.services.cleaning_embedder``: the
+  serving index's models and embedding settings, the default pipeline's lite2 at 3 scales with mirrored views;
+  ImageNet weights here), ``lite0`` = ImageNet lite0 GeM at 512 px, one scale (what this bench used first).
 - ours + dense: the same evidence with the same pairs also dense-matched on ImageNet lite2's block-4 feature
   maps (``ml.dense_matching`` defaults, as search matches them), a pair verified when RootSIFT inliers >=
   verify_thresh OR dense inliers >= dense_thresh (``DENSE_CHOICE``).
@@ -15,10 +18,12 @@ Flagged = suspect + drop.
   regression (5 folds) on the same descriptors and noisy labels.
 - 5-NN vote: flagged when the plurality label of the 5 nearest photos is not the photo's label.
 
-``--choose`` picks the settings of ``decide`` (a small grid, ``GRID``) by 2-fold cross-validation over the
+``--choose`` picks the descriptors and the settings of ``decide`` that read them (a small grid, ``GRID``;
+``--choose dense``: the dense-matching grid ``DENSE_GRID``) by 2-fold cross-validation over the
 tuning seeds 1-10 (folds 1-5 and 6-10) on both sets at both noise levels: the objective is the smallest of
 precision and recall over the four (set, noise) cells, pooled over a fold's seeds; a setting is chosen on one
-fold and scored on the other, then the setting best on all ten seeds is printed (nothing is written). The
+fold and scored on the other, then the setting best on all ten seeds is printed, for all settings and for each
+descriptor's alone (nothing is written). The
 report seeds are never used there.
 
 Cost: descriptors, RootSIFT features and pair inliers are cached under ``--cache`` (``bench/clean_inputs.py``);
@@ -26,7 +31,7 @@ the seconds of the cold run that made them are kept there, and the cost per 1,00
 those unit costs and the pairs our cleaner verifies per photo. Then the kNN graph and ``decide`` are timed on
 synthetic sets (10 k, 30 k, 100 k) and extrapolated to 1 M.
 
-    .venv/bin/python bench/bench_clean.py [--cache /tmp/landmarks-clean] [--choose] [--no-write]
+    .venv/bin/python bench/bench_clean.py [--cache /tmp/landmarks-clean] [--choose [dense]] [--no-write]
 """
 
 from __future__ import annotations
@@ -38,7 +43,7 @@ import sys
 import time
 import warnings
 from collections import Counter
-from dataclasses import asdict, replace
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -46,7 +51,15 @@ import numpy as np
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from bench.clean_inputs import SETS, CachedDensePairs, CachedPairs, load_set, warm, warm_dense  # noqa: E402
+from bench.clean_inputs import (  # noqa: E402
+    SETS,
+    CachedDensePairs,
+    CachedPairs,
+    descriptors,
+    load_set,
+    warm,
+    warm_dense,
+)
 from bench.common import record, table  # noqa: E402
 from ml.clean import (  # noqa: E402
     EvidenceConfig,
@@ -68,18 +81,31 @@ OURS = "ours (kNN + RootSIFT/MAGSAC + neighbour vote)"
 CLEANLAB = "cleanlab find_label_issues (OOF logistic regression)"
 VOTE = "5-NN label vote"
 DENSE_OURS = "ours + dense-match verification (lite2 block 4)"
-# Dense matching is not adopted (ml.clean.Thresholds keeps dense_thresh 0): with dense_thresh {0, 20, 30, 40, 50,
-# 60} x dense_verifiable {True, False} in GRID, the settings chosen on one fold of the tuning seeds scored 0.744
-# and 0.747 on the other (mean 0.746), against 0.741 and 0.777 (mean 0.759) when the grid keeps RootSIFT
-# alone. The report shows, for information, the dense setting best on all ten tuning seeds (0.782 there vs
-# 0.774 without dense), never chosen on the report seeds.
+OURS_OTHER = "ours with lite0 descriptors (for comparison)"
+# Dense matching is not adopted (ml.clean.Thresholds keeps dense_thresh 0): with lite0 descriptors and dense_thresh
+# {0, 20, 30, 40, 50, 60} x dense_verifiable {True, False} added to a grid over verify_thresh {15, 20, 25},
+# vote_margin {0, 1}, other_rank {0, 5}, noise_fill, the settings chosen on one fold of the tuning seeds scored
+# 0.744 and 0.747 on the other (mean 0.746), against 0.741 and 0.777 (mean 0.759) with RootSIFT alone. Again with
+# the product's descriptors and the other settings at their defaults (``--choose dense``, DENSE_GRID): 0.774 and
+# 0.792 (mean 0.783) against 0.770 and 0.802 (mean 0.786). The report shows, for information, the dense setting
+# best on all ten tuning seeds (there 0.793 vs 0.794 without dense), never chosen on the report seeds.
 DENSE_CHOICE = {"dense_thresh": 40, "dense_verifiable": False}
-DENSE_NOTE = ("Not adopted: in `--choose` (dense_thresh {0, 20, 30, 40, 50, 60} x dense_verifiable added to the "
-              "grid) the settings chosen on one fold of the tuning seeds scored 0.744 and 0.747 on the other "
-              "(mean 0.746), against 0.741 and 0.777 (mean 0.759) for the grid with RootSIFT alone; the row shows "
-              "the dense setting best on all ten tuning seeds, for information.")
-GRID = {"verify_thresh": (15, 20, 25), "vote_margin": (0.0, 1.0), "other_rank": (0, 5), "noise_fill": (False, True),
-        "dense_thresh": (0, 20, 30, 40, 50, 60), "dense_verifiable": (True, False)}  # dense_thresh 0 = RootSIFT alone
+DENSE_NOTE = ("Not adopted: in `--choose dense` (the report's descriptors and settings, dense_thresh {0, 20, 30, 40, "
+              "50, 60} x dense_verifiable) the settings chosen on one fold of the tuning seeds scored 0.774 and 0.792 "
+              "on the other (mean 0.783), against 0.770 and 0.802 (mean 0.786) with RootSIFT alone (with lite0 "
+              "descriptors and a wider grid earlier: 0.746 vs 0.759); the row shows the dense setting best on all "
+              "ten tuning seeds (0.793 there, 0.794 without dense), for information.")
+# The descriptors of the kNN graph and of the descriptor rules (bench.clean_inputs.descriptors): "lite0" (ImageNet
+# lite0, 512 px, one scale: what the bench used first) or "product" (what the product's clean job embeds with:
+# the serving index's models and embedding settings, the default pipeline's lite2 at 3 scales with mirrored
+# views); --choose picks between them together with the settings that read them.
+DESCRIPTORS = ("lite0", "product")
+REPORT_DESCRIPTORS = "product"  # what the product does; --choose: a tie with lite0 (see the Thresholds comment)
+# The dense grid (--choose dense): the report's descriptors, the other settings at their defaults; 0 = RootSIFT alone.
+DENSE_GRID = {"descriptors": (REPORT_DESCRIPTORS,), "dense_thresh": (0, 20, 30, 40, 50, 60),
+              "dense_verifiable": (True, False)}
+GRID = {"descriptors": DESCRIPTORS, "verify_thresh": (15, 20), "other_rank": (0, 5, 10), "vote_k": (5, 10, 20),
+        "coherent_fraction": (0.5, 0.7)}
 
 
 # --------------------------------------------------------------------------------------------- methods
@@ -133,22 +159,35 @@ def pooled(found_truth: list[tuple[list[str], list[str]]]) -> tuple[float, float
     return hits / max(1, flagged_n), hits / max(1, truth_n), flagged_n
 
 
-def compare(cache: Path) -> tuple[str, dict]:
+def compare(cache: Path, desc_key: str = REPORT_DESCRIPTORS) -> tuple[str, dict]:
+    """The table of every method on the report seeds with the ``desc_key`` descriptors, plus ours with the
+    lite0 descriptors for comparison when those are others; and the cost inputs."""
     rows, cost = [], {}
+    desc, product = descriptors(desc_key), descriptors("product")
+    column = desc.short() + (" (the clean job's)" if desc == product else "")
+    other = descriptors("lite0") if desc != descriptors("lite0") else None
     for name in SETS:
-        s = load_set(name, cache)
+        s = load_set(name, cache, desc)
         pairs = warm(s, EvidenceConfig().k)  # cold: times the features and pairs not cached yet
         dense = warm_dense(s, EvidenceConfig().k)
         with_dense = replace(Thresholds(), **DENSE_CHOICE)
+        s_other = load_set(name, cache, other) if other is not None else None
+        pairs_other = warm(s_other, EvidenceConfig().k) if other is not None else None
         for noise in NOISE:
-            results: dict[str, list] = {OURS: [], DENSE_OURS: [], CLEANLAB: [], VOTE: []}
+            methods = [OURS] + ([OURS_OTHER] if other is not None else []) + [DENSE_OURS, CLEANLAB, VOTE]
+            results: dict[str, list] = {m: [] for m in methods}
             seconds: dict[str, float] = Counter()
             pairs_n = []
-            for seed, noisy, truth, ev in noisy_runs(s, pairs, noise, REPORT_SEEDS, dense):
-                for method, t in ((OURS, Thresholds()), (DENSE_OURS, with_dense)):
+            runs = noisy_runs(s, pairs, noise, REPORT_SEEDS, dense)
+            runs_other = noisy_runs(s_other, pairs_other, noise, REPORT_SEEDS) if other is not None else None
+            for n_run, (seed, noisy, truth, ev) in enumerate(runs):
+                ours = [(OURS, ev, Thresholds()), (DENSE_OURS, ev, with_dense)]
+                if other is not None:
+                    ours.append((OURS_OTHER, runs_other[n_run][3], Thresholds()))
+                for method, e, t in ours:
                     t0 = time.perf_counter()
-                    found = flagged(decide(ev, noisy, t))
-                    seconds[method] += time.perf_counter() - t0 + ev.meta["graph_seconds"]
+                    found = flagged(decide(e, noisy, t))
+                    seconds[method] += time.perf_counter() - t0 + e.meta["graph_seconds"]
                     results[method].append((found, truth))
                 pairs_n.append(ev.meta["pairs_verified"])
                 for method, (flag, secs) in ((CLEANLAB, run_cleanlab(s.vectors, s.ids, noisy, seed)),
@@ -160,12 +199,15 @@ def compare(cache: Path) -> tuple[str, dict]:
                     f"R {precision_recall(*results[m][-1])[1]:.2f}" for m in results), flush=True)
             for method, runs in results.items():
                 p, r, n = pooled(runs)
-                rows.append([name, f"{noise:.0%}", method, f"{p:.2f}", f"{r:.2f}",
+                rows.append([name, f"{noise:.0%}", method, other.short() if method == OURS_OTHER else column,
+                             f"{p:.2f}", f"{r:.2f}",
                              f"{n / len(runs):.1f} / {sum(len(t) for _, t in runs) / len(runs):.0f}",
                              f"{seconds[method] / len(runs):.2f}"])
-            cost.setdefault(name, {"photos": len(s.ids), **s.timings, "pairs": []})["pairs"] += pairs_n
-    body = table(["set", "noise", "method", "precision (pooled)", "recall (pooled)", "flagged / flipped per seed",
-                  "decide s per run"], rows)
+            embed = {"embed_seconds": s.timings[f"embed_seconds{desc.timing_suffix}"],
+                     "embed_photos": s.timings[f"embed_photos{desc.timing_suffix}"]}
+            cost.setdefault(name, {"photos": len(s.ids), **s.timings, **embed, "pairs": []})["pairs"] += pairs_n
+    body = table(["set", "noise", "method", "descriptors (kNN graph)", "precision (pooled)", "recall (pooled)",
+                  "flagged / flipped per seed", "decide s per run"], rows)
     return body, cost
 
 
@@ -199,45 +241,63 @@ def cost_table(cost: dict, decide_10k: float, graph_1m: float) -> tuple[str, str
 # -------------------------------------------------------------------------------------------- choosing
 
 
-def choose(cache: Path) -> None:
+def choose(cache: Path, grid: dict, pools: dict) -> None:
+    """2-fold cross-validation of ``grid`` (``"descriptors"``: keys of ``bench.clean_inputs.descriptors``, the
+    rest ``Thresholds`` fields) over the tuning seeds; for each pool of settings (``pools``: label -> predicate
+    on a setting), the setting chosen on one fold and its score on the other."""
+    descs = grid.get("descriptors", ("lite0",))
+    with_dense = "dense_thresh" in grid
     runs = {}
-    for name in SETS:
-        s = load_set(name, cache)
-        pairs = warm(s, EvidenceConfig().k)
-        dense = warm_dense(s, EvidenceConfig().k)
-        for noise in NOISE:
-            runs[(name, noise)] = noisy_runs(s, pairs, noise, TUNE_SEEDS, dense)
+    for d in descs:
+        for name in SETS:
+            s = load_set(name, cache, d)
+            pairs = warm(s, EvidenceConfig().k)  # the pairs of this graph not verified yet are verified once
+            dense = warm_dense(s, EvidenceConfig().k) if with_dense else None
+            for noise in NOISE:
+                runs[(d, name, noise)] = noisy_runs(s, pairs, noise, TUNE_SEEDS, dense)
 
-    def objective(t: Thresholds, seeds) -> tuple[float, dict]:
+    def thresholds(setting: dict) -> Thresholds:
+        return replace(Thresholds(), **{k: v for k, v in setting.items() if k != "descriptors"})
+
+    def objective(setting: dict, seeds) -> tuple[float, dict]:
+        t, d = thresholds(setting), setting.get("descriptors", "lite0")
         cells = {}
-        for key, rs in runs.items():
-            cells[key] = pooled([(flagged(decide(ev, noisy, t)), truth) for seed, noisy, truth, ev in rs
-                                 if seed in seeds])[:2]
+        for (desc, name, noise), rs in runs.items():
+            if desc == d:
+                cells[(name, noise)] = pooled([(flagged(decide(ev, noisy, t)), truth)
+                                               for seed, noisy, truth, ev in rs if seed in seeds])[:2]
         return min(min(c) for c in cells.values()), cells
 
-    settings = [replace(Thresholds(), **dict(zip(GRID, values, strict=True)))
-                for values in itertools.product(*GRID.values())]
-    settings = [t for t in settings if t.dense_thresh > 0 or t.dense_verifiable]  # no dense: one setting
+    settings = [dict(zip(grid, values, strict=True)) for values in itertools.product(*grid.values())]
+    if with_dense:
+        settings = [c for c in settings if c["dense_thresh"] > 0 or c["dense_verifiable"]]  # no dense: one setting
     folds = (TUNE_SEEDS[:5], TUNE_SEEDS[5:])
     scores = {}
-    for n, t in enumerate(settings):
-        scores[n] = [objective(t, f)[0] for f in folds]
-        print(f"{n}: " + ", ".join(f"{k}={getattr(t, k)}" for k in GRID) +
+    for n, c in enumerate(settings):
+        scores[n] = [objective(c, f)[0] for f in folds]
+        print(f"{n}: " + ", ".join(f"{k}={v}" for k, v in c.items()) +
               f": fold scores {scores[n][0]:.3f} {scores[n][1]:.3f}", flush=True)
-    for label, pool in (("all settings", list(scores)),
-                        ("RootSIFT alone (dense_thresh 0)", [n for n in scores if settings[n].dense_thresh == 0])):
+    for label, keep in pools.items():
+        pool = [n for n in scores if keep(settings[n])]
         held_out = []
         for a, b in ((0, 1), (1, 0)):
             best = max(pool, key=lambda n: scores[n][a])
             held_out.append(scores[best][b])
-            print(f"{label}: chosen on fold {a + 1}: setting {best}, {scores[best][a]:.3f} there, "
+            print(f"{label}: chosen on fold {a + 1}: setting {best} {settings[best]}, {scores[best][a]:.3f} there, "
                   f"{scores[best][b]:.3f} on fold {b + 1}")
         print(f"{label}: mean held-out objective {np.mean(held_out):.3f}")
-    best = max(scores, key=lambda n: sum(scores[n]))
-    value, cells = objective(settings[best], TUNE_SEEDS)
-    print(f"best on seeds 1-10: setting {best} ({value:.3f}):",
-          {k: v for k, v in asdict(settings[best]).items() if k in GRID},
-          {f"{k[0]} {k[1]:.0%}": f"P {p:.2f} R {r:.2f}" for k, (p, r) in cells.items()})
+        best = max(pool, key=lambda n: sum(scores[n]))
+        value, cells = objective(settings[best], TUNE_SEEDS)
+        print(f"{label}: best on seeds 1-10: setting {best} ({value:.3f}): {settings[best]}",
+              {f"{k[0]} {k[1]:.0%}": f"P {p:.2f} R {r:.2f}" for k, (p, r) in cells.items()}, flush=True)
+
+
+CHOICES = {
+    "descriptors": (GRID, {"all settings": lambda c: True,
+                           **{f"descriptors {d}": (lambda c, d=d: c["descriptors"] == d) for d in DESCRIPTORS}}),
+    "dense": (DENSE_GRID, {"all settings": lambda c: True,
+                           "RootSIFT alone (dense_thresh 0)": lambda c: c["dense_thresh"] == 0}),
+}
 
 
 # -------------------------------------------------------------------------------------------- scaling
@@ -315,13 +375,15 @@ def scaling(million: bool) -> str:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--cache", type=Path, default=Path("/tmp/landmarks-clean"))
-    parser.add_argument("--choose", action="store_true", help="choose decide's settings on the tuning seeds")
+    parser.add_argument("--choose", nargs="?", const="descriptors", choices=sorted(CHOICES),
+                        help="choose the descriptors and decide's settings (or, 'dense', the dense-matching grid) "
+                             "on the tuning seeds")
     parser.add_argument("--million", action="store_true", help="measure the 1 M graph instead of extrapolating")
     parser.add_argument("--no-write", action="store_true")
     args = parser.parse_args()
     args.cache.mkdir(parents=True, exist_ok=True)
     if args.choose:
-        choose(args.cache)
+        choose(args.cache, *CHOICES[args.choose])
         return
     compare_body, cost = compare(args.cache)
     row10k, _ = clean_10k()
@@ -329,7 +391,7 @@ def main() -> None:
                    "P / R (10 % flips)", "clusters"], [row10k])
     scale, graph_1m = scaling(args.million)
     costs, million = cost_table(cost, float(row10k[3]), graph_1m)
-    t = Thresholds()
+    t, desc, product = Thresholds(), descriptors(REPORT_DESCRIPTORS), descriptors("product")
     body = "\n\n".join([
         f"All photos of each set labelled (landmarks-mini 179 photos, 34 landmarks; landmarks-dev/train 647, 26), "
         f"labels flipped uniformly to another landmark; precision and recall pooled over the 5 report seeds "
@@ -337,10 +399,16 @@ def main() -> None:
         "Targets (issue 22): at 10 % P and R >= 0.85 on landmarks-mini and >= 0.8 on landmarks-dev/train; at "
         "30 % >= 0.75 on both.",
         compare_body,
+        f"Descriptors (kNN graph, descriptor rules, cleanlab and the 5-NN vote): {desc.describe()}"
+        + (" - what the product's clean job embeds with (`cleaning_embedder`: the serving index's models and "
+           "embedding settings, here the default pipeline's, with ImageNet weights)" if desc == product else
+           f"; the product's clean job embeds with {product.describe()} (`cleaning_embedder`)") + ". "
         f"Our settings (`ml.clean.Thresholds` defaults): verify_thresh {t.verify_thresh}, vote_k {t.vote_k}, "
-        f"vote_margin {t.vote_margin}, other_rank {t.other_rank}, noise_fill {t.noise_fill}; chosen by "
-        "`bench_clean.py --choose`: 2-fold cross-validation over tuning seeds 1-10 on both sets and both noise "
-        "levels, objective min(P, R) over the four cells (the comment at `Thresholds` has the scores). "
+        f"vote_margin {t.vote_margin}, other_rank {t.other_rank}, coherent_fraction {t.coherent_fraction}, "
+        f"noise_fill {t.noise_fill}; chosen by "
+        "`bench_clean.py --choose` (descriptors included): 2-fold cross-validation over tuning seeds 1-10 on both "
+        "sets and both noise levels, objective min(P, R) over the four cells (the comment at `Thresholds` has the "
+        "scores). "
         "Ours' time per run is the kNN graph and `decide` on cached evidence; cleanlab's includes fitting.",
         "Ours + dense: the same pairs also dense-matched on ImageNet lite2's block-4 feature maps at 512 px "
         "(`ml.dense_matching` defaults, what search's default pipeline matches); a pair counts as the same place "

@@ -2,7 +2,9 @@
 the inlier counts of their pairs, cached on disk with the cold-cache cost of making each.
 
 A set is a folder in the landmarks-mini layout (``images.csv`` with ``id,landmark_id``, ``images/<id>.jpg``).
-Per set, under ``CACHE/<set>/``: ``vectors.npz`` (ImageNet lite0 GeM descriptors at 512 px), ``features/``
+Per set, under ``CACHE/<set>/``: ``vectors.npz`` (ImageNet lite0 GeM descriptors at 512 px, one scale),
+``vectors_<model>_<size>_<scales>[_flip].npz`` (other ``Descriptors``: ``"product"`` is what the clean job
+embeds with, the default search pipeline's models and embedding settings), ``features/``
 (RootSIFT, ``ml.spatial`` defaults), ``pairs.json`` (RootSIFT/MAGSAC inliers by pair), ``dense_features/``
 (dense features on ImageNet lite2's block-4 feature maps at 512 px, ``ml.dense_matching.DenseFeatureStore``
 with the ``DenseMatchConfig`` defaults: what search's default pipeline matches), ``dense_pairs_b4.json`` (dense
@@ -25,6 +27,63 @@ from bench.common import SHARED_DATA
 SETS = {"landmarks-mini": SHARED_DATA / "landmarks-mini", "landmarks-dev/train": SHARED_DATA / "landmarks-dev" / "train"}
 
 
+@dataclass(frozen=True)
+class Descriptors:
+    """How a set's photos are embedded for the kNN graph and the descriptor rules (one packaged model)."""
+
+    model: str  # ml.weights spec
+    image_size: int = 512
+    scales: tuple[float, ...] = (1.0,)
+    flip: bool = False
+
+    @property
+    def file(self) -> str:
+        if self == LITE0:
+            return "vectors.npz"  # the cache made before other descriptors existed
+        scales = "-".join(f"{s:.3f}" for s in self.scales)
+        name = self.model.split(":")[-1].replace("tf_efficientnet_", "")
+        return f"vectors_{name}_{self.image_size}_{scales}{'_flip' if self.flip else ''}.npz"
+
+    @property
+    def timing_suffix(self) -> str:
+        """Of its cold embedding cost's keys in the set's timings (``embed_seconds<suffix>``)."""
+        return "" if self == LITE0 else f":{self.file}"
+
+    def short(self) -> str:
+        name = self.model.split(":")[-1].replace("tf_efficientnet_", "")
+        scales = "" if self.scales == (1.0,) else f", {len(self.scales)} scales"
+        return f"{name}{scales}{', mirrored' if self.flip else ''}, {self.image_size} px"
+
+    def describe(self) -> str:
+        name = self.model.split(":")[-1].replace("tf_efficientnet_", "")
+        scales = "one scale" if self.scales == (1.0,) else \
+            "scales " + ", ".join(f"{s:.2f}" for s in self.scales)
+        return f"ImageNet {name} GeM, {self.image_size} px, {scales}{', mirrored views' if self.flip else ''}"
+
+
+LITE0 = Descriptors("packaged:tf_efficientnet_lite0")
+
+
+def product_descriptors() -> Descriptors:
+    """What the product's clean job embeds with (``webapp.search.services.cleaning_embedder``): the serving
+    index's models and embedding settings, i.e. the default search pipeline's when the index was built with
+    it; here with the packaged ImageNet weights of its (first) model, like every descriptor of this bench."""
+    from ml.pipeline import get_pipeline
+
+    p = get_pipeline()
+    model = p.models[0] if ":" in p.models[0] else f"packaged:{p.models[0]}"
+    return Descriptors(model, int(p.image_size), tuple(float(s) for s in p.scales), bool(p.flip))
+
+
+def descriptors(key: str) -> Descriptors:
+    """``"lite0"`` (ImageNet lite0, 512 px, one scale) or ``"product"`` (``product_descriptors``)."""
+    if key == "lite0":
+        return LITE0
+    if key == "product":
+        return product_descriptors()
+    raise KeyError(f"unknown descriptors {key!r}: lite0 or product")
+
+
 @dataclass
 class LabelledSet:
     name: str
@@ -45,7 +104,10 @@ def _save_timings(cache: Path, timings: dict) -> None:
     (cache / "timings.json").write_text(json.dumps(timings, indent=1))
 
 
-def load_set(name: str, cache_root: Path) -> LabelledSet:
+def load_set(name: str, cache_root: Path, desc: Descriptors | str = LITE0) -> LabelledSet:
+    """The set with its descriptors ``desc`` (computed and cached when missing; cold cost in the timings
+    as ``embed_seconds`` for lite0, ``embed_seconds:<file>`` for others)."""
+    desc = descriptors(desc) if isinstance(desc, str) else desc
     root = SETS[name]
     cache = cache_root / name.replace("/", "-")
     cache.mkdir(parents=True, exist_ok=True)
@@ -55,7 +117,7 @@ def load_set(name: str, cache_root: Path) -> LabelledSet:
     labels = [r["landmark_id"] for r in rows]
     paths = [root / "images" / f"{i}.jpg" for i in ids]
     timings = _timings(cache)
-    path = cache / "vectors.npz"
+    path = cache / desc.file
     vectors = None
     if path.exists():
         data = np.load(path)
@@ -68,12 +130,13 @@ def load_set(name: str, cache_root: Path) -> LabelledSet:
         from ml.weights import load_model
 
         torch.set_num_threads(1)
-        model = load_model("packaged:tf_efficientnet_lite0")
+        model = load_model(desc.model)
         t0 = time.perf_counter()
-        vectors = embed_images(model, paths, EmbedConfig(image_size=512, device="cpu", num_workers=0,
+        vectors = embed_images(model, paths, EmbedConfig(image_size=desc.image_size, scales=desc.scales,
+                                                         flip=desc.flip, device="cpu", num_workers=0,
                                                          torch_threads=1))
-        timings["embed_seconds"] = round(time.perf_counter() - t0, 2)
-        timings["embed_photos"] = len(ids)
+        timings[f"embed_seconds{desc.timing_suffix}"] = round(time.perf_counter() - t0, 2)
+        timings[f"embed_photos{desc.timing_suffix}"] = len(ids)
         np.savez(path, vectors=vectors, ids=np.array(ids))
         _save_timings(cache, timings)
     return LabelledSet(name, ids, labels, paths, vectors, cache, timings)

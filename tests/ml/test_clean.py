@@ -135,7 +135,8 @@ def test_photo_matching_nothing_under_a_verifiable_label_is_a_distractor():
     # Place 2 has one photo; labelled "a", it sits under a label whose photos all verify with each other.
     w = world([6, 6, 1], spread=0.25)
     labels = ["a"] * 6 + ["b"] * 6 + ["a"]
-    v = by_id(decide(evidence_for(w, labels, k=10, verify_top=5), labels))["p012"]
+    # other_rank 5: in a 13-photo world every photo is within the default mutual rank (10) of every other.
+    v = by_id(decide(evidence_for(w, labels, k=10, verify_top=5), labels, Thresholds(other_rank=5)))["p012"]
     assert v.verdict == "suspect"
     assert v.reason == "unverified_in_verifiable_label"
     assert v.suggested_label == NOT_A_LANDMARK
