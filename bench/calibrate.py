@@ -4,20 +4,22 @@ Folds (seeds of our own) over landmarks-dev/train: in each, a few landmarks are 
 entirely (their photos become queries whose right answer is "no landmark"), and a few photos of every
 other landmark become queries against the rest. Each fold's database is built and searched exactly as
 the product does (``ml.evaluate``, the preset with its calibrations switched off); from every query we
-keep each result's evidence (fused ranking score, label agreement) and each landmark candidate's
-(``Recognition.evidence``), with whether it was right. Then:
+keep each result's evidence (fused ranking score, label, global similarity, inliers), from which any
+recognition is replayed (``recognitions``). Each fold is used three times (``views``): as built (about
+20 photos a landmark), with each landmark cut to 1-4 database photos, and long-tailed, so that what is
+fitted holds on collections of each kind. Then:
 
-- recognition: P(candidate right | evidence) by logistic regression (``ml.calibration``);
+- recognition: P(candidate right | its vote evidence, the runner-up's, the nearest photo's) by logistic
+  regression (``ml.calibration``);
 - result scores: P(result shows the query's place | fused, agreement with the calibrated recognition);
-- leave-one-fold-out: mAP of ranking by that score against the preset's own order, and the calibration
-  error of both models on the fold left out, to choose whether the score should order the results.
-
-The presets use the result scores; the recognition model is fitted and printed but no preset uses it:
-it named far fewer right landmarks on landmarks-mini (docs/decisions/0007).
+- leave-one-fold-out: named right / wrong / absent landmarks named, GAP and calibration error of the
+  noisy-OR rule against the calibrated recognition, a sweep of its "no landmark" threshold, and the mAP of
+  ranking by the score against the preset's own order.
 
 ``--fit`` prints the fitted weights for ``ml/pipeline.py``. ``--report`` runs the preset as it is now (with
 its calibrations) on landmarks-dev/eval and landmarks-mini (plus scikit-image's 4 non-landmark photos as
-queries), and the reliability tables are recorded in docs/benchmarks.md.
+queries), with the answers of the noisy-OR rule replayed on the same results, and the reliability tables
+are recorded in docs/benchmarks.md.
 
     .venv/bin/python bench/calibrate.py --pipeline default --fit [--folds 3] [--cache DIR]
     .venv/bin/python bench/calibrate.py --pipeline default --report [--no-write]
@@ -50,11 +52,16 @@ from ml.calibration import (  # noqa: E402
     reliability,
 )
 from ml.evaluate import EvalCache, run_evaluation  # noqa: E402
-from ml.pipeline import PipelineConfig, get_pipeline, search_one  # noqa: E402
+from ml.metrics import global_average_precision  # noqa: E402
+from ml.pipeline import NOISY_OR_RECOGNITION, PipelineConfig, get_pipeline, search_one  # noqa: E402
+from ml.recognize import Recognition, RecognitionConfig, recognize  # noqa: E402
 
 TRAIN = SHARED_DATA / "landmarks-dev" / "train"
 REPORT_SETS = {"landmarks-dev/eval": SHARED_DATA / "landmarks-dev" / "eval", "landmarks-mini": SHARED_DATA / "landmarks-mini"}
 TOP = 1000  # results per query whose evidence is kept (the whole ranking of these databases)
+NEIGHBOURS = 20  # results a replayed recognition sees (more than any preset's vote)
+FEW_PHOTOS = (1, 4)  # database photos a landmark keeps in each fold's second view (landmarks-mini has 1-4)
+THRESHOLDS = (0.3, 0.35, 0.4, 0.45, 0.5, 0.55)  # "no landmark" below: the calibrated recognition's choices
 
 
 def uncalibrated(p: PipelineConfig) -> PipelineConfig:
@@ -94,45 +101,66 @@ def fold_layout(folder: Path, seed: int, absent: int, per_landmark: int) -> Path
 
 
 def collect(run, truth: dict[str, str]) -> dict:
-    """Per query: candidates' evidence with whether each is right, and the top results' evidence."""
+    """Per query, each result's evidence: what the score weighs (fused, and its label for the label term)
+    and what the recognition weighs (the global similarity to the query and the RootSIFT inliers). Ordered
+    by fused, the results are in the order the recognition saw them, before the label steps, so any
+    recognition can be replayed from them (``recognitions``)."""
     labels = run.layout.labels or {}
+    return {qid: {"hits": [(h.image_id, h.fused, str(labels.get(h.image_id)),
+                            str(labels.get(h.image_id)) == str(truth.get(qid)), h.global_score, h.inliers)
+                           for h in result.hits[:TOP]]}
+            for qid, result in run.results.items()}
+
+
+def views(fold: dict, seed: int) -> list[tuple[str, dict]]:
+    """The fold as built (about 20 database photos a landmark), with each landmark's database photos cut to
+    1-4 at random (``FEW_PHOTOS``, like landmarks-mini's wonders and wide-baseline scenes), and long-tailed
+    (each landmark keeps between 1 and all of its photos, log-uniformly, as in GLDv2 or any archive: big
+    landmarks beside small ones). Removed photos leave the rankings, the others keep their evidence. A
+    calibration fitted on all three holds on either kind of collection; one fitted on the first alone
+    learned that agreeing neighbours are plentiful."""
+    rng = random.Random(seed)
+    by_landmark: dict[str, list[str]] = {}
+    for image, landmark in sorted(fold["gnd"]["labels"].items()):
+        by_landmark.setdefault(landmark, []).append(image)
+    few, tail = set(), set()
+    for _, images in sorted(by_landmark.items()):
+        rng.shuffle(images)
+        few.update(images[: rng.randint(*FEW_PHOTOS)])
+        tail.update(images[: max(1, round(len(images) ** rng.random()))])
+    return [("as built", fold["queries"]),
+            (f"{FEW_PHOTOS[0]}-{FEW_PHOTOS[1]} photos a landmark", _keep(fold["queries"], few)),
+            ("long-tailed", _keep(fold["queries"], tail))]
+
+
+def _keep(queries: dict, kept: set) -> dict:
+    return {qid: {"hits": [h for h in q["hits"] if h[0] in kept]} for qid, q in queries.items()}
+
+
+def recognitions(queries: dict, rec: RecognitionConfig, verified: bool) -> dict[str, Recognition]:
+    """The recognition ``rec`` of every query, replayed from its results' evidence as the pipeline runs it."""
     out = {}
-    for qid, result in run.results.items():
-        rec = result.recognition
-        candidates = [(str(lab), list(rec.evidence[lab]), str(lab) == str(truth.get(qid))) for lab, _ in rec.candidates]
-        hits = [(h.image_id, h.fused, str(labels.get(h.image_id)), str(labels.get(h.image_id)) == str(truth.get(qid)))
-                for h in result.hits[:TOP]]
-        out[qid] = {"candidates": candidates, "hits": hits}
+    for qid, q in queries.items():
+        ordered = sorted(q["hits"], key=lambda h: -h[1])[:NEIGHBOURS]
+        inliers = np.array([h[5] for h in ordered], float) if verified else None
+        out[qid] = recognize([h[2] for h in ordered], np.array([h[4] for h in ordered], float), inliers, rec)
     return out
 
 
-def recognition_rows(queries: dict) -> tuple[np.ndarray, np.ndarray]:
-    x = [[e, r, s, float(n)] for q in queries.values() for _, (e, r, s, n), _ in q["candidates"]]
-    y = [right for q in queries.values() for _, _, right in q["candidates"]]
-    return np.asarray(x, float), np.asarray(y, bool)
+def recognition_rows(recs: dict[str, Recognition], truth: dict) -> tuple[np.ndarray, np.ndarray]:
+    """Per candidate landmark of every query: its evidence, and whether it is the query's landmark."""
+    x = [[float(v) for v in r.evidence[lab]] for r in recs.values() for lab, _ in r.candidates]
+    y = [str(lab) == str(truth[q]) for q, r in recs.items() for lab, _ in r.candidates]
+    return np.asarray(x, float).reshape(len(y), -1), np.asarray(y, bool)
 
 
-def best_candidate(q: dict, cc: ConfidenceConfig) -> tuple[str | None, float, bool]:
-    """The landmark the calibrated recognition names for a query, its confidence, and whether it is right."""
-    scored = [(cc.probability(*ev), label, right) for label, ev, right in q["candidates"]]
-    if not scored:
-        return None, 0.0, False
-    p, label, right = max(scored, key=lambda t: t[0])
-    return label, p, right
-
-
-def score_rows(queries: dict, cc: ConfidenceConfig | None) -> tuple[np.ndarray, np.ndarray]:
-    """Per kept result: (fused, the recognition's confidence if it shows its landmark, else 0): the
-    calibrated recognition's with ``cc``, else the noisy-OR evidence of the vote's first candidate."""
+def score_rows(queries: dict, recs: dict[str, Recognition]) -> tuple[np.ndarray, np.ndarray]:
+    """Per kept result: (fused, the recognition's confidence if it shows its best landmark, else 0)."""
     x, y = [], []
-    for q in queries.values():
-        if cc is not None:
-            best, p, _ = best_candidate(q, cc)
-        else:
-            best, evidence, _ = q["candidates"][0] if q["candidates"] else (None, [0.0], False)
-            p = evidence[0]
-        for _, fused, label, right in q["hits"]:
-            x.append([fused, p if label == best else 0.0])
+    for qid, q in queries.items():
+        best, p = recs[qid].candidates[0] if recs[qid].candidates else (None, 0.0)
+        for _, fused, label, right, *_ in q["hits"]:
+            x.append([fused, p if label == str(best) else 0.0])
             y.append(right)
     return np.asarray(x, float), np.asarray(y, bool)
 
@@ -180,40 +208,97 @@ def gather(preset: PipelineConfig, seed: int, args) -> dict:
 
 def fit_and_compare(folds: list[dict], preset: PipelineConfig) -> dict:
     """Leave-one-fold-out comparison, then the weights fitted on every fold."""
-    rows = []
-    uses_labels, calibrated = preset.label_rerank.method != "none", preset.recognition.calibration is not None
-    for k, held in enumerate(folds):
-        train = [f for j, f in enumerate(folds) if j != k]
-        cc, sc = fit(train, uses_labels, calibrated)
-        rows.append(compare(held, cc, sc, calibrated))
-    print(table(["fold", "queries", "mAP own order", "mAP by score", "recognition ECE", "score ECE"],
-                [[k + 1, *r] for k, r in enumerate(rows)]))
-    cc, sc = fit(folds, uses_labels, calibrated)
+    rec_rows, score_rows_, sweep = [], [], {}
+    for k in range(len(folds)):
+        cc, sc = fit([f for j, f in enumerate(folds) if j != k], preset)
+        rec_rows += compare_recognition(folds[k], k, cc, preset, sweep)
+        score_rows_.append([k + 1, *compare_scores(folds[k], k, cc, sc, preset)])
+    print(table(["fold", "database", "recognition", "right", "wrong landmark", "absent named", "GAP", "ECE"], rec_rows))
+    print("\nThreshold of the calibrated recognition, folds left out pooled (right; wrong landmark + absent named):\n")
+    print(table(["database", *[f"{t:.2f}" for t in THRESHOLDS], "noisy-OR"],
+                [[view, *[f"{r}; {w}" for r, w in row]] for view, row in sweep.items()]))
+    print()
+    print(table(["fold", "queries", "mAP own order", "mAP by score", "score ECE"], score_rows_))
+    cc, sc = fit(folds, preset)
     return {"recognition": cc, "scores": sc}
 
 
-def fit(folds: list[dict], uses_labels: bool, calibrated: bool) -> tuple[ConfidenceConfig, ScoreConfig]:
-    """The recognition's and the scores' weights; the scores' label term weighs the confidence the preset's
-    recognition gives (``calibrated`` or noisy-OR). A preset without label steps keeps its own order (the
-    label term would make it a label re-ranking), so its score weighs the fused evidence only."""
-    queries = {f"{k}:{q}": v for k, f in enumerate(folds) for q, v in f["queries"].items()}
-    w, b = fit_logistic(*recognition_rows(queries))
+def fit(folds: list[dict], preset: PipelineConfig) -> tuple[ConfidenceConfig, ScoreConfig]:
+    """The recognition's weights (every candidate of every query, both views of each fold), then the
+    scores': their label term weighs the confidence of the recognition the preset ships. A preset without
+    label steps keeps its own order (the label term would make it a label re-ranking), so its score weighs
+    the fused evidence only."""
+    verified = preset.uses_local_features
+    plain = replace(preset.recognition, calibration=None)
+    xs, ys = [], []
+    for k, fold in enumerate(folds):
+        for _, queries in views(fold, k + 1):
+            x, y = recognition_rows(recognitions(queries, plain, verified), fold["truth"])
+            xs.append(x)
+            ys.append(y)
+    w, b = fit_logistic(np.vstack(xs), np.concatenate(ys))
     cc = ConfidenceConfig(*[round(float(v), 3) for v in w], round(b, 3))
-    x, y = score_rows(queries, cc if calibrated else None)
-    if not uses_labels:
+    shipped = replace(plain, calibration=cc) if preset.recognition.calibration is not None else plain
+    xs, ys = [], []
+    for k, fold in enumerate(folds):
+        for _, queries in views(fold, k + 1):
+            x, y = score_rows(queries, recognitions(queries, shipped, verified))
+            xs.append(x)
+            ys.append(y)
+    x, y = np.vstack(xs), np.concatenate(ys)
+    if preset.label_rerank.method == "none":
         w, b = fit_logistic(x[:, :1], y)
         return cc, ScoreConfig(round(float(w[0]), 3), 0.0, round(b, 3), rank=False)
     w, b = fit_logistic(x, y)
     return cc, ScoreConfig(round(float(w[0]), 3), round(float(w[1]), 3), round(b, 3), rank=True)
 
 
-def compare(fold: dict, cc: ConfidenceConfig, sc: ScoreConfig, calibrated: bool) -> list:
-    """mAP of the preset's own order and of ordering by the calibrated score, and both calibration errors."""
+def compare_recognition(fold: dict, k: int, cc: ConfidenceConfig, preset: PipelineConfig, sweep: dict) -> list:
+    """On a fold left out, both views: the noisy-OR rule the presets had (nearest photo's evidence, "no
+    landmark" below 0.25) against the calibrated recognition at the preset's threshold; ``sweep`` adds up,
+    per threshold, the right answers and the false ones (a wrong landmark, or one named for a photo whose
+    landmark is absent)."""
+    verified, rows = preset.uses_local_features, []
+    calibrated = replace(preset.recognition, calibration=cc)
+    truth = fold["truth"]
+    known = set(fold["gnd"]["labels"].values())
+    solution = {q: [lm] if lm in known else [] for q, lm in truth.items()}
+    for view, queries in views(fold, k + 1):
+        for name, rec in (("noisy-OR, 0.25", NOISY_OR_RECOGNITION), (f"calibrated, {calibrated.threshold}", calibrated)):
+            recs = recognitions(queries, rec, verified)
+            best = {q: r.candidates[0] if r.candidates else (None, 0.0) for q, r in recs.items()}
+            counts = _answers(best, truth, known, rec.threshold)
+            predictions = {q: (lab, p) if lab is not None and p >= rec.threshold else None for q, (lab, p) in best.items()}
+            p = [conf for lab, conf in best.values() if lab is not None]
+            y = [str(lab) == str(truth[q]) for q, (lab, _) in best.items() if lab is not None]
+            rows.append([k + 1, view, name, *counts, f"{100 * global_average_precision(predictions, solution):.1f}",
+                         f"{calibration_error(p, y):.3f}"])
+            row = sweep.setdefault(view, [[0, 0] for _ in range(len(THRESHOLDS) + 1)])
+            for i, t in enumerate(THRESHOLDS if rec is calibrated else []):
+                right, wrong, absent = _answers(best, truth, known, t)
+                row[i][0] += right
+                row[i][1] += wrong + absent
+            if rec is NOISY_OR_RECOGNITION:
+                right, wrong, absent = counts
+                row[-1][0] += right
+                row[-1][1] += wrong + absent
+    return rows
+
+
+def _answers(best: dict, truth: dict, known: set, threshold: float) -> tuple[int, int, int]:
+    """Landmarks named right, named wrong, and named for photos whose landmark is not in the database."""
+    named = {q: lab for q, (lab, p) in best.items() if lab is not None and p >= threshold}
+    right = sum(str(lab) == str(truth[q]) for q, lab in named.items())
+    absent = sum(truth[q] not in known for q in named)
+    return right, len(named) - right - absent, absent
+
+
+def compare_scores(fold: dict, k: int, cc: ConfidenceConfig, sc: ScoreConfig, preset: PipelineConfig) -> list:
+    """mAP of the preset's own order and of ordering by the calibrated score, and the score's calibration
+    error, on the fold as built."""
     queries = fold["queries"]
-    picked = [best_candidate(q, cc) for q in queries.values()]
-    rec_p = [p for label, p, _ in picked if label is not None]
-    rec_y = [right for label, _, right in picked if label is not None]
-    x, y = score_rows(queries, cc if calibrated else None)
+    rec = replace(preset.recognition, calibration=cc if preset.recognition.calibration is not None else None)
+    x, y = score_rows(queries, recognitions(queries, rec, preset.uses_local_features))
     p = sc.probability(x[:, 0], x[:, 1])
     by_score, start = {}, 0
     for qid, q in queries.items():
@@ -222,7 +307,7 @@ def compare(fold: dict, cc: ConfidenceConfig, sc: ScoreConfig, calibrated: bool)
         by_score[qid] = [q["hits"][j][0] for j in order]
         start += n
     return [len(queries), f"{_map(fold, fold['own_order']):.2f}", f"{_map(fold, by_score):.2f}",
-            f"{calibration_error(rec_p, rec_y):.3f}", f"{calibration_error(p, y):.3f}"]
+            f"{calibration_error(p, y):.3f}"]
 
 
 def _map(fold: dict, rankings: dict) -> float:
@@ -236,15 +321,16 @@ def _map(fold: dict, rankings: dict) -> float:
 
 def report(preset: PipelineConfig, args, started: float) -> None:
     """The preset as configured now on the report sets: mAP, GAP and the reliability of its confidences."""
-    rows, rec_p, rec_y, hit_p, hit_y = [], [], [], [], []
+    rows, rec_p, rec_y, hit_p, hit_y, answers = [], [], [], [], [], []
     for name, folder in REPORT_SETS.items():
         with tempfile.TemporaryDirectory(prefix="calibrate-") as tmp:
-            rows += _report_set(name, folder, preset, EvalCache(Path(tmp)), rec_p, rec_y, hit_p, hit_y)
+            rows += _report_set(name, folder, preset, EvalCache(Path(tmp)), rec_p, rec_y, hit_p, hit_y, answers)
     body = table(["data set", "labels", "mAP medium", "s/query"], rows)
-    rule = (f"calibrated, \"no landmark\" below {preset.recognition.threshold}" if preset.recognition.calibration
-            else f"noisy-OR evidence, not calibrated, \"no landmark\" below {preset.recognition.threshold}")
-    body += (f"\n\nRecognition confidence ({rule}; right = its best landmark is right), the labelled report "
-             "queries and scikit-image's 4 non-landmark photos with each set:\n\n")
+    body += ("\n\nRecognition with labels, each set's queries and scikit-image's 4 non-landmark photos; the "
+             "noisy-OR rule replayed on the same results:\n\n")
+    body += table(["data set", "recognition", "named right", "named wrong", "non-landmarks named", "GAP"], answers)
+    body += (f"\n\nRecognition confidence ({_rule(preset)}; right = its best landmark is right), the same "
+             "answers:\n\n")
     body += _reliability_table(rec_p, rec_y)
     body += "\n\nResult scores (the result shows the query's landmark), every result of each query:\n\n"
     body += _reliability_table(hit_p, hit_y)
@@ -258,8 +344,10 @@ def report(preset: PipelineConfig, args, started: float) -> None:
                "python bench/calibrate.py " + " ".join(sys.argv[1:]))
 
 
-def _report_set(name, folder, preset, cache, rec_p, rec_y, hit_p, hit_y) -> list:
-    """Both regimes on one set (one embedding, shared); the labelled run adds to the reliability lists."""
+def _report_set(name, folder, preset, cache, rec_p, rec_y, hit_p, hit_y, answers) -> list:
+    """Both regimes on one set (one embedding, shared); the labelled run adds to the reliability lists and
+    to ``answers`` (the recognition the preset ships against the noisy-OR rule, replayed on the same
+    results)."""
     rows = []
     for labels in (False, True):
         run = run_evaluation(folder, preset, use_labels=labels, cache=cache)
@@ -267,19 +355,45 @@ def _report_set(name, folder, preset, cache, rec_p, rec_y, hit_p, hit_y) -> list
         rows.append([name, "yes" if labels else "no", f"{m['medium']:.2f}", f"{m['seconds_per_query']:.2f}"])
         if not labels:
             continue
-        truth = {q.query_id: {run.layout.labels[i] for i in q.easy + q.hard} for q in run.layout.queries}
-        for qid, r in run.results.items():
+        truth = {q.query_id: {str(run.layout.labels[i]) for i in q.easy + q.hard} for q in run.layout.queries}
+        results = dict(run.results)
+        for n, photo in enumerate(non_landmark_photos()):
+            results[f"non-landmark-{n}"] = search_one(run.database, run.models, photo)
+            truth[f"non-landmark-{n}"] = set()
+        for qid, r in results.items():
             best = r.recognition.candidates[0][0] if r.recognition.candidates else None  # named or not
             rec_p.append(r.recognition.confidence)
-            rec_y.append(best is not None and best in truth[qid])
+            rec_y.append(best is not None and str(best) in truth[qid])
+            if qid.startswith("non-landmark-"):
+                continue
             for h in r.hits[:TOP]:
                 hit_p.append(h.score)
-                hit_y.append(run.layout.labels.get(h.image_id) in truth[qid])
-        for photo in non_landmark_photos():
-            rec = search_one(run.database, run.models, photo).recognition
-            rec_p.append(rec.confidence)
-            rec_y.append(False)
+                hit_y.append(str(run.layout.labels.get(h.image_id)) in truth[qid])
+        shipped = {q: r.recognition for q, r in results.items()}
+        replay = {q: {"hits": [(h.image_id, h.fused, str(run.layout.labels.get(h.image_id)), False, h.global_score,
+                                h.inliers) for h in r.hits[:TOP]]} for q, r in results.items()}
+        noisy_or = recognitions(replay, NOISY_OR_RECOGNITION, preset.uses_local_features)
+        for rule, recs, threshold in ((_rule(preset), shipped, preset.recognition.threshold),
+                                      ("noisy-OR, \"no landmark\" below 0.25", noisy_or, 0.25)):
+            answers.append([name, rule, *_named(recs, truth, threshold)])
     return rows
+
+
+def _rule(preset: PipelineConfig) -> str:
+    kind = "calibrated" if preset.recognition.calibration else "noisy-OR evidence, not calibrated"
+    return f"{kind}, \"no landmark\" below {preset.recognition.threshold}"
+
+
+def _named(recs: dict[str, Recognition], truth: dict[str, set], threshold: float) -> list:
+    """Landmark queries named right and wrong, non-landmark photos named, and GAP (non-landmarks included)."""
+    best = {q: r.candidates[0] if r.candidates else (None, 0.0) for q, r in recs.items()}
+    named = {q: (str(lab), p) for q, (lab, p) in best.items() if lab is not None and p >= threshold}
+    right = sum(lab in truth[q] for q, (lab, _) in named.items())
+    non_landmarks = sum(not truth[q] for q in named)
+    gap = global_average_precision({q: named.get(q) for q in recs}, {q: truth[q] for q in recs})
+    landmark_queries = sum(bool(t) for t in truth.values())
+    return [f"{right} / {landmark_queries}", len(named) - right - non_landmarks,
+            f"{non_landmarks} / {len(truth) - landmark_queries}", f"{100 * gap:.1f}"]
 
 
 def _reliability_table(p, y) -> str:

@@ -96,16 +96,18 @@ def monotone(scores: np.ndarray) -> np.ndarray:
 @dataclass
 class ConfidenceConfig:
     """The confidence of a recognition: the probability that the landmark is right, a logistic of its
-    evidence: the winning landmark's vote evidence (noisy-OR of its neighbours, in [0, 1]), the runner-up's,
-    the share of the nearest photos showing it, and whether the nearest photo shows it."""
+    evidence: the landmark's vote evidence (noisy-OR of its photos among the voting neighbours, in [0, 1]),
+    the runner-up landmark's, and whether the nearest photo shows it, with that photo's own evidence.
+    None of them grows with how many photos a landmark has beyond the voting neighbours, so a landmark with
+    a few photos is judged like one with a hundred (docs/decisions/0007)."""
 
-    evidence_weight: float = 6.0
+    evidence_weight: float = 3.0
     runner_up_weight: float = -2.0
-    share_weight: float = 2.0
-    nearest_weight: float = 1.0
-    bias: float = -4.0
+    nearest_evidence_weight: float = 2.5
+    nearest_weight: float = 0.5
+    bias: float = -1.5
 
-    def probability(self, evidence: float, runner_up: float, share: float, nearest: bool) -> float:
-        z = (self.evidence_weight * evidence + self.runner_up_weight * runner_up + self.share_weight * share
-             + self.nearest_weight * float(nearest) + self.bias)
+    def probability(self, evidence: float, runner_up: float, nearest_evidence: float, nearest: bool) -> float:
+        z = (self.evidence_weight * evidence + self.runner_up_weight * runner_up
+             + self.nearest_evidence_weight * nearest_evidence + self.nearest_weight * float(nearest) + self.bias)
         return float(sigmoid(z))

@@ -29,7 +29,7 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
-from ml.calibration import ScoreConfig, monotone
+from ml.calibration import ConfidenceConfig, ScoreConfig, monotone
 from ml.configs import from_dict
 from ml.dense_matching import (
     DenseCacheFill,
@@ -161,10 +161,22 @@ LABEL_STEPS = {
     "label_vote": LabelVoteConfig(k=1),
     "label_rerank": LabelRerankConfig(method="discriminative", threshold=0.0),
 }
-# The recognition: "no landmark" below 0.25 of noisy-OR evidence: an answer needs spatial verification or
-# cos >= 0.75 to its nearest image (evidence (2 cos - 1) / 2); lite2-ms puts unrelated photos at cos up to
-# ~0.73 (docs/benchmarks-archive.md).
+# The presets' recognition until 2026-12 (the reference the calibrated one is measured against): the
+# nearest photo's noisy-OR evidence, "no landmark" below 0.25: an answer needed spatial verification or
+# cos >= 0.75 to its nearest image (evidence (2 cos - 1) / 2), so a photo whose three nearest photos all
+# show one landmark at cos 0.72 got "no landmark".
 NOISY_OR_RECOGNITION = RecognitionConfig(vote=LabelVoteConfig(k=1), threshold=0.25)
+
+
+def calibrated_recognition(weights: ConfidenceConfig) -> RecognitionConfig:
+    """The presets' recognition: the 3 nearest photos vote, the confidence is the probability the landmark
+    is right (``weights`` fitted per preset by bench/calibrate.py --fit), "no landmark" below 0.45: the
+    lowest threshold at which, on the folds left out, the default names no more false landmarks than the
+    noisy-OR rule did, on collections with many, few and long-tailed photos a landmark (docs/decisions/0007).
+    """
+    return RecognitionConfig(vote=LabelVoteConfig(k=3), threshold=0.45, calibration=weights)
+
+
 LITE2_MS = {"models": ("tf_efficientnet_lite2",), "scales": MULTI_SCALE}
 # R-MAC regions at 3 levels (about 21 per photo), compared pair by pair: global-only mAP 61.8 -> 67.0 on
 # landmarks-mini (docs/benchmarks-archive.md); the shortlist is as deep as SuperGlobal's re-ranking (400).
@@ -175,10 +187,8 @@ REGIONS_TOP400 = RegionalConfig(levels=3, shortlist=400)
 DENSE_TOP50 = DenseMatchConfig(top_n=50, min_inliers=20, inlier_cap=60, weight=1.0)
 
 # The presets a user chooses between, each with its cost and quality (landmarks-mini, 2 CPU cores,
-# docs/benchmarks.md), and its result scores calibrated on 3 folds of landmarks-dev/train
-# (bench/calibrate.py --fit). The recognition keeps the noisy-OR rule: the calibrated confidence
-# (ml.calibration.ConfidenceConfig) fitted there named far fewer right landmarks on landmarks-mini, whose
-# landmarks have 1-4 photos (docs/decisions/0007). Variants tried on the way live with the benchmarks
+# docs/benchmarks.md), and its recognition confidence and result scores calibrated on 3 folds of
+# landmarks-dev/train (bench/calibrate.py --fit). Variants tried on the way live with the benchmarks
 # that compare them (bench/pipelines.py). A preset only seeds a new build: an index records the whole config it was built
 # with, and is searched with that record, whatever the preset says later.
 DEFAULT = _preset(
@@ -188,10 +198,12 @@ DEFAULT = _preset(
     "re-scoring, query expansion, RootSIFT and dense verification of the top 50; with labels, 1-NN label "
     "vote and label-aware re-ranking (landmarks-mini mAP 73.2 without labels, 85.7 with)",
     flip=True, qe=ExpansionConfig(k=2), verification=VERIFY_TOP50, dense=DENSE_TOP50, regional=REGIONS_TOP400,
-    **LITE2_MS, **LABEL_STEPS, recognition=NOISY_OR_RECOGNITION,
-    # A result's score is P(it shows the query's place), fitted on 3 folds of landmarks-dev/train
-    # (bench/calibrate.py --fit; reliability on the sets never used to fit in docs/benchmarks.md).
-    scores=ScoreConfig(fused_weight=1.655, label_weight=5.76, bias=-5.551, rank=True))
+    **LITE2_MS, **LABEL_STEPS,
+    # The recognition's confidence and a result's score (P(it shows the query's place)), fitted on 3 folds
+    # of landmarks-dev/train (bench/calibrate.py --fit; reliability on sets never used to fit in
+    # docs/benchmarks.md).
+    recognition=calibrated_recognition(ConfidenceConfig(3.258, -1.921, 1.954, 1.739, -2.964)),
+    scores=ScoreConfig(fused_weight=1.752, label_weight=5.642, bias=-5.631, rank=True))
 PIPELINES: dict[str, PipelineConfig] = {
     p.name: p
     for p in [
@@ -204,8 +216,8 @@ PIPELINES: dict[str, PipelineConfig] = {
                 models=("tf_efficientnet_lite0",), image_size=384,
                 verification=VerificationConfig(top_n=20, min_inliers=10, mode="fused", weight=1.0),
                 local_features=LocalFeatureConfig(max_side=512, max_keypoints=500), **LABEL_STEPS,
-                recognition=NOISY_OR_RECOGNITION,
-                scores=ScoreConfig(fused_weight=1.166, label_weight=5.996, bias=-4.94, rank=True)),
+                recognition=calibrated_recognition(ConfidenceConfig(4.509, -1.708, 2.921, 1.561, -3.008)),
+                scores=ScoreConfig(fused_weight=1.241, label_weight=5.883, bias=-4.93, rank=True)),
         _preset("baseline", "the reference to measure gains against, ~0.1 s a query: off-the-shelf lite0 "
                 "(ImageNet), GeM, 512 px, no re-ranking (landmarks-mini mAP 53.6)",
                 models=("tf_efficientnet_lite0",),

@@ -10,10 +10,9 @@ neighbours add up.
 
 With a ``calibration`` (``ml.calibration.ConfidenceConfig``, fitted on held-out queries by
 ``bench/calibrate.py``) the confidence is instead the probability that the landmark is right, from that
-evidence, the runner-up's, the share of the nearest photos showing the landmark, and whether the nearest
-one does: a photo whose three nearest photos all show the Colosseum is recognised even when none of them
-verifies. No preset uses one yet: fitted on landmarks-dev/train it named far fewer right landmarks on a
-collection with 1-4 photos a landmark (docs/decisions/0007).
+evidence, the runner-up's, and whether the nearest photo shows it (with its own evidence): a photo whose
+three nearest photos all show the Colosseum is recognised even when none of them verifies. The presets
+use one, fitted on collections with many and with few photos a landmark (docs/decisions/0007).
 
 A photo that matches nothing (a cat, a coffee cup) gets low global similarities and no verified
 neighbour, so its confidence stays below ``threshold`` and the answer is "no landmark"
@@ -40,7 +39,6 @@ class RecognitionConfig:
     # scikit-image's non-landmark photos (docs/benchmarks.md); another model needs its own calibration.
     threshold: float = 0.25
     calibration: ConfidenceConfig | None = None  # None: the noisy-OR evidence is the confidence
-    share_of: int = 5  # the nearest photos whose labels the calibration counts
 
 
 @dataclass
@@ -49,7 +47,7 @@ class Recognition:
     confidence: float  # of the best candidate, in [0, 1]
     candidates: list[tuple[Hashable, float]]  # best first, confidences on the same scale
     # Per candidate, the evidence a calibration weighs: (its vote evidence, the best other candidate's,
-    # the share of the nearest photos showing it, whether the nearest photo shows it).
+    # the nearest photo's evidence if it shows the candidate else 0, whether it does).
     evidence: dict[Hashable, tuple[float, float, float, bool]] = field(default_factory=dict)
 
     @property
@@ -68,9 +66,9 @@ def recognize(
     vote = predict_labels(neighbour_labels, sims, inliers, cfg.vote)
     # Candidates in vote order (A.7), each with its confidence (noisy-OR evidence, or calibrated from it).
     voted = [(lab, vote.confidence_of(lab)) for lab, _ in vote.ranked[: cfg.top_n]]
-    nearest = list(neighbour_labels[: cfg.share_of])
+    nearest = neighbour_labels[0] if len(neighbour_labels) else None
     evidence = {lab: (conf, max((c for other, c in voted if other != lab), default=0.0),
-                      sum(n == lab for n in nearest) / max(len(nearest), 1), bool(nearest) and nearest[0] == lab)
+                      vote.evidence[lab][0] if nearest == lab else 0.0, nearest == lab)
                 for lab, conf in voted}
     if cfg.calibration is None:
         candidates = voted

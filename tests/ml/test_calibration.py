@@ -1,7 +1,7 @@
 """Calibrated scores (ml/calibration.py): the logistic fit finds the weights that made the data, the
 reliability table and error say how far predictions are from what happens, a result's score is monotone
-in its evidence, and a calibrated recognition names the landmark its nearest photos agree on even when
-none of them verifies, while a photo whose neighbours disagree stays "no landmark"."""
+in its evidence, and the default's calibrated recognition names the landmark its nearest photos agree on
+even when none of them verifies, while a photo whose neighbours disagree stays "no landmark"."""
 
 import numpy as np
 import pytest
@@ -15,8 +15,8 @@ from ml.calibration import (
     reliability,
     sigmoid,
 )
-from ml.recognize import RecognitionConfig, recognize
-from ml.rerank import LabelVoteConfig
+from ml.pipeline import DEFAULT_PIPELINE, NOISY_OR_RECOGNITION, get_pipeline
+from ml.recognize import recognize
 
 
 def test_the_fit_finds_the_weights_that_made_the_answers():
@@ -51,21 +51,32 @@ def test_a_results_score_rises_with_its_evidence_and_never_down_a_ranking():
     np.testing.assert_array_equal(monotone(np.array([0.9, 0.95, 0.5, 0.7])), [0.9, 0.9, 0.5, 0.5])
 
 
-def test_a_calibrated_recognition_counts_agreeing_neighbours():
-    """Three nearest photos of one landmark at cos 0.74 and none verified: one neighbour's vote alone
-    (k = 1) is 0.24, below the old 0.25 threshold; the calibrated confidence sees that they agree."""
-    vote = LabelVoteConfig(k=1)
-    calibration = ConfidenceConfig(evidence_weight=6.0, runner_up_weight=-2.0, share_weight=4.0,
-                                   nearest_weight=1.0, bias=-4.0)
-    plain = RecognitionConfig(vote=vote, threshold=0.25)
-    calibrated = RecognitionConfig(vote=vote, threshold=0.5, calibration=calibration)
+def test_the_default_recognition_names_a_landmark_its_nearest_photos_agree_on():
+    """Issue 23: three nearest photos of the Colosseum at cos 0.72-0.74, none verified, used to get "no
+    landmark" at 0.24 (the nearest photo's evidence alone); the calibrated confidence sees that they agree.
+    A photo whose nearest photos are of different landmarks, none close (an astronaut), stays "no landmark"."""
+    recognition = get_pipeline(DEFAULT_PIPELINE).recognition
+    assert recognition.calibration is not None
     labels = ["colosseum", "colosseum", "colosseum", "pantheon", "louvre"]
     sims = np.array([0.74, 0.73, 0.72, 0.60, 0.55])
     unverified = np.zeros(5)  # verification ran, nothing verified
-    assert recognize(labels, sims, unverified, plain).landmark_id is None
-    found = recognize(labels, sims, unverified, calibrated)
-    assert found.landmark_id == "colosseum" and found.confidence > 0.5
-    assert found.evidence["colosseum"] == pytest.approx((0.24, 0.0, 0.6, True))
-    # A photo whose nearest photos are of five landmarks, none close: no landmark, whatever the nearest.
-    scattered = recognize(["a", "b", "c", "d", "e"], np.array([0.66, 0.64, 0.63, 0.62, 0.6]), unverified, calibrated)
-    assert scattered.landmark_id is None and scattered.confidence < 0.5
+    assert recognize(labels, sims, unverified, NOISY_OR_RECOGNITION).landmark_id is None  # the old rule
+    found = recognize(labels, sims, unverified, recognition)
+    assert found.landmark_id == "colosseum" and found.confidence >= 0.6
+    evidence, runner_up, nearest_evidence, nearest = found.evidence["colosseum"]
+    assert evidence == pytest.approx(1 - 0.76 * 0.77 * 0.78) and runner_up == 0.0
+    assert nearest_evidence == pytest.approx(0.24) and nearest
+    scattered = recognize(["a", "b", "c", "d", "e"], np.array([0.66, 0.64, 0.63, 0.62, 0.6]), unverified, recognition)
+    assert scattered.landmark_id is None and scattered.confidence < recognition.threshold
+    # One verified photo is enough, and more evidence never lowers the confidence.
+    verified = recognize(labels, sims, np.array([60, 0, 0, 0, 0]), recognition)
+    assert verified.landmark_id == "colosseum" and verified.confidence > found.confidence
+
+
+def test_a_calibrated_confidence_rises_with_its_evidence_and_falls_with_a_rival():
+    config = ConfidenceConfig(evidence_weight=3.0, runner_up_weight=-2.0, nearest_evidence_weight=1.0,
+                              nearest_weight=2.0, bias=-3.0)
+    base = config.probability(0.3, 0.1, 0.2, True)
+    assert config.probability(0.5, 0.1, 0.2, True) > base > config.probability(0.3, 0.4, 0.2, True)
+    assert base > config.probability(0.3, 0.1, 0.0, False)  # the nearest photo shows another landmark
+    assert 0.0 < config.probability(0.0, 1.0, 0.0, False) < base < config.probability(1.0, 0.0, 1.0, True) < 1.0

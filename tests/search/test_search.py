@@ -45,6 +45,8 @@ def test_upload_names_the_landmark_and_ranks_its_photos_first(viewer_client, act
     assert top == ["london_bridge"] * 3
     html = viewer_client.get(response["Location"]).content.decode()
     assert 'id="recognised">london_bridge<' in html and "Why this match" in html
+    # The confidence is a calibrated probability, and the page says so (issue 23).
+    assert 0 < query.confidence <= 1 and 'id="confidence-meaning"' in html and "below 0.45 no landmark" in html
     assert query.results.count() == 100 or query.results.count() == 145 or query.results.count() >= 100
 
 

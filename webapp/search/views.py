@@ -78,7 +78,17 @@ def search_results(request, uid=None, token=None):
     return render(request, "search/results.html", {
         "query": query, "page": page, "min_score": min_score, "options": Options.from_dict(query.options),
         "verified_count": verified["count"], "last_verified": verified["last"],
+        "recognition": _recognition_rule(query),
         "share_token": token, "owner": token is None and access.is_owner(request, query), "share_url": share_url})
+
+
+def _recognition_rule(query):
+    """How the search's index recognises (its recorded config), to say what its confidence means; None
+    when the index is gone or records none."""
+    try:
+        return query.index_version.pipeline_config().recognition if query.index_version else None
+    except ValueError:
+        return None
 
 
 @public_search
