@@ -53,7 +53,6 @@ sys.path.insert(0, str(ROOT))
 
 from bench.clean_inputs import (  # noqa: E402
     SETS,
-    CachedDensePairs,
     CachedPairs,
     descriptors,
     load_set,
@@ -140,7 +139,7 @@ def run_knn_vote(vectors, ids, noisy, k: int = 5) -> tuple[list[str], float]:
     return found, time.perf_counter() - t0
 
 
-def noisy_runs(s, pairs: CachedPairs, noise: float, seeds, dense: CachedDensePairs | None = None) -> list[tuple]:
+def noisy_runs(s, pairs: CachedPairs, noise: float, seeds, dense: CachedPairs | None = None) -> list[tuple]:
     """(seed, noisy labels, truly flipped ids, evidence built with the noisy labels) per seed; with ``dense``,
     the evidence holds the dense inliers of the same pairs too (read only when ``dense_thresh`` > 0)."""
     out = []

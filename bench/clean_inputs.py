@@ -17,6 +17,7 @@ from __future__ import annotations
 import csv
 import json
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -143,100 +144,78 @@ def load_set(name: str, cache_root: Path, desc: Descriptors | str = LITE0) -> La
 
 
 class CachedPairs:
-    """Pair inliers from ml.spatial, remembered in a JSON file so later runs verify nothing twice; the
-    seconds spent extracting features and verifying pairs cold are kept in the set's timings."""
+    """Inlier counts of pairs, ``count(a, b)``, remembered in a JSON file so later runs count nothing twice;
+    the seconds spent counting pairs cold are kept in the set's timings as ``<prefix>verify_seconds`` and
+    ``<prefix>verify_pairs``."""
 
-    def __init__(self, s: LabelledSet) -> None:
-        from ml.spatial import LocalFeatureStore
-
-        self.set = s
-        self.store = LocalFeatureStore(s.cache / "features")
-        t0 = time.perf_counter()
-        extracted = self.store.ensure(list(zip(s.ids, s.paths, strict=True)))
-        if extracted:
-            s.timings["extract_seconds"] = round(s.timings.get("extract_seconds", 0) + time.perf_counter() - t0, 2)
-            s.timings["extract_photos"] = s.timings.get("extract_photos", 0) + extracted
-            _save_timings(s.cache, s.timings)
-        self.file = s.cache / "pairs.json"
+    def __init__(self, s: LabelledSet, file: str, prefix: str, count: Callable[[str, str], int]) -> None:
+        self.set, self.prefix, self.count = s, prefix, count
+        self.file = s.cache / file
         self.known = json.loads(self.file.read_text()) if self.file.exists() else {}
         self.computed = 0
         self.compute_seconds = 0.0
 
     def __call__(self, a: str, b: str) -> int:
-        from ml.spatial import verify_pair
-
         key = f"{min(a, b)}:{max(a, b)}"
         if key not in self.known:
             t0 = time.perf_counter()
-            self.known[key] = verify_pair(self.store.get(a), self.store.get(b)).inliers
+            self.known[key] = int(self.count(a, b))
             self.compute_seconds += time.perf_counter() - t0
             self.computed += 1
         return self.known[key]
 
     def save(self) -> None:
         if self.computed:
-            t = self.set.timings
-            t["verify_seconds"] = round(t.get("verify_seconds", 0) + self.compute_seconds, 2)
-            t["verify_pairs"] = t.get("verify_pairs", 0) + self.computed
-            _save_timings(self.set.cache, t)
+            _add_timing(self.set, self.prefix + "verify", self.compute_seconds, self.computed)
             self.computed, self.compute_seconds = 0, 0.0
         tmp = self.file.with_suffix(".tmp")
         tmp.write_text(json.dumps(self.known))
         tmp.replace(self.file)
+
+
+def _add_timing(s: LabelledSet, what: str, seconds: float, count: int) -> None:
+    """Adds cold work to the set's timings: ``<what>_seconds`` and ``<what>_<pairs|photos>``."""
+    unit = "pairs" if what.endswith("verify") else "photos"
+    t = s.timings
+    t[f"{what}_seconds"] = round(t.get(f"{what}_seconds", 0) + seconds, 2)
+    t[f"{what}_{unit}"] = t.get(f"{what}_{unit}", 0) + count
+    _save_timings(s.cache, t)
+
+
+def rootsift_pairs(s: LabelledSet) -> CachedPairs:
+    """RootSIFT/MAGSAC inliers (``ml.spatial`` defaults); features extracted first when not cached."""
+    from ml.spatial import LocalFeatureStore, verify_pair
+
+    store = LocalFeatureStore(s.cache / "features")
+    t0 = time.perf_counter()
+    extracted = store.ensure(list(zip(s.ids, s.paths, strict=True)))
+    if extracted:
+        _add_timing(s, "extract", time.perf_counter() - t0, extracted)
+    return CachedPairs(s, "pairs.json", "", lambda a, b: verify_pair(store.get(a), store.get(b)).inliers)
 
 
 DENSE_MODEL = "packaged:tf_efficientnet_lite2"  # search's default pipeline matches lite2's block 4 (ImageNet here)
 DENSE_IMAGE_SIZE = 512
 
 
-class CachedDensePairs(CachedPairs):
+def dense_pairs(s: LabelledSet) -> CachedPairs:
     """Dense inliers (``ml.dense_matching.dense_inliers``, ``DenseMatchConfig`` defaults: lite2 block 4, half
-    the positions kept, MAGSAC on the grid) of pairs, cached like ``CachedPairs``; timings under ``dense_*``."""
+    the positions kept, MAGSAC on the grid); timings under ``dense_*``."""
+    import torch
 
-    def __init__(self, s: LabelledSet) -> None:
-        import torch
+    from ml.dense_matching import DenseFeatureStore, DenseMatchConfig, dense_inliers
+    from ml.weights import load_model
 
-        from ml.dense_matching import DenseFeatureStore, DenseMatchConfig
-        from ml.weights import load_model
-
-        self.set, self.cfg = s, DenseMatchConfig()
-        self.store = DenseFeatureStore(s.cache / "dense_features", self.cfg, DENSE_MODEL, DENSE_IMAGE_SIZE)
-        items = list(zip(s.ids, s.paths, strict=True))
-        if any(i not in self.store for i in s.ids):
-            torch.set_num_threads(1)
-            self.store.model = load_model(DENSE_MODEL)
-            t0 = time.perf_counter()
-            extracted = self.store.ensure(items)
-            s.timings["dense_extract_seconds"] = round(
-                s.timings.get("dense_extract_seconds", 0) + time.perf_counter() - t0, 2)
-            s.timings["dense_extract_photos"] = s.timings.get("dense_extract_photos", 0) + extracted
-            _save_timings(s.cache, s.timings)
-        self.file = s.cache / "dense_pairs_b4.json"
-        self.known = json.loads(self.file.read_text()) if self.file.exists() else {}
-        self.computed = 0
-        self.compute_seconds = 0.0
-
-    def __call__(self, a: str, b: str) -> int:
-        from ml.dense_matching import dense_inliers
-
-        key = f"{min(a, b)}:{max(a, b)}"
-        if key not in self.known:
-            t0 = time.perf_counter()
-            self.known[key] = int(dense_inliers(self.store.get(a), self.store.get(b), self.cfg))
-            self.compute_seconds += time.perf_counter() - t0
-            self.computed += 1
-        return self.known[key]
-
-    def save(self) -> None:
-        if self.computed:
-            t = self.set.timings
-            t["dense_verify_seconds"] = round(t.get("dense_verify_seconds", 0) + self.compute_seconds, 2)
-            t["dense_verify_pairs"] = t.get("dense_verify_pairs", 0) + self.computed
-            _save_timings(self.set.cache, t)
-            self.computed, self.compute_seconds = 0, 0.0
-        tmp = self.file.with_suffix(".tmp")
-        tmp.write_text(json.dumps(self.known))
-        tmp.replace(self.file)
+    cfg = DenseMatchConfig()
+    store = DenseFeatureStore(s.cache / "dense_features", cfg, DENSE_MODEL, DENSE_IMAGE_SIZE)
+    if any(i not in store for i in s.ids):
+        torch.set_num_threads(1)
+        store.model = load_model(DENSE_MODEL)
+        t0 = time.perf_counter()
+        extracted = store.ensure(list(zip(s.ids, s.paths, strict=True)))
+        _add_timing(s, "dense_extract", time.perf_counter() - t0, extracted)
+    return CachedPairs(s, "dense_pairs_b4.json", "dense_",
+                       lambda a, b: dense_inliers(store.get(a), store.get(b), cfg))
 
 
 def _warm(s: LabelledSet, k: int, pairs: CachedPairs, what: str, progress_every: int) -> CachedPairs:
@@ -255,9 +234,9 @@ def _warm(s: LabelledSet, k: int, pairs: CachedPairs, what: str, progress_every:
 
 def warm(s: LabelledSet, k: int, progress_every: int = 500) -> CachedPairs:
     """Verify every pair of the set's k-NN graph (the superset of what any labelling asks to verify)."""
-    return _warm(s, k, CachedPairs(s), "RootSIFT", progress_every)
+    return _warm(s, k, rootsift_pairs(s), "RootSIFT", progress_every)
 
 
-def warm_dense(s: LabelledSet, k: int, progress_every: int = 2000) -> CachedDensePairs:
+def warm_dense(s: LabelledSet, k: int, progress_every: int = 2000) -> CachedPairs:
     """Dense-match every pair of the set's k-NN graph (features extracted first when not cached)."""
-    return _warm(s, k, CachedDensePairs(s), "dense", progress_every)
+    return _warm(s, k, dense_pairs(s), "dense", progress_every)

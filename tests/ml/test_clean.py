@@ -173,12 +173,12 @@ def test_unverifiable_photos_are_flagged_up_to_the_estimated_noise_rate():
     assert not any(x.reason == "noise_rate_ranked" for x in off.values())
 
 
-def test_neighbour_vote_says_which_photo_of_a_cross_label_pair_is_mislabelled():
-    # Place 0 (8 photos, label a) and place 1 (8 photos, label b). Photo p001 (place 0) is labelled b and
-    # p000 is the only photo it verifies with (its other photos match nothing, like hard views); p000
-    # verifies with nothing else either. So p000 and p001 verify only with each other's label; the
-    # descriptor neighbourhood says which label is wrong: p000's neighbours are labelled a (its own), p001's
-    # are labelled a too (not its b).
+def cross_label_pair() -> tuple[CleaningEvidence, list[str]]:
+    """Place 0 (8 photos, label a) and place 1 (8 photos, label b). Photo p001 (place 0) is labelled b and
+    p000 is the only photo it verifies with (its other photos match nothing, like hard views); p000
+    verifies with nothing else either. So p000 and p001 verify only with each other's label; the
+    descriptor neighbourhood says which label is wrong: p000's neighbours are labelled a (its own), p001's
+    are labelled a too (not its b)."""
     w = world([8, 8])
     labels = ["a"] * 8 + ["b"] * 8
     labels[1] = "b"
@@ -187,6 +187,11 @@ def test_neighbour_vote_says_which_photo_of_a_cross_label_pair_is_mislabelled():
         return 80 if {x, y} == {"p000", "p001"} else 3
 
     ev = build_evidence(w.vectors, w.ids, labels, EvidenceConfig(k=10, verify_top=9), local_features=oracle)
+    return ev, labels
+
+
+def test_neighbour_vote_says_which_photo_of_a_cross_label_pair_is_mislabelled():
+    ev, labels = cross_label_pair()
     verdicts = by_id(decide(ev, labels))
     assert (verdicts["p001"].verdict, verdicts["p001"].reason, verdicts["p001"].suggested_label) == (
         "drop", "verified_other", "a")
@@ -199,14 +204,7 @@ def test_neighbour_vote_says_which_photo_of_a_cross_label_pair_is_mislabelled():
 def test_noise_rate_estimate_does_not_count_outvoted_photos():
     from ml.clean import _facts, estimated_noise_rate
 
-    w = world([8, 8])
-    labels = ["a"] * 8 + ["b"] * 8
-    labels[1] = "b"
-
-    def oracle(x: str, y: str) -> int:
-        return 80 if {x, y} == {"p000", "p001"} else 3
-
-    ev = build_evidence(w.vectors, w.ids, labels, EvidenceConfig(k=10, verify_top=9), local_features=oracle)
+    ev, labels = cross_label_pair()
     t = Thresholds()
     f = _facts(ev, labels, t)
     verdicts = [(v.verdict, v.suggested_label, v.score, v.reason) for v in decide(ev, labels, t)]
