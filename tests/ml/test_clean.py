@@ -21,6 +21,7 @@ from ml.clean import (
     EvidenceConfig,
     EvidenceFolderError,
     Thresholds,
+    assemble_evidence,
     build_evidence,
     cluster_suspects,
     decide,
@@ -140,6 +141,39 @@ def test_photo_matching_nothing_under_a_verifiable_label_is_a_distractor():
     assert v.verdict == "suspect"
     assert v.reason == "unverified_in_verifiable_label"
     assert v.suggested_label == NOT_A_LANDMARK
+
+
+def test_a_label_is_verifiable_only_when_three_of_its_other_photos_verify():
+    # The last photo (a place nothing verifies with) is labelled a. With three other photos of a, all
+    # verified with each other, a's photos verify as a rule: it is suspect. With two, one verified pair is
+    # too little to say so (a hard view of a is as likely): it cannot be judged.
+    for mates, verdict, reason in ((3, "suspect", "unverified_in_verifiable_label"), (2, "keep", "cannot_judge")):
+        w = world([mates, 6, 1], spread=0.25)
+        labels = ["a"] * mates + ["b"] * 6 + ["a"]
+        ev = evidence_for(w, labels, k=len(labels) - 2, verify_top=5)
+        v = by_id(decide(ev, labels, Thresholds(other_rank=5)))[w.ids[-1]]
+        assert (v.verdict, v.reason) == (verdict, reason), mates
+    loose = by_id(decide(ev, labels, Thresholds(other_rank=5, verifiable_min=2)))[w.ids[-1]]
+    assert loose.reason == "unverified_in_verifiable_label"
+
+
+def test_descriptors_suggest_another_label_only_when_few_neighbours_carry_the_photos_own():
+    # Nothing verified. Photos 0-3 are labelled a, 4-7 b; photos 8 and 9 are labelled a but have no label-mate
+    # that ranks them back (mutual rank k) and b photos do (rank 3-4): by mutual ranks b explains both. Photo
+    # 8's own neighbours still carry a (2 of 6): kept. Photo 9's carry none: b is suggested.
+    nbrs = np.array([
+        [1, 2, 3, 4, 5, 6], [0, 2, 3, 4, 5, 6], [0, 1, 3, 4, 5, 6], [0, 1, 2, 4, 5, 6],  # a
+        [5, 6, 7, 8, 9, 0], [4, 6, 7, 8, 9, 1], [7, 4, 5, 9, 8, 2], [6, 4, 5, 9, 8, 3],  # b
+        [4, 5, 0, 6, 7, 1], [6, 7, 4, 5, -1, -1],  # 8 and 9, labelled a
+    ])
+    sims = np.tile(np.linspace(0.9, 0.5, 6, dtype=np.float32), (10, 1))
+    labels = ["a"] * 4 + ["b"] * 4 + ["a", "a"]
+    ev = assemble_evidence([f"p{i}" for i in range(10)], labels, sims, nbrs, EvidenceConfig(k=6))
+    v = by_id(decide(ev, labels))
+    assert (v["p9"].verdict, v["p9"].reason, v["p9"].suggested_label) == ("suspect", "embedding_other", "b")
+    assert (v["p8"].verdict, v["p8"].reason) == ("keep", "cannot_judge")
+    unlimited = by_id(decide(ev, labels, Thresholds(embedding_own_vote=1.0)))
+    assert (unlimited["p8"].verdict, unlimited["p8"].reason) == ("suspect", "embedding_other")
 
 
 def test_unverifiable_photos_are_flagged_up_to_the_estimated_noise_rate():
