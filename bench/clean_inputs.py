@@ -166,16 +166,15 @@ class CachedPairs:
 
     def save(self) -> None:
         if self.computed:
-            _add_timing(self.set, self.prefix + "verify", self.compute_seconds, self.computed)
+            _add_timing(self.set, self.prefix + "verify", self.compute_seconds, self.computed, "pairs")
             self.computed, self.compute_seconds = 0, 0.0
         tmp = self.file.with_suffix(".tmp")
         tmp.write_text(json.dumps(self.known))
         tmp.replace(self.file)
 
 
-def _add_timing(s: LabelledSet, what: str, seconds: float, count: int) -> None:
-    """Adds cold work to the set's timings: ``<what>_seconds`` and ``<what>_<pairs|photos>``."""
-    unit = "pairs" if what.endswith("verify") else "photos"
+def _add_timing(s: LabelledSet, what: str, seconds: float, count: int, unit: str) -> None:
+    """Adds cold work to the set's timings: ``<what>_seconds`` and ``<what>_<unit>`` (pairs, photos)."""
     t = s.timings
     t[f"{what}_seconds"] = round(t.get(f"{what}_seconds", 0) + seconds, 2)
     t[f"{what}_{unit}"] = t.get(f"{what}_{unit}", 0) + count
@@ -190,7 +189,7 @@ def rootsift_pairs(s: LabelledSet) -> CachedPairs:
     t0 = time.perf_counter()
     extracted = store.ensure(list(zip(s.ids, s.paths, strict=True)))
     if extracted:
-        _add_timing(s, "extract", time.perf_counter() - t0, extracted)
+        _add_timing(s, "extract", time.perf_counter() - t0, extracted, "photos")
     return CachedPairs(s, "pairs.json", "", lambda a, b: verify_pair(store.get(a), store.get(b)).inliers)
 
 
@@ -213,7 +212,7 @@ def dense_pairs(s: LabelledSet) -> CachedPairs:
         store.model = load_model(DENSE_MODEL)
         t0 = time.perf_counter()
         extracted = store.ensure(list(zip(s.ids, s.paths, strict=True)))
-        _add_timing(s, "dense_extract", time.perf_counter() - t0, extracted)
+        _add_timing(s, "dense_extract", time.perf_counter() - t0, extracted, "photos")
     return CachedPairs(s, "dense_pairs_b4.json", "dense_",
                        lambda a, b: dense_inliers(store.get(a), store.get(b), cfg))
 
