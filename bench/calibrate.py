@@ -230,27 +230,23 @@ def fit(folds: list[dict], preset: PipelineConfig) -> tuple[ConfidenceConfig, Sc
     the fused evidence only."""
     verified = preset.uses_local_features
     plain = replace(preset.recognition, calibration=None)
-    xs, ys = [], []
-    for k, fold in enumerate(folds):
-        for _, queries in views(fold, k + 1):
-            x, y = recognition_rows(recognitions(queries, plain, verified), fold["truth"])
-            xs.append(x)
-            ys.append(y)
-    w, b = fit_logistic(np.vstack(xs), np.concatenate(ys))
+    w, b = fit_logistic(*_over_views(folds, lambda fold, queries: recognition_rows(
+        recognitions(queries, plain, verified), fold["truth"])))
     cc = ConfidenceConfig(*[round(float(v), 3) for v in w], round(b, 3))
     shipped = replace(plain, calibration=cc) if preset.recognition.calibration is not None else plain
-    xs, ys = [], []
-    for k, fold in enumerate(folds):
-        for _, queries in views(fold, k + 1):
-            x, y = score_rows(queries, recognitions(queries, shipped, verified))
-            xs.append(x)
-            ys.append(y)
-    x, y = np.vstack(xs), np.concatenate(ys)
+    x, y = _over_views(folds, lambda fold, queries: score_rows(queries, recognitions(queries, shipped, verified)))
     if preset.label_rerank.method == "none":
         w, b = fit_logistic(x[:, :1], y)
         return cc, ScoreConfig(round(float(w[0]), 3), 0.0, round(b, 3), rank=False)
     w, b = fit_logistic(x, y)
     return cc, ScoreConfig(round(float(w[0]), 3), round(float(w[1]), 3), round(b, 3), rank=True)
+
+
+def _over_views(folds: list[dict], rows_of) -> tuple[np.ndarray, np.ndarray]:
+    """``rows_of(fold, queries)`` -> (x, y) over every view of every fold, stacked."""
+    xs, ys = zip(*(rows_of(fold, queries) for k, fold in enumerate(folds) for _, queries in views(fold, k + 1)),
+                 strict=True)
+    return np.vstack(xs), np.concatenate(ys)
 
 
 def compare_recognition(fold: dict, k: int, cc: ConfidenceConfig, preset: PipelineConfig, sweep: dict) -> list:

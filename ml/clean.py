@@ -140,9 +140,8 @@ class Thresholds:
     # landmarks-mini's precision at 10 %, hide behind a recall below it elsewhere), ties to the larger mean margin:
     # fold 1 chose verifiable_min 3 with embedding_own_vote 0.0, fold 2 verifiable_min 3 with 0.1 (best on all ten
     # seeds); held-out margin -0.006 on average, against -0.027 for the previous defaults (verifiable_min 2, no
-    # own-vote limit; the rest as now). With 2 a label
-    # of three photos, two of them verified, made its third suspect; 10 of the 12 photos that flagged on
-    # landmarks-mini's tuning seeds at 10 % were rightly labelled.
+    # own-vote limit; the rest as now). With 2 a label of three photos, two of them verified, made its third
+    # suspect; 10 of the 12 photos that rule flagged on landmarks-mini's tuning seeds at 10 % were rightly labelled.
     verify_thresh: int = 15  # inliers for a pair to count as the same place
     freq_thresh: int = 1  # verified same-label neighbours for an image to be confirmed
     verifiable_fraction: float = 0.8  # a label is verifiable when this share of its other photos verify ...
